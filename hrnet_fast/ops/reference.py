@@ -1,0 +1,40 @@
+"""Pure-PyTorch reference compositions: the definition of correct for every backend.
+
+Tests and benchmarks import these; the ``torch`` backend runs them. They compute in the input dtype, as eager
+PyTorch would, so their error in fp16 is "PyTorch's own fp16 error" in the tolerance rule.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def conv_bn_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int = 1,
+                    padding: int = 0, residual: Optional[torch.Tensor] = None, relu: bool = True) -> torch.Tensor:
+    """relu(conv2d(x, weight, bias, stride, padding) + residual): BN already folded into weight and bias."""
+    y = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if relu else y
+
+
+def upsample_factor(z: torch.Tensor, x: torch.Tensor) -> int:
+    """The integer nearest-upsampling factor that brings ``z`` to ``x``'s spatial size (validated elsewhere)."""
+    return x.shape[-2] // z.shape[-2] if z.shape[-2] else 1
+
+
+def multires_fuse_ref(x: torch.Tensor, low_res: Sequence[torch.Tensor] = (), same_res: Sequence[torch.Tensor] = (),
+                      *, relu: bool = True) -> torch.Tensor:
+    """relu(x + sum_j up_nearest(z_j) + sum_k d_k), each z_j smaller than x by an integer factor."""
+    y = x
+    for z in low_res:
+        y = y + F.interpolate(z, size=x.shape[-2:], mode="nearest")
+    for d in same_res:
+        y = y + d
+    if relu:
+        y = torch.relu(y)
+    elif y is x:
+        y = x.clone()
+    return y
