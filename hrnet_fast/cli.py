@@ -1,0 +1,43 @@
+"""The ``hrnet-fast`` command line (also ``python -m hrnet_fast``).
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``; modules are
+imported only when their command runs, so ``hrnet-fast --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+COMMANDS = {
+    "bench": ("hrnet_fast.bench", "latency table (the seed's layout): reference vs convert() vs peers"),
+    "profile": ("hrnet_fast.profile", "params, MACs and FLOPs of every variant beside the seed tables"),
+    "eval": ("hrnet_fast.evaluate", "top-1/top-5 on an image folder, reference vs converted"),
+    "info": ("hrnet_fast.info", "which backends are live on this machine, and why the others are not"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hrnet-fast",
+        description="Fast HRNet inference: fused kernels, convert(), and the tools to check speed and accuracy.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, summary) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(args._module).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
