@@ -1,5 +1,12 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU, Triton kernels run on CPU tensors through the interpreter. Set before any kernel is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 # Accuracy comparisons run without TF32 (DESIGN.md, Numerics).
 torch.backends.cuda.matmul.allow_tf32 = False
