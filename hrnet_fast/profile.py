@@ -1,0 +1,233 @@
+"""Parameter and FLOP counts of HRNet models, and the ``hrnet-fast profile`` command.
+
+``profile(model)`` runs one batch-1 forward on the meta device (shapes only, no arithmetic, no weight copy) with
+forward hooks on the leaf layers and counts, per call:
+
+    conv        kh*kw*Cin/groups multiply-accumulates per output element, +1 per output element for a bias
+    batch norm  2 per output element (scale and shift)
+    ReLU        1 per output element
+    upsample    1 per output element
+    avg pool    1 per input element
+    linear      in*out multiply-accumulates, +out for the bias
+    tensor additions are not counted.
+
+That is the convention of the MMClassification model tables (mmcv's complexity counter), whose "Flops (G)"
+column is therefore multiply-accumulates plus element-wise work, not 2 x MACs. ``Profile.macs`` counts only the
+conv and linear multiply-accumulates; PaddleClas's "FLOPS (G)" column is about ``2 * macs`` (for W30…W64).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .registry import create_model, list_models, resolve_name
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Size and cost of one forward pass of a batch of one image.
+
+    Attributes:
+        params: number of parameters.
+        macs: conv + linear multiply-accumulates.
+        flops: the MMClassification convention (module docstring): MACs plus bias, BN, ReLU, upsample and
+            pooling work.
+        input_size: (height, width) of the image.
+        flops_by_layer: ``flops`` split by layer kind (conv, bn, relu, upsample, pool, linear).
+    """
+
+    params: int
+    macs: int
+    flops: int
+    input_size: Tuple[int, int]
+    flops_by_layer: Dict[str, int]
+
+
+# Per layer kind: (kind, counter(module, input, output) -> (macs, flops)).
+Counter = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[int, int]]
+
+
+def _count_conv(m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> Tuple[int, int]:
+    kh, kw = m.kernel_size
+    macs = y.numel() * (m.in_channels // m.groups) * kh * kw
+    return macs, macs + (y.numel() if m.bias is not None else 0)
+
+
+def _count_linear(m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> Tuple[int, int]:
+    macs = x.numel() * m.out_features
+    return macs, macs + (y.numel() if m.bias is not None else 0)
+
+
+COUNTERS: Dict[type, Tuple[str, Counter]] = {
+    nn.Conv2d: ("conv", _count_conv),
+    nn.Linear: ("linear", _count_linear),
+    nn.BatchNorm2d: ("bn", lambda m, x, y: (0, 2 * y.numel())),
+    nn.ReLU: ("relu", lambda m, x, y: (0, y.numel())),
+    nn.Upsample: ("upsample", lambda m, x, y: (0, y.numel())),
+    nn.AdaptiveAvgPool2d: ("pool", lambda m, x, y: (0, x.numel())),
+    nn.AvgPool2d: ("pool", lambda m, x, y: (0, x.numel())),
+}
+# Leaf layers that do no arithmetic worth counting.
+FREE_LAYERS = (nn.Identity, nn.Flatten, nn.Dropout)
+
+
+def _check_countable(model: nn.Module) -> None:
+    """Every leaf layer must be one we know how to count, or the totals would silently be too low."""
+    unknown = sorted({type(m).__name__ for m in model.modules()
+                      if not list(m.children()) and type(m) not in COUNTERS and not isinstance(m, FREE_LAYERS)})
+    if unknown:
+        raise TypeError(f"profile() counts the reference HRNet layers (conv, BN, ReLU, upsample, pooling, linear); "
+                        f"this model also has {', '.join(unknown)}. Profile the model before convert().")
+
+
+def profile(model: Union[nn.Module, str], input_size: Sequence[int] = (224, 224)) -> Profile:
+    """Counts the parameters, MACs and FLOPs of ``model`` (a module or a model name) for one image of
+    ``input_size`` (height, width), without computing anything: the forward runs on meta tensors.
+
+    >>> p = profile("hrnet_w18")
+    >>> round(p.params / 1e6, 2), round(p.flops / 1e9, 2)
+    (21.3, 4.33)
+    """
+    if isinstance(model, str):
+        with torch.device("meta"):
+            model = create_model(model)
+    if len(input_size) != 2:
+        raise ValueError(f"input_size must be (height, width), got {tuple(input_size)}")
+    h, w = (int(s) for s in input_size)
+    _check_countable(model)
+
+    totals: Dict[str, int] = {}
+    macs_total = [0]
+
+    def hook(module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        kind, count = COUNTERS[type(module)]
+        macs, flops = count(module, inputs[0], output)
+        macs_total[0] += macs
+        totals[kind] = totals.get(kind, 0) + flops
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in COUNTERS]
+    # Meta stand-ins for every parameter and buffer: shapes flow through the forward, nothing is computed and
+    # the model's own tensors are neither copied nor touched (BN running stats included).
+    meta_state = {name: torch.empty_like(t, device="meta")
+                  for name, t in (*model.named_parameters(), *model.named_buffers())}
+    x = torch.empty(1, getattr(model, "in_chans", 3), h, w, device="meta")
+    # Eval mode (restored after) takes the cheaper BN path on meta tensors; the counts do not depend on it.
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            functional_call(model, meta_state, (x,))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes.items():
+            m.training = training
+    params = sum(p.numel() for p in model.parameters())
+    return Profile(params=params, macs=macs_total[0], flops=sum(totals.values()), input_size=(h, w),
+                   flops_by_layer=totals)
+
+
+@dataclass(frozen=True)
+class SeedFigures:
+    """Published figures at 224x224: MMClassification 0.x "Params(M)"/"Flops(G)" and PaddleClas
+    "Parameters (M)"/"FLOPS (G)" (the project's seed tables)."""
+
+    mmcls_params: float
+    mmcls_flops: float
+    paddle_params: float
+    paddle_flops: float
+
+
+_MMCLS = {18: (21.30, 4.33), 30: (37.71, 8.17), 32: (41.23, 8.99), 40: (57.55, 12.77), 44: (67.06, 14.96),
+          48: (77.47, 17.36), 64: (128.06, 29.00)}
+_PADDLE = {18: (21.290, 4.140), 30: (37.710, 16.230), 32: (41.230, 17.860), 40: (57.550, 25.410),
+           44: (67.060, 29.790), 48: (77.470, 34.580), 64: (128.060, 57.830)}
+# The ssld weights are PaddleClas's HRNet_W18_C / HRNet_W48_C architecture (MMCls lists them as "(ssld)").
+SEEDS: Dict[str, SeedFigures] = {
+    name: SeedFigures(*_MMCLS[w], *_PADDLE[w])
+    for w in _MMCLS for name in (f"hrnet_w{w}", f"hrnet_w{w}_ssld") if name in list_models()
+}
+SEED_INPUT_SIZE = (224, 224)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=None,
+                        help="comma-separated model names or aliases (default: every variant)")
+    parser.add_argument("--input-size", default="224", type=_parse_size,
+                        help="HxW or N for NxN (default 224); the seed columns apply to 224 only")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON to PATH")
+
+
+def _parse_size(text: str) -> Tuple[int, int]:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size must be N or HxW, got {text!r}") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"input size must be N or HxW with positive N, H, W, got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def profile_rows(names: Sequence[str], input_size: Tuple[int, int]) -> List[Dict]:
+    """One dict per model: our counts, and the seed figures with the differences where they apply."""
+    rows = []
+    for name in names:
+        p = profile(name, input_size)
+        row = dict(model=name, input_size=list(p.input_size), params_m=p.params / 1e6, macs_g=p.macs / 1e9,
+                   flops_g=p.flops / 1e9, flops_by_layer_g={k: v / 1e9 for k, v in p.flops_by_layer.items()})
+        seed = SEEDS.get(name) if tuple(input_size) == SEED_INPUT_SIZE else None
+        if seed is not None:
+            row["seed"] = asdict(seed)
+            row["params_diff_m_vs_mmcls"] = row["params_m"] - seed.mmcls_params
+            row["flops_diff_pct_vs_mmcls"] = 100 * (row["flops_g"] / seed.mmcls_flops - 1)
+            row["two_macs_diff_pct_vs_paddle"] = 100 * (2 * row["macs_g"] / seed.paddle_flops - 1)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Dict]) -> str:
+    """Markdown table of ``profile_rows`` output."""
+    header = ["model", "params (M)", "MMCls params", "Paddle params", "MACs (G)", "FLOPs (G)", "MMCls FLOPs",
+              "FLOPs vs MMCls", "2xMACs (G)", "Paddle FLOPS", "2xMACs vs Paddle"]
+    lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 1)]
+    for r in rows:
+        s = r.get("seed")
+        cells = [r["model"], f"{r['params_m']:.3f}",
+                 f"{s['mmcls_params']:.2f}" if s else "-", f"{s['paddle_params']:.3f}" if s else "-",
+                 f"{r['macs_g']:.3f}", f"{r['flops_g']:.3f}",
+                 f"{s['mmcls_flops']:.2f}" if s else "-",
+                 f"{r['flops_diff_pct_vs_mmcls']:+.2f} %" if s else "-",
+                 f"{2 * r['macs_g']:.3f}", f"{s['paddle_flops']:.2f}" if s else "-",
+                 f"{r['two_macs_diff_pct_vs_paddle']:+.2f} %" if s else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        names = [resolve_name(n) for n in args.models.split(",")] if args.models else list_models()
+        rows = profile_rows(names, args.input_size)
+    except ValueError as err:
+        print(f"error: {err}")
+        return 2
+    h, w = args.input_size
+    print(f"Input {h}x{w}, batch 1. FLOPs: MMClassification convention (conv/linear MACs + bias, BN 2/elem, "
+          f"ReLU and upsample 1/elem, pooling 1/input elem).")
+    if (h, w) != SEED_INPUT_SIZE:
+        print("The seed tables are for 224x224: their columns are left empty.")
+    print()
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(input_size=[h, w], torch=torch.__version__, rows=rows), f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
