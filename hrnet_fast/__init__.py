@@ -6,8 +6,9 @@
 """
 from .models import HighResolutionNet, check_input_size
 from .calibrate import calibrate_bn
+from .convert import convert
 from .ops import backend_info
 from .registry import create_model, list_models, resolve_name
 
 __version__ = "0.1.0"
-__all__ = ["HighResolutionNet", "create_model", "list_models", "resolve_name", "check_input_size", "backend_info", "calibrate_bn"]
+__all__ = ["HighResolutionNet", "create_model", "list_models", "resolve_name", "check_input_size", "backend_info", "calibrate_bn", "convert"]

@@ -1,0 +1,183 @@
+"""``hrnet_fast.convert(model)``: the same model, with fused kernels, for inference.
+
+    fast = hrnet_fast.convert(model.eval(), dtype=torch.float16)   # model: ours, timm's, official, mmpretrain's
+    y = fast(x.half())
+    print(fast.fusion_report())
+
+HRNet-structured models are rewritten part by part (``rewrite.py``): the stem, residual blocks (residual add and
+ReLU in the last conv's epilogue), transitions, each HR module's fusion (one ``multires_fuse`` per output branch)
+and the classification head. Any other traceable CNN gets its conv->BN(->add)(->ReLU) chains fused through
+torch.fx (``fx_fuse.py``). What is not fused is listed in the report with the reason.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..models import check_input_size
+from ..ops.backends import BACKENDS, select
+from .cuda_graph import GraphCache
+from .fused import FoldedConv, FusedBlock, FusedChain, FusedConvBNAct, FusedHRFuse, FusedHRModule
+from .fx_fuse import fuse_graph
+from .report import FusionReport
+from .rewrite import Rewriter, find_hrnet, rewrite_hrnet
+
+__all__ = ["convert", "ConvertedModel", "FusionReport"]
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_FUSED = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)
+_NEUTRAL = (nn.Identity, nn.ReLU, nn.Dropout, nn.Flatten)
+
+
+class ConvertedModel(nn.Module):
+    """Inference wrapper: validates the input, lays it out, runs the fused model (optionally as CUDA graphs).
+
+    Inference only: the forward runs under ``torch.no_grad()``, so outputs never require grad, and the fused
+    ops have no backward.
+    """
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool, in_chans: Optional[int],
+                 hrnet: bool, report: FusionReport, cuda_graph: bool):
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.in_chans = in_chans
+        self.hrnet = hrnet
+        self.report = report
+        self.graphs = GraphCache(self._run) if cuda_graph else None
+
+    def fusion_report(self) -> FusionReport:
+        return self.report
+
+    @property
+    def device(self) -> torch.device:
+        t = next(iter(self.inner.buffers()), None)
+        if t is None:
+            t = next(self.inner.parameters())
+        return t.device
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D (N, C, H, W) image batch, got shape {tuple(x.shape)}")
+        if self.in_chans is not None and x.shape[1] != self.in_chans:
+            raise ValueError(f"the model takes {self.in_chans} input channels, got {x.shape[1]} "
+                             f"(input shape {tuple(x.shape)})")
+        if x.dtype != self.dtype:
+            raise TypeError(f"the model was converted for {self.dtype} inputs, got {x.dtype}; cast the input "
+                            f"(x.to({self.dtype})) or convert with dtype={x.dtype}")
+        if x.device != self.device:
+            raise ValueError(f"the model is on {self.device} but the input is on {x.device}")
+        if self.hrnet:
+            check_input_size(x.shape[-2], x.shape[-1])
+
+    def _run(self, x: torch.Tensor) -> Any:
+        return self.inner(x)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        self.check_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            if self.graphs is not None and not torch.compiler.is_compiling():
+                return self.graphs(x)
+            return self.inner(x)
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}, channels_last={self.channels_last}, cuda_graph={self.graphs is not None}"
+
+
+def _first_conv_in_chans(module: nn.Module) -> Optional[int]:
+    """Input channels of the conv that reads the model's input (the first conv in graph/module order)."""
+    if isinstance(module, fx.GraphModule):
+        for node in module.graph.nodes:
+            if node.op == "call_module":
+                m = module.get_submodule(node.target)
+                w = getattr(m, "weight", None)
+                if isinstance(m, (nn.Conv2d, FusedConvBNAct, FoldedConv)) and w is not None:
+                    return (m.conv.in_channels if isinstance(m, FoldedConv) else w.shape[1])
+                return None
+        return None
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+        if isinstance(m, FusedConvBNAct):
+            return m.weight.shape[1]
+    return None
+
+
+def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
+    """Lists leaf modules the rewrite did not absorb (a conv or BN here is a missed fusion)."""
+    def walk(m: nn.Module, path: str) -> None:
+        if isinstance(m, _FUSED) or isinstance(m, _NEUTRAL):
+            return
+        children = list(m.named_children())
+        if not children:
+            kind = type(m).__name__
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                report.skip(path, kind, "not in a conv->BN(->ReLU) pattern the converter recognises")
+            else:
+                report.skip(path, kind, "no fused op for this layer; runs as is")
+        for name, child in children:
+            walk(child, f"{path}.{name}" if path else name)
+    walk(module, "")
+
+
+def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: Optional[str] = None,
+            channels_last: Optional[bool] = None, cuda_graph: bool = False, inplace: bool = False) -> ConvertedModel:
+    """Returns an inference module with the same outputs as ``model``, running fused kernels.
+
+    Args:
+        model: an HRNet (hrnet_fast, timm, official repo, mmpretrain) or any CNN, in eval mode.
+        dtype: run dtype (float32, float16, bfloat16); default: the model's. BN is folded in fp32, then cast.
+        backend: "torch", "triton", "cuda", "cpu", or None for the fastest live one per op on the model's device.
+        channels_last: lay activations out NHWC; default True (what oneDNN and tensor cores prefer).
+        cuda_graph: replay CUDA graphs, one per input shape (CUDA models only; see ``cuda_graph.py``).
+        inplace: rewrite ``model`` itself instead of a copy (saves memory; ``model`` is consumed).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert() takes an nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise RuntimeError("convert() folds BatchNorm running statistics, so the model must be in eval mode: "
+                           "call model.eval() first")
+    tensors = list(model.parameters()) + list(model.buffers())
+    if not tensors:
+        raise ValueError("the model has no parameters to convert")
+    device = tensors[0].device
+    if any(t.device != device for t in tensors):
+        raise ValueError("the model's parameters are on several devices; move it to one device first")
+    if dtype is None:
+        dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    if dtype not in _DTYPES:
+        raise TypeError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or None")
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs a model on a CUDA device; this one is on {device}")
+    for op in ("conv_bn_act", "multires_fuse"):
+        select(op, device, backend)  # an unavailable explicit backend fails here, not mid-forward
+
+    target = model if inplace else copy.deepcopy(model)
+    report = FusionReport()
+    with torch.no_grad():
+        hrnet = rewrite_hrnet(target, dtype, backend, report)
+        inner: nn.Module = target
+        if not hrnet:
+            try:
+                inner = fuse_graph(target, dtype, backend, report)
+            except Exception as e:  # not traceable: fuse what module structure alone makes safe
+                report.skip("", "torch.fx trace", f"{type(e).__name__}: {e}; only Sequential and block patterns "
+                                                  f"were fused")
+                Rewriter(dtype, backend, report).children("", target)
+    inner.to(dtype).eval().requires_grad_(False)
+    _report_leftovers(inner, report)
+    net = find_hrnet(inner)[1]
+    in_chans = _first_conv_in_chans(net if net is not None else inner)
+    return ConvertedModel(inner, dtype, True if channels_last is None else channels_last, in_chans, hrnet, report,
+                          cuda_graph)

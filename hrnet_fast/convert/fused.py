@@ -1,0 +1,169 @@
+"""Inference modules that replace conv+BN(+residual)(+ReLU) chains and HRNet's fusion step with fused ops.
+
+Each module folds BatchNorm into its convolution once, in fp32, and stores the result in the run dtype. Backend
+choice is per device type, resolved once and cached (``hrnet_fast.ops.backends.select``), so the forward pass
+does no availability checks.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..ops.backends import select
+from ..ops.folding import fold_bn
+
+
+def supported_conv(conv: nn.Conv2d) -> Optional[str]:
+    """None if ``conv_bn_act`` can run ``conv``, else the reason it cannot."""
+    k = conv.kernel_size
+    if k not in ((1, 1), (3, 3)):
+        return f"{k[0]}x{k[1]} kernel (conv_bn_act takes 1x1 and 3x3)"
+    if conv.groups != 1:
+        return f"groups={conv.groups} (conv_bn_act takes groups=1)"
+    if conv.dilation != (1, 1):
+        return f"dilation={conv.dilation}"
+    if conv.stride not in ((1, 1), (2, 2)):
+        return f"stride={conv.stride}"
+    if isinstance(conv.padding, str) or conv.padding[0] != conv.padding[1] or conv.padding[0] > k[0] // 2:
+        return f"padding={conv.padding}"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode={conv.padding_mode!r}"
+    return None
+
+
+class FusedConvBNAct(nn.Module):
+    """``relu(conv(x) + b' + residual)`` with BN folded into the conv: one ``conv_bn_act`` call.
+
+    Buffers: ``weight`` [Cout, Cin, k, k] and ``bias`` [Cout], folded in fp32 then cast to ``dtype``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool, dtype: torch.dtype,
+                 backend: Optional[str]):
+        super().__init__()
+        if bn is not None:
+            w, b = fold_bn(conv, bn)
+        else:
+            w = conv.weight.detach().float()
+            b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(conv.out_channels,
+                                                                                     device=w.device)
+        self.register_buffer("weight", w.to(dtype).contiguous())
+        self.register_buffer("bias", b.to(dtype).contiguous())
+        self.stride = conv.stride[0]
+        self.padding = conv.padding[0]
+        self.relu = relu
+        self.requested_backend = backend
+        self._backend: Dict[str, str] = {}
+
+    def backend(self, device: torch.device) -> str:
+        name = self._backend.get(device.type)
+        if name is None:
+            name = self._backend[device.type] = select("conv_bn_act", device, self.requested_backend)
+        return name
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return torch.ops.hrnet_fast.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding,
+                                                self.relu, self.backend(x.device))
+
+    def extra_repr(self) -> str:
+        cout, cin, k, _ = self.weight.shape
+        return (f"{cin}->{cout}, {k}x{k}, stride={self.stride}, padding={self.padding}, relu={self.relu}, "
+                f"dtype={self.weight.dtype}")
+
+
+class FoldedConv(nn.Module):
+    """A convolution ``conv_bn_act`` cannot run (e.g. 7x7, grouped): BN folded into a plain conv, then ReLU."""
+
+    def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool, dtype: torch.dtype):
+        super().__init__()
+        w, b = fold_bn(conv, bn) if bn is not None else (conv.weight.detach().float(),
+                                                         None if conv.bias is None else conv.bias.detach().float())
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, bias=b is not None, padding_mode=conv.padding_mode,
+                              device=w.device, dtype=dtype)
+        with torch.no_grad():
+            self.conv.weight.copy_(w)
+            if b is not None:
+                self.conv.bias.copy_(b)
+        self.conv.requires_grad_(False)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.conv(x)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self.relu else y
+
+
+def make_conv(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool, dtype: torch.dtype,
+              backend: Optional[str]) -> Tuple[nn.Module, Optional[str]]:
+    """The fused module for conv(+bn)(+relu) and, when it cannot be fused, the reason."""
+    why = supported_conv(conv)
+    if why is None:
+        return FusedConvBNAct(conv, bn, relu, dtype, backend), None
+    return FoldedConv(conv, bn, relu, dtype), why
+
+
+class FusedChain(nn.Sequential):
+    """Fused conv steps applied one after another (transition and downsampling chains)."""
+
+
+class FusedBlock(nn.Module):
+    """A ResNet BasicBlock/Bottleneck: the residual add and final ReLU run in the last conv's epilogue."""
+
+    def __init__(self, convs: Sequence[nn.Module], downsample: Optional[nn.Module]):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = x
+        for conv in self.convs[:-1]:
+            y = conv(y)
+        return self.convs[-1](y, residual=shortcut)
+
+
+class FusedHRFuse(nn.Module):
+    """HRNet's multi-resolution fusion for one output branch i, as one ``multires_fuse`` call:
+
+        y_i = relu(x_i + sum_{j>i} up(conv1x1_bn(x_j)) + sum_{j<i} chain_j(x_j))
+
+    The 1x1 conv+BN of an upsampled term runs at the low resolution (a per-pixel map commutes with nearest
+    upsampling), and ``multires_fuse`` reads its output in place instead of materialising the upsampled copy.
+    """
+
+    def __init__(self, index: int, up: Dict[int, nn.Module], down: Dict[int, nn.Module], backend: Optional[str]):
+        super().__init__()
+        self.index = index
+        self.up_src = sorted(up)
+        self.down_src = sorted(down)
+        self.up = nn.ModuleList(up[j] for j in self.up_src)
+        self.down = nn.ModuleList(down[j] for j in self.down_src)
+        self.requested_backend = backend
+        self._backend: Dict[str, str] = {}
+
+    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        low = [f(xs[j]) for f, j in zip(self.up, self.up_src)]
+        same = [f(xs[j]) for f, j in zip(self.down, self.down_src)]
+        x = xs[self.index]
+        name = self._backend.get(x.device.type)
+        if name is None:
+            name = self._backend[x.device.type] = select("multires_fuse", x.device, self.requested_backend)
+        return torch.ops.hrnet_fast.multires_fuse(x, low, same, True, name)
+
+
+class FusedHRModule(nn.Module):
+    """An HRNet HighResolutionModule: fused branch blocks, then one ``FusedHRFuse`` per output branch."""
+
+    def __init__(self, branches: Sequence[nn.Module], fuses: Sequence[FusedHRFuse]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+        self.fuses = nn.ModuleList(fuses)
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        if not len(self.fuses):
+            return xs
+        return [fuse(xs) for fuse in self.fuses]

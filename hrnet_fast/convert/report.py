@@ -1,0 +1,38 @@
+"""What ``convert()`` did: each fused pattern, and each part left as it was with the reason."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List
+
+
+@dataclass
+class Entry:
+    path: str      # module path in the original model ("" for the model itself)
+    pattern: str   # e.g. "conv+bn+relu", "basic block", "hr fuse (2 up, 1 down)", or "unfused"
+    detail: str = ""
+
+
+@dataclass
+class FusionReport:
+    fused: List[Entry] = field(default_factory=list)
+    unfused: List[Entry] = field(default_factory=list)
+
+    def add(self, path: str, pattern: str, detail: str = "") -> None:
+        self.fused.append(Entry(path, pattern, detail))
+
+    def skip(self, path: str, what: str, reason: str) -> None:
+        self.unfused.append(Entry(path, what, reason))
+
+    def counts(self) -> Counter:
+        return Counter(e.pattern for e in self.fused)
+
+    def __str__(self) -> str:
+        lines = ["fused:"]
+        lines += [f"  {n:4d} x {p}" for p, n in sorted(self.counts().items())]
+        if self.unfused:
+            lines.append("left as is:")
+            lines += [f"  {e.path or '<model>'}: {e.pattern} ({e.detail})" for e in self.unfused]
+        else:
+            lines.append("left as is: nothing")
+        return "\n".join(lines)

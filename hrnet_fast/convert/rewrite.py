@@ -1,0 +1,201 @@
+"""Module-swap rewriting of HRNet-structured models (ours, timm's, the official repo's, mmpretrain's).
+
+HRNet parts are recognised by structure, not by class: a residual block is a module with ``conv1/bn1, conv2/bn2
+[, conv3/bn3]`` and a ``downsample`` slot; an HR module has ``branches`` and ``fuse_layers``; a conv step is a
+``Sequential(Conv2d, BatchNorm2d[, ReLU])``. Each recognised part is replaced, in place, by its fused module, so
+the model's own ``forward`` keeps running (its control flow, its outputs) but calls fused kernels. BatchNorm and
+ReLU modules absorbed into a fused conv become ``nn.Identity``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .fused import FusedBlock, FusedChain, FusedHRFuse, FusedHRModule, make_conv
+from .report import FusionReport
+
+BN = nn.BatchNorm2d
+# Children a residual block may carry that are identities at inference (timm: drop_block, aa, se, drop_path).
+_INERT = (nn.Identity, nn.Dropout, nn.Dropout2d)
+_INERT_NAMES = ("DropPath", "DropBlock2d")
+
+
+def _is_inert(m: Optional[nn.Module]) -> bool:
+    return m is None or isinstance(m, _INERT) or type(m).__name__ in _INERT_NAMES
+
+
+def _norm(m: nn.Module, k: int) -> Optional[nn.Module]:
+    """BN number k of a block or stem: ``bn{k}`` (timm, official, mmcv's ``norm{k}_name``)."""
+    return getattr(m, f"bn{k}", None)
+
+
+class Rewriter:
+    def __init__(self, dtype: torch.dtype, backend: Optional[str], report: FusionReport):
+        self.dtype = dtype
+        self.backend = backend
+        self.report = report
+
+    # -- conv steps --------------------------------------------------------------------------------------------
+    def conv(self, path: str, conv: nn.Conv2d, bn: Optional[nn.Module], relu: bool) -> nn.Module:
+        if bn is not None and not isinstance(bn, BN):
+            raise TypeError(f"{path}: expected BatchNorm2d after the conv, got {type(bn).__name__}")
+        fused, why = make_conv(conv, bn, relu, self.dtype, self.backend)
+        pattern = "conv" + ("+bn" if bn is not None else "") + ("+relu" if relu else "")
+        if why is None:
+            self.report.add(path, pattern)
+        else:
+            self.report.skip(path, pattern, f"BN folded into a plain conv: {why}")
+        return fused
+
+    def sequential(self, path: str, seq: nn.Sequential) -> Optional[nn.Module]:
+        """Sequential(Conv2d, BN[, ReLU]) or a Sequential of such steps -> a fused conv or chain; else None."""
+        mods = list(seq)
+        if mods and all(isinstance(m, nn.Sequential) for m in mods):
+            steps = [self.sequential(f"{path}.{i}", m) for i, m in enumerate(mods)]
+            return FusedChain(*steps) if all(s is not None for s in steps) else None
+        if 2 <= len(mods) <= 3 and isinstance(mods[0], nn.Conv2d) and isinstance(mods[1], BN):
+            if len(mods) == 3 and not isinstance(mods[2], nn.ReLU):
+                return None
+            return self.conv(path, mods[0], mods[1], relu=len(mods) == 3)
+        return None
+
+    # -- residual blocks ---------------------------------------------------------------------------------------
+    def block(self, path: str, m: nn.Module) -> Optional[nn.Module]:
+        names = ["conv1", "conv2"] + (["conv3"] if hasattr(m, "conv3") else [])
+        if not all(isinstance(getattr(m, n, None), nn.Conv2d) for n in names) or not hasattr(m, "downsample"):
+            return None
+        bns = [_norm(m, k + 1) for k in range(len(names))]
+        if not all(isinstance(b, BN) for b in bns):
+            return None
+        known = set(names) | {f"bn{k + 1}" for k in range(len(names))} | {"downsample"}
+        for name, child in m.named_children():
+            if name in known or isinstance(child, nn.ReLU) or _is_inert(child):
+                continue
+            self.report.skip(path, "residual block", f"child {name!r} ({type(child).__name__}) is not a no-op")
+            return None
+        for attr in ("se", "aa", "drop_block", "drop_path"):
+            if not _is_inert(getattr(m, attr, None)):
+                self.report.skip(path, "residual block", f"{attr} is active")
+                return None
+        downsample = None
+        if m.downsample is not None:
+            downsample = self.sequential(f"{path}.downsample", m.downsample)
+            if downsample is None:
+                self.report.skip(path, "residual block", "downsample is not Sequential(conv, bn)")
+                return None
+        convs = [self.conv(f"{path}.{n}", getattr(m, n), b, relu=True) for n, b in zip(names, bns)]
+        self.report.add(path, "bottleneck block" if len(names) == 3 else "basic block",
+                        "residual add + ReLU in the last conv's epilogue")
+        return FusedBlock(convs, downsample)
+
+    # -- HR modules --------------------------------------------------------------------------------------------
+    def hr_module(self, path: str, m: nn.Module) -> Optional[nn.Module]:
+        branches, fuse_layers = getattr(m, "branches", None), getattr(m, "fuse_layers", None)
+        if not isinstance(branches, nn.ModuleList):
+            return None
+        n = len(branches)
+        new_branches = [self.any(f"{path}.branches.{i}", b) for i, b in enumerate(branches)]
+        fuses: List[FusedHRFuse] = []
+        if n > 1:
+            # The fusion ends in a ReLU module (timm: fuse_act; official, mmpretrain: relu).
+            if not isinstance(fuse_layers, nn.ModuleList) or not any(
+                    isinstance(c, nn.ReLU) for c in m.children()):
+                return None
+            for i, terms in enumerate(fuse_layers):
+                fuse = self.hr_fuse(f"{path}.fuse_layers.{i}", i, terms)
+                if fuse is None:
+                    return None
+                fuses.append(fuse)
+            if len(fuses) != n and len(fuses) != 1:
+                return None
+        return FusedHRModule(new_branches, fuses)
+
+    def hr_fuse(self, path: str, i: int, terms: nn.ModuleList) -> Optional[FusedHRFuse]:
+        up: Dict[int, nn.Module] = {}
+        down: Dict[int, nn.Module] = {}
+        for j, f in enumerate(terms):
+            p = f"{path}.{j}"
+            if j == i:
+                if not _is_inert(f):
+                    self.report.skip(p, "hr fuse", "diagonal term is not an identity")
+                    return None
+            elif j > i:
+                mods = list(f) if isinstance(f, nn.Sequential) else []
+                if not (len(mods) == 3 and isinstance(mods[0], nn.Conv2d) and isinstance(mods[1], BN)
+                        and isinstance(mods[2], nn.Upsample) and mods[2].mode == "nearest"
+                        and mods[2].scale_factor in (2 ** (j - i), float(2 ** (j - i)))):
+                    self.report.skip(p, "hr fuse", "upsample term is not Sequential(conv, bn, nearest Upsample)")
+                    return None
+                up[j] = self.conv(f"{p}.0", mods[0], mods[1], relu=False)
+            else:
+                chain = self.sequential(p, f) if isinstance(f, nn.Sequential) else None
+                if chain is None:
+                    self.report.skip(p, "hr fuse", "downsample term is not a chain of conv+bn(+relu)")
+                    return None
+                down[j] = chain
+        self.report.add(path, "hr fuse", f"{len(up)} upsampled + {len(down)} downsampled terms, one multires_fuse")
+        return FusedHRFuse(i, up, down, self.backend)
+
+    # -- stem --------------------------------------------------------------------------------------------------
+    def stem(self, path: str, m: nn.Module) -> None:
+        """HRNet's stem: conv1 -> bn1 -> act -> conv2 -> bn2 -> act, as attributes of the model (or backbone)."""
+        for k in (1, 2):
+            conv, bn = getattr(m, f"conv{k}"), _norm(m, k)
+            setattr(m, f"conv{k}", self.conv(f"{path}conv{k}", conv, bn, relu=True))
+            setattr(m, f"bn{k}", nn.Identity())
+            for act in (f"act{k}", "relu"):
+                if isinstance(getattr(m, act, None), nn.ReLU):
+                    setattr(m, act, nn.Identity())
+
+    # -- the walk ----------------------------------------------------------------------------------------------
+    def any(self, path: str, m: nn.Module) -> nn.Module:
+        """The fused replacement for ``m``, or ``m`` with its children rewritten."""
+        for rule in (self.hr_module, self.block):
+            new = rule(path, m)
+            if new is not None:
+                return new
+        if isinstance(m, nn.Sequential):
+            new = self.sequential(path, m)
+            if new is not None:
+                return new
+        self.children(path, m)
+        return m
+
+    def children(self, path: str, m: nn.Module) -> None:
+        prefix = f"{path}." if path else ""
+        for name, child in list(m.named_children()):
+            if child is None:
+                continue
+            new = self.any(prefix + name, child)
+            if new is not child:
+                setattr(m, name, new)
+
+
+def is_hrnet(m: nn.Module) -> bool:
+    """HRNet layout: stem conv1/bn1/conv2/bn2, layer1, transition1..3, stage2..4."""
+    return all(hasattr(m, a) for a in ("conv1", "conv2", "layer1", "transition1", "stage2", "stage3", "stage4")) \
+        and all(isinstance(_norm(m, k), BN) for k in (1, 2))
+
+
+def find_hrnet(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
+    """(path, module) of the HRNet backbone: the model itself (ours, timm, official) or its ``backbone``
+    (mmpretrain's ImageClassifier)."""
+    if is_hrnet(model):
+        return "", model
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and is_hrnet(backbone):
+        return "backbone.", backbone
+    return "", None
+
+
+def rewrite_hrnet(model: nn.Module, dtype: torch.dtype, backend: Optional[str], report: FusionReport) -> bool:
+    """Rewrites an HRNet-structured model in place; False if ``model`` is not one."""
+    prefix, net = find_hrnet(model)
+    if net is None:
+        return False
+    rw = Rewriter(dtype, backend, report)
+    rw.stem(prefix, net)
+    rw.children("", model)
+    return True
