@@ -1,0 +1,253 @@
+"""convert(): same outputs as the reference on every variant, backend, dtype and input size; clear errors."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import hrnet_fast
+from hrnet_fast.counting import count_forward
+from hrnet_fast.ops.backends import availability
+
+SMALL = (64, 64)  # smallest valid size class: keeps every variant's forward quick on 2 cores
+
+
+def calibrated(name, size=SMALL, **kwargs):
+    torch.manual_seed(0)
+    model = hrnet_fast.create_model(name, **kwargs)
+    return hrnet_fast.calibrate_bn(model, size, steps=2, batch=2)
+
+
+def rel_err(y, ref):
+    return (torch.linalg.vector_norm((y.double() - ref.double())) / torch.linalg.vector_norm(ref.double())).item()
+
+
+def live(backend, op="conv_bn_act"):
+    ok, why = availability(backend, op, "cpu")
+    if not ok:
+        pytest.skip(f"backend {backend} not live here: {why}")
+
+
+@pytest.mark.parametrize("name", hrnet_fast.list_models())
+def test_every_variant_fp32_matches_reference(name):
+    model = calibrated(name)
+    fast = hrnet_fast.convert(model)
+    x = torch.randn(4, 3, *SMALL, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    y = fast(x)
+    assert rel_err(y, ref) <= 1e-5
+    assert torch.equal(y.argmax(1), ref.argmax(1))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+def test_backends_fp32(backend):
+    live(backend)
+    live(backend, "multires_fuse")
+    model = calibrated("hrnet_w18_small", (32, 32))
+    fast = hrnet_fast.convert(model, backend=backend)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(x)
+    y = fast(x)
+    assert rel_err(y, ref) <= 1e-5
+    assert torch.equal(y.argmax(1), ref.argmax(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+def test_half_precision_within_twice_pytorch_error(backend, dtype):
+    live(backend)
+    live(backend, "multires_fuse")
+    model = calibrated("hrnet_w18_small", (32, 32))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x)
+        torch_half = copy.deepcopy(model).to(dtype)(x.to(dtype)).float()
+    fast = hrnet_fast.convert(model, dtype=dtype, backend=backend)
+    y = fast(x.to(dtype))
+    assert y.dtype == dtype
+    floor = 1e-3 if dtype == torch.float16 else 1e-2
+    assert rel_err(y.float(), ref) <= 2 * rel_err(torch_half, ref) + floor
+
+
+@pytest.mark.parametrize("size", [(224, 224), (256, 192), (288, 288)])
+def test_input_sizes_match_timm(size):
+    timm = pytest.importorskip("timm")
+    ref = timm.create_model("hrnet_w18_small").eval()
+    hrnet_fast.calibrate_bn(ref, size, steps=1, batch=2)
+    fast = hrnet_fast.convert(ref)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        r = ref(x)
+    assert rel_err(fast(x), r) <= 1e-5
+
+
+@pytest.mark.parametrize("feature_location", ["incre", ""])
+def test_features_only_timm_and_ours(feature_location):
+    timm = pytest.importorskip("timm")
+    for model in (timm.create_model("hrnet_w18_small", features_only=True, feature_location=feature_location),
+                  hrnet_fast.create_model("hrnet_w18_small", features_only=True,
+                                          feature_location=feature_location)):
+        hrnet_fast.calibrate_bn(model, SMALL, steps=2, batch=2)
+        fast = hrnet_fast.convert(model)
+        x = torch.randn(2, 3, *SMALL, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            refs = model(x)
+        ys = fast(x)
+        assert len(ys) == len(refs) == 5
+        for y, r in zip(ys, refs):
+            assert y.shape == r.shape
+            assert rel_err(y, r) <= 1e-5
+
+
+def test_official_repo_layout():
+    """The official repo uses None on the fuse diagonal and for unchanged transitions, one shared stem ReLU."""
+    model = calibrated("hrnet_w18_small")
+    official = copy.deepcopy(model)
+    for stage in (official.stage2, official.stage3, official.stage4):
+        for module in stage:
+            if isinstance(module.fuse_layers, nn.ModuleList):
+                for i, terms in enumerate(module.fuse_layers):
+                    terms[i] = None
+    fast = hrnet_fast.convert(official)
+    x = torch.randn(2, 3, *SMALL)
+    with torch.no_grad():
+        ref = model(x)
+    assert rel_err(fast(x), ref) <= 1e-5
+    assert fast.fusion_report().counts()["hr fuse"] == 9
+
+
+def test_generic_cnn_timm_resnet18():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet18").eval()
+    hrnet_fast.calibrate_bn(model, SMALL, steps=2, batch=2)
+    fast = hrnet_fast.convert(model)
+    x = torch.randn(2, 3, *SMALL)
+    with torch.no_grad():
+        ref = model(x)
+    assert rel_err(fast(x), ref) <= 1e-5
+    counts = fast.fusion_report().counts()
+    assert counts["conv+bn+add+relu"] == 8 and counts["conv+bn+relu"] == 8
+    assert any(e.path == "conv1" for e in fast.fusion_report().unfused)  # the 7x7 stem: folded, listed
+
+
+def test_report_lists_fused_and_unfused():
+    fast = hrnet_fast.convert(calibrated("hrnet_w18_small"))
+    report = fast.fusion_report()
+    counts = report.counts()
+    assert counts["basic block"] == 18 and counts["bottleneck block"] == 5 and counts["hr fuse"] == 9
+    assert {e.pattern for e in report.unfused} == {"AdaptiveAvgPool2d", "Linear"}
+    assert "hr fuse" in str(report)
+
+
+def test_does_not_touch_the_model_unless_inplace():
+    model = calibrated("hrnet_w18_small")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hrnet_fast.convert(model, dtype=torch.float16)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert isinstance(model.conv1, nn.Conv2d)
+    fast = hrnet_fast.convert(model, inplace=True)
+    assert fast.inner is model and not isinstance(model.conv1, nn.Conv2d)
+
+
+def test_dispatched_ops_drop():
+    """Ops per W18 forward (aten and custom ops, as a TorchDispatchMode sees them): ~1,470 -> <= 400."""
+    model = calibrated("hrnet_w18", (224, 224))
+    x = torch.randn(1, 3, 224, 224)
+    fast = hrnet_fast.convert(model)
+    ref_ops = count_forward(model, x).ops
+    fast_ops = count_forward(fast, x).ops
+    assert ref_ops >= 1400
+    assert fast_ops <= 400
+
+
+def test_torch_compile_and_export():
+    model = calibrated("hrnet_w18_small", (32, 32))
+    fast = hrnet_fast.convert(model)
+    x = torch.randn(2, 3, 32, 32)
+    eager = fast(x)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-6)
+    exported = torch.export.export(fast.inner, (x.contiguous(memory_format=torch.channels_last),))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert "hrnet_fast.conv_bn_act.default" in targets and "hrnet_fast.multires_fuse.default" in targets
+    torch.testing.assert_close(exported.module()(x.contiguous(memory_format=torch.channels_last)), eager,
+                               rtol=1e-5, atol=1e-6)
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+
+def test_training_mode_is_refused():
+    with pytest.raises(RuntimeError, match=r"eval\(\)"):
+        hrnet_fast.convert(hrnet_fast.create_model("hrnet_w18_small"))
+
+
+def test_call_time_errors():
+    fast = hrnet_fast.convert(calibrated("hrnet_w18_small"))
+    with pytest.raises(ValueError, match="3 input channels, got 4"):
+        fast(torch.randn(1, 4, 64, 64))
+    with pytest.raises(TypeError, match="float16"):
+        fast(torch.randn(1, 3, 64, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="cannot take a 70x70 input"):
+        fast(torch.randn(1, 3, 70, 70))
+    with pytest.raises(ValueError, match="4-D"):
+        fast(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="is on cpu but the input is on meta"):
+        fast(torch.randn(1, 3, 64, 64, device="meta"))
+
+
+def test_convert_time_errors():
+    model = calibrated("hrnet_w18_small")
+    with pytest.raises(ValueError, match="unknown backend"):
+        hrnet_fast.convert(model, backend="fastest")
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run"):
+        hrnet_fast.convert(model, backend="cuda")
+    with pytest.raises(ValueError, match="cuda_graph=True needs a model on a CUDA device"):
+        hrnet_fast.convert(model, cuda_graph=True)
+    with pytest.raises(TypeError, match="dtype must be"):
+        hrnet_fast.convert(model, dtype=torch.float64)
+    with pytest.raises(TypeError, match="nn.Module"):
+        hrnet_fast.convert("hrnet_w18")
+
+
+def test_outputs_do_not_require_grad():
+    fast = hrnet_fast.convert(calibrated("hrnet_w18_small"))
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    assert not fast(x).requires_grad
+
+
+# -- GPU --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cuda_graph", [False, True])
+@pytest.mark.parametrize("name", hrnet_fast.list_models())
+def test_gpu_every_variant(name, dtype, cuda_graph):
+    model = calibrated(name, (224, 224)).cuda()
+    x = torch.randn(2, 3, 224, 224, device="cuda", generator=None)
+    with torch.no_grad():
+        ref = model(x)
+        torch_dtype = copy.deepcopy(model).to(dtype)(x.to(dtype)).float()
+    fast = hrnet_fast.convert(model, dtype=dtype, cuda_graph=cuda_graph)
+    y1 = fast(x.to(dtype))
+    y2 = fast(x.to(dtype))
+    torch.testing.assert_close(y1, y2)
+    floor = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
+    bound = floor if dtype == torch.float32 else 2 * rel_err(torch_dtype, ref) + floor
+    assert rel_err(y1.float(), ref) <= bound
+    assert (y1.float().argmax(1) == ref.argmax(1)).float().mean().item() == 1.0
+
+
+@pytest.mark.gpu
+def test_cuda_graph_outputs_are_not_overwritten():
+    model = calibrated("hrnet_w18_small").cuda()
+    fast = hrnet_fast.convert(model, cuda_graph=True)
+    a, b = torch.randn(2, 1, 3, 64, 64, device="cuda")
+    ya = fast(a)
+    ya_copy = ya.clone()
+    fast(b)
+    torch.testing.assert_close(ya, ya_copy, rtol=0, atol=0)
+    assert len(fast.graphs) == 1
