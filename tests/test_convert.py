@@ -251,3 +251,18 @@ def test_cuda_graph_outputs_are_not_overwritten():
     fast(b)
     torch.testing.assert_close(ya, ya_copy, rtol=0, atol=0)
     assert len(fast.graphs) == 1
+
+
+def test_mmpretrain_layout():
+    from mmpretrain_layout import ImageClassifier
+    ref = calibrated("hrnet_w18_small")
+    mm = ImageClassifier(copy.deepcopy(ref)).eval()
+    x = torch.randn(2, 3, *SMALL)
+    with torch.no_grad():
+        expected = ref(x)
+        torch.testing.assert_close(mm(x), expected)  # the stand-in computes what the reference does
+    fast = hrnet_fast.convert(mm, backend="torch")
+    assert rel_err(fast(x), expected) <= 1e-5
+    report = fast.fusion_report()
+    assert report.counts()["hr fuse"] == 9
+    assert {e.pattern for e in report.unfused} == {"GlobalAveragePooling", "Linear"}  # neck ConvModules fused

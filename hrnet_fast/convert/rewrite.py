@@ -2,7 +2,7 @@
 
 HRNet parts are recognised by structure, not by class: a residual block is a module with ``conv1/bn1, conv2/bn2
 [, conv3/bn3]`` and a ``downsample`` slot; an HR module has ``branches`` and ``fuse_layers``; a conv step is a
-``Sequential(Conv2d, BatchNorm2d[, ReLU])``. Each recognised part is replaced, in place, by its fused module, so
+``Sequential(Conv2d, BatchNorm2d[, ReLU])`` or an mmcv ``ConvModule``. Each recognised part is replaced, in place, by its fused module, so
 the model's own ``forward`` keeps running (its control flow, its outputs) but calls fused kernels. BatchNorm and
 ReLU modules absorbed into a fused conv become ``nn.Identity``.
 """
@@ -60,6 +60,19 @@ class Rewriter:
                 return None
             return self.conv(path, mods[0], mods[1], relu=len(mods) == 3)
         return None
+
+    def conv_module(self, path: str, m: nn.Module) -> Optional[nn.Module]:
+        """mmcv's ConvModule (mmpretrain's HRFuseScales neck): ``conv``, a BN named by ``norm_name``, an optional
+        ReLU ``activate``, applied in the order ('conv', 'norm', 'act')."""
+        conv, norm_name = getattr(m, "conv", None), getattr(m, "norm_name", None)
+        if not isinstance(conv, nn.Conv2d) or not isinstance(norm_name, str):
+            return None
+        bn, act = getattr(m, norm_name, None), getattr(m, "activate", None)
+        if not isinstance(bn, BN) or tuple(getattr(m, "order", ("conv", "norm", "act"))) != ("conv", "norm", "act") \
+                or not (act is None or isinstance(act, nn.ReLU)):
+            self.report.skip(path, "ConvModule", "not conv -> BN (-> ReLU)")
+            return None
+        return self.conv(path, conv, bn, relu=act is not None)
 
     # -- residual blocks ---------------------------------------------------------------------------------------
     def block(self, path: str, m: nn.Module) -> Optional[nn.Module]:
@@ -152,7 +165,7 @@ class Rewriter:
     # -- the walk ----------------------------------------------------------------------------------------------
     def any(self, path: str, m: nn.Module) -> nn.Module:
         """The fused replacement for ``m``, or ``m`` with its children rewritten."""
-        for rule in (self.hr_module, self.block):
+        for rule in (self.hr_module, self.block, self.conv_module):
             new = rule(path, m)
             if new is not None:
                 return new
