@@ -65,7 +65,11 @@ def parse_models(text: str) -> List[str]:
     out = []
     for name in names:
         short = f"hrnet_{name.lower()}" if re.fullmatch(r"w\d+(_\w+)?", name.lower()) else name
-        out.append(resolve_name(short))
+        try:
+            out.append(resolve_name(short))
+        except ValueError:
+            raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())} (short forms such "
+                             f"as w18 and aliases such as HRNet_W18_C are accepted too)") from None
     return list(dict.fromkeys(out))
 
 
@@ -174,15 +178,21 @@ class Settings:
         return impl != "onnxruntime" or dtype == "fp32"
 
 
-def _dtype_supported(dtype: str, device: torch.device) -> Tuple[bool, str]:
+def cpu_supports(dtype: str) -> bool:
+    """Whether oneDNN has a native ``dtype`` path on this CPU (without one, eager fp16/bf16 convolutions take a
+    slow emulated path and the figures would mean nothing)."""
     if dtype == "fp32":
-        return True, ""
+        return True
+    probe = {"fp16": torch.ops.mkldnn._is_mkldnn_fp16_supported, "bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported}
+    return bool(probe[dtype]())
+
+
+def _dtype_supported(dtype: str, device: torch.device) -> Tuple[bool, str]:
     if device.type == "cuda":
         if dtype == "bf16" and not torch.cuda.is_bf16_supported():
             return False, f"{torch.cuda.get_device_name(device)} has no bf16 support"
         return True, ""
-    probe = {"fp16": torch.ops.mkldnn._is_mkldnn_fp16_supported, "bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported}
-    if not probe[dtype]():
+    if not cpu_supports(dtype):
         return False, f"this CPU has no native {dtype} support in oneDNN (eager {dtype} would take a slow emulated path)"
     return True, ""
 
@@ -192,12 +202,9 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if args.device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as e:
-            raise BenchError(f"bad --device {args.device!r}: {e}") from None
-        if device.type not in ("cpu", "cuda"):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device.strip()):
             raise BenchError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+        device = torch.device(args.device.strip())
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BenchError("--device cuda was asked for, but torch sees no CUDA device on this machine")
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS

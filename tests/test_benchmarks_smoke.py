@@ -1,0 +1,103 @@
+"""The benchmark suites run (tiny shapes, one round each) and their JSON carries the figures; the summary
+generator renders a result beside the seed's figures. Timing values are not checked, only that they exist."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def suite_json(tmp_path_factory):
+    """One pass of ``pytest benchmarks/`` with tiny shapes and one round per benchmark: (stdout, JSON)."""
+    path = tmp_path_factory.mktemp("benchmarks") / "bench.json"
+    env = dict(os.environ, HRNET_FAST_BENCH_TINY="1", PYTHONPATH=str(ROOT))
+    env.pop("HRNET_FAST_BENCH_COMPILE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider",
+         "--benchmark-min-rounds=1", "--benchmark-max-time=0", "--benchmark-warmup=off",
+         f"--benchmark-json={path}"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return proc.stdout, json.loads(path.read_text())
+
+
+def test_every_benchmark_passes_and_none_is_skipped(suite_json):
+    stdout, data = suite_json
+    summary = stdout.strip().splitlines()[-1]
+    passed = int(re.search(r"(\d+) passed", summary).group(1))
+    assert not re.search(r"skipped|failed|error", summary), summary
+    assert passed == len(data["benchmarks"]) > 0
+
+
+def test_groups_put_reference_and_fused_side_by_side(suite_json):
+    _, data = suite_json
+    groups = defaultdict(set)
+    for b in data["benchmarks"]:
+        groups[b["group"]].add(b["params"].get("impl"))
+    conv = [g for g in groups if g.startswith("conv_bn_act")]
+    fuse = [g for g in groups if g.startswith("multires_fuse")]
+    model = [g for g in groups if g.startswith("hrnet_w18_small")]
+    assert len(conv) == 7 and len(fuse) == 4 and len(model) == 1
+    for g in conv:
+        assert groups[g] == {"eager conv+BN+ReLU", "folded composition", "fused"}
+    for g in fuse:
+        assert groups[g] == {"eager upsample+add+ReLU", "fused", "copy (bandwidth ceiling)"}
+    assert {"reference", "converted", "channels_last"} <= groups[model[0]]
+
+
+def test_ops_report_throughput(suite_json):
+    _, data = suite_json
+    for b in data["benchmarks"]:
+        unit = {"conv_bn_act": "TFLOP/s", "multires_fuse": "GB/s"}.get(b["group"].split()[0])
+        if unit is not None:
+            assert b["extra_info"][unit] > 0 and b["extra_info"]["amount"] > 0, b["name"]
+
+
+def _summarize_module():
+    spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(median_ref: float, median_conv: float) -> dict:
+    records = [{"model": "hrnet_w18", "dtype": "fp32", "batch": 1, "implementation": impl, "median_ms": m,
+                "p20_ms": m, "p80_ms": m, "reps": 5, "speedup_vs_reference": median_ref / m}
+               for impl, m in (("reference", median_ref), ("converted", median_conv))]
+    counts = {"reference": {"ops": 1471, "bytes_written": 232_600_000},
+              "converted": {"ops": 400, "bytes_written": 80_000_000}}
+    return {"schema": "hrnet_fast.bench/1", "created": "2025-01-01T00:00:00+00:00", "command": "hrnet-fast bench",
+            "environment": {"device": "cpu", "device_name": "Test CPU", "torch": "2.x", "cuda": None,
+                            "triton": None, "cpu_model": "Test CPU", "torch_threads": 2, "load_average_1m": 0.5},
+            "settings": {"models": ["hrnet_w18"], "batches": [1], "dtypes": ["fp32"], "input_size": [224, 224],
+                         "implementations": ["reference", "converted"]},
+            "models": {"hrnet_w18": {"dispatch_per_forward": {"fp32": counts}}},
+            "results": records}
+
+
+def test_summary_puts_measurements_beside_the_seed_figures(tmp_path):
+    summarize = _summarize_module()
+    (tmp_path / "cpu-test-w18.json").write_text(json.dumps(_result(200.0, 80.0)))
+    assert summarize.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "## Test CPU (cpu)" in text and "### cpu-test-w18.json" in text
+    assert "| hrnet_w18 | FP32 | reference | 200.00 | – | – | – |" in text
+    assert "| hrnet_w18 | FP32 | converted | 80.00 (2.50x) | – | – | – |" in text
+    # The seed's PaddleClas FP32 row for HRNet_W18_C.
+    assert f"| hrnet_w18 | FP32 | {summarize.SEED_LABEL} | 6.828 | 8.552 | 11.154 | 30.665 |" in text
+    assert "| hrnet_w18 | FP32 | 1471 | 400 | 232.6 | 80.0 |" in text
+
+
+def test_summary_rejects_foreign_json(tmp_path):
+    summarize = _summarize_module()
+    (tmp_path / "other.json").write_text(json.dumps({"benchmarks": []}))
+    with pytest.raises(ValueError, match="not an hrnet-fast bench result"):
+        summarize.main(["--results", str(tmp_path)])
