@@ -127,7 +127,8 @@ def summarize(runs: List[Tuple[str, Dict]]) -> str:
             out += [f"### {name}", "",
                     f"`{data['command']}` on {data['created']}: torch {env['torch']}, CUDA {env['cuda']}, "
                     f"triton {env['triton']}, CPU {env['cpu_model']} ({env['torch_threads']} threads), "
-                    f"input {h}x{w}, 1-minute load average {env.get('load_average_1m')}.", "",
+                    f"input {h}x{w}, 1-minute load average {env.get('load_average_1m_before')} before and "
+                    f"{env.get('load_average_1m_after')} after.", "",
                     latency_table(data), "", "Per forward at batch 1:", "", dispatch_table(data), ""]
     return "\n".join(out)
 

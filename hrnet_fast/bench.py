@@ -134,13 +134,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_argtype(parse_batches), default=None,
                         help="comma-separated batch sizes (default: 1,4,8,32 on GPU; 1,4 on CPU)")
     parser.add_argument("--dtype", type=_argtype(parse_dtypes), default=None,
-                        help="comma-separated precisions from fp32, fp16, bf16 (default: fp32,fp16 on GPU; fp32 on CPU)")
+                        help="comma-separated precisions from fp32, fp16, bf16 "
+                             "(default: fp32,fp16 on GPU; fp32 on CPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     parser.add_argument("--input-size", type=_argtype(parse_input_size), default=(224, 224),
                         help="HxW or one side (default: 224)")
     parser.add_argument("--peers", type=_argtype(parse_peers), default=[],
                         help="what users pick instead, timed beside: channels_last, compile (torch.compile with "
                              "freezing; slow to compile), onnxruntime (CPU), 'all' or 'none' (default: none)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch and ONNX Runtime (default: torch's, one per core); on a busy "
+                             "machine 1 avoids threads waiting on each other at every op")
     parser.add_argument("--cuda-graph", action="store_true", help="convert with cuda_graph=True (GPU only)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per implementation and cell (default: 3)")
     parser.add_argument("--reps", type=int, default=None,
@@ -148,7 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-time", type=float, default=DEFAULT_MIN_TIME_S,
                         help=f"seconds of timed calls per implementation and cell, at least 5 calls "
                              f"(default: {DEFAULT_MIN_TIME_S:g})")
-    parser.add_argument("--json", metavar="PATH", default=None, help="write every figure, with the environment, as JSON")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write every figure, with the environment, as JSON")
     parser.add_argument("--plot", metavar="PATH", default=None, help="write a PNG of the speed-ups (matplotlib)")
 
 
@@ -165,6 +170,7 @@ class Settings:
     input_size: Tuple[int, int]
     peers: List[str]
     cuda_graph: bool = False
+    threads: Optional[int] = None
     warmup: int = 3
     reps: Optional[int] = None
     min_time: float = DEFAULT_MIN_TIME_S
@@ -193,7 +199,8 @@ def _dtype_supported(dtype: str, device: torch.device) -> Tuple[bool, str]:
             return False, f"{torch.cuda.get_device_name(device)} has no bf16 support"
         return True, ""
     if not cpu_supports(dtype):
-        return False, f"this CPU has no native {dtype} support in oneDNN (eager {dtype} would take a slow emulated path)"
+        return False, (f"this CPU has no native {dtype} support in oneDNN (eager {dtype} would take a slow "
+                       f"emulated path)")
     return True, ""
 
 
@@ -211,7 +218,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     settings = Settings(models=list(args.models), batches=list(args.batch or defaults["batches"]),
                         dtypes=list(args.dtype or defaults["dtypes"]), device=device,
                         input_size=tuple(args.input_size), peers=list(args.peers), cuda_graph=args.cuda_graph,
-                        warmup=args.warmup, reps=args.reps, min_time=args.min_time)
+                        threads=args.threads, warmup=args.warmup, reps=args.reps, min_time=args.min_time)
     for dtype in settings.dtypes:
         ok, why = _dtype_supported(dtype, device)
         if not ok:
@@ -223,6 +230,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             raise BenchError("the onnxruntime peer runs on the CPU only; use --device cpu or leave it out of --peers")
         if "fp32" not in settings.dtypes:
             raise BenchError("the onnxruntime peer runs in fp32 only; add fp32 to --dtype or leave it out of --peers")
+    if settings.threads is not None and settings.threads < 1:
+        raise BenchError(f"--threads must be >= 1, got {settings.threads}")
     if settings.warmup < 0:
         raise BenchError(f"--warmup must be >= 0, got {settings.warmup}")
     if settings.reps is not None and settings.reps < 1:
@@ -262,7 +271,7 @@ def _eager(model: nn.Module, device: torch.device, dtype: torch.dtype,
 
 def _converted(model: nn.Module, device: torch.device, dtype: torch.dtype, cuda_graph: bool) -> Implementation:
     convert = _convert_fn()
-    return Implementation(convert(copy.deepcopy(model).to(device), dtype=dtype, cuda_graph=cuda_graph))
+    return Implementation(convert(copy.deepcopy(model).to(device), dtype=dtype, cuda_graph=cuda_graph, inplace=True))
 
 
 def _compiled(model: nn.Module, device: torch.device, dtype: torch.dtype) -> Implementation:
@@ -439,9 +448,13 @@ def environment(settings: Settings) -> Dict[str, Any]:
     """Device, library versions and CPU facts a result needs to be read and reproduced."""
     from . import __version__
     from .ops import backend_info
+    from .ops.backends import OPS, select
     dev = settings.device
     live = {name: {op: entry["ops"][op].get(dev.type, {}).get("live", False) for op in entry["ops"]}
             for name, entry in backend_info().items()}
+    with warnings.catch_warnings():  # a fallback's warning was already shown when the model was converted
+        warnings.simplefilter("ignore")
+        selected = {op: select(op, dev, None) for op in OPS}
     return {
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
@@ -457,8 +470,9 @@ def environment(settings: Settings) -> Dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         # A busy machine slows every implementation; the interleaving keeps ratios fair, not absolute times.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1m_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "backends_live": live,
+        "backends_selected": selected,  # what convert() runs each fused op with on this device
     }
 
 
@@ -481,6 +495,8 @@ def equivalent_command(settings: Settings) -> str:
         parts += ["--peers", ",".join(settings.peers)]
     if settings.cuda_graph:
         parts.append("--cuda-graph")
+    if settings.threads is not None:
+        parts += ["--threads", str(settings.threads)]
     parts += ["--reps", str(settings.reps)] if settings.reps is not None else ["--min-time", f"{settings.min_time:g}"]
     return " ".join(parts)
 
@@ -565,7 +581,8 @@ def to_json(results: Results, env: Dict[str, Any]) -> Dict[str, Any]:
         "environment": env,
         "settings": {"models": s.models, "batches": s.batches, "dtypes": s.dtypes, "device": str(s.device),
                      "input_size": list(s.input_size), "implementations": s.implementations,
-                     "cuda_graph": s.cuda_graph, "warmup": s.warmup, "reps": s.reps, "min_time_s": s.min_time,
+                     "cuda_graph": s.cuda_graph, "threads": s.threads, "warmup": s.warmup, "reps": s.reps,
+                     "min_time_s": s.min_time,
                      "calibration": CALIBRATION},
         "wall_s": results.wall_s,
         "models": models,
@@ -612,10 +629,13 @@ def main(args: argparse.Namespace) -> int:
     except BenchError as e:
         print(f"hrnet-fast bench: error: {e}", file=sys.stderr)
         return 2
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     cells = len(settings.models) * len(settings.dtypes) * len(settings.batches)
+    env = environment(settings)
     with tqdm(total=cells, unit="cell", file=sys.stderr, disable=None) as progress:
         results = run(settings, progress)
-    env = environment(settings)
+    env["load_average_1m_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(format_report(results, env))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

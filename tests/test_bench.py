@@ -156,6 +156,7 @@ def test_bad_options_are_usage_errors(capsys, argv, message):
     (["--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
     (["--device", "tpu"], "--device must be cpu or cuda"),
     (["--device", "cpu", "--reps", "0"], "--reps must be >= 1"),
+    (["--device", "cpu", "--threads", "0"], "--threads must be >= 1"),
     (["--device", "cpu", "--dtype", "fp16"], "--dtype fp16 cannot run on cpu"),
     (["--device", "cpu", "--dtype", "bf16", "--peers", "onnxruntime"], "onnxruntime peer runs in fp32 only"),
 ])

@@ -76,7 +76,8 @@ def _result(median_ref: float, median_conv: float) -> dict:
               "converted": {"ops": 400, "bytes_written": 80_000_000}}
     return {"schema": "hrnet_fast.bench/1", "created": "2025-01-01T00:00:00+00:00", "command": "hrnet-fast bench",
             "environment": {"device": "cpu", "device_name": "Test CPU", "torch": "2.x", "cuda": None,
-                            "triton": None, "cpu_model": "Test CPU", "torch_threads": 2, "load_average_1m": 0.5},
+                            "triton": None, "cpu_model": "Test CPU", "torch_threads": 2,
+                            "load_average_1m_before": 0.5, "load_average_1m_after": 0.7},
             "settings": {"models": ["hrnet_w18"], "batches": [1], "dtypes": ["fp32"], "input_size": [224, 224],
                          "implementations": ["reference", "converted"]},
             "models": {"hrnet_w18": {"dispatch_per_forward": {"fp32": counts}}},
