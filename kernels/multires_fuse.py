@@ -30,7 +30,7 @@ def _configs() -> List[triton.Config]:
     # Read when the module is imported, as triton.jit reads it when decorating. The interpreter runs each program
     # in Python, at a cost that grows with the number of programs: one large block, no benchmarking of alternatives.
     if knobs.runtime.interpret:
-        return [triton.Config({"BLOCK": 1024})]
+        return [triton.Config({"BLOCK": 4096})]
     return [triton.Config({"BLOCK": block}, num_warps=warps)
             for block, warps in ((256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8))]
 

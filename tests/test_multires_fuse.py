@@ -1,0 +1,216 @@
+"""multires_fuse: every backend against the float64 reference, on awkward shapes, dtypes and layouts; clear errors
+before any kernel runs; torch.library registration (opcheck) and torch.compile."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import pytest
+import torch
+
+import hrnet_fast.ops as ops
+from hrnet_fast.ops import backends
+from hrnet_fast.ops.backends import BACKENDS
+from hrnet_fast.ops.reference import multires_fuse_ref
+from tolerance import assert_matches_reference, backend_device
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LAYOUTS = ("nchw", "channels_last", "strided", "mixed")
+
+# (N, C, H, W, low-res factors, number of same-res inputs, relu)
+CASES = (
+    (1, 18, 7, 7, (1,), 1, True),              # odd size: only factor 1 divides it
+    (3, 18, 13, 17, (1,), 2, False),           # odd, not square
+    (3, 36, 16, 24, (2, 4, 8), 1, True),       # HRNet stage-4 style fusion into the highest resolution
+    (1, 3, 64, 48, (2, 4, 8, 16), 4, False),   # pose-like crop, the maximum of 4 + 4 inputs, 3 channels
+    (2, 72, 8, 8, (8,), 0, True),              # the low-res input is a single pixel
+    (1, 144, 4, 6, (), 3, True),               # same-res only
+    (2, 18, 5, 3, (), 0, False),               # x alone: a copy
+)
+
+
+def case_id(case) -> str:
+    n, c, h, w, factors, n_same, relu = case
+    return f"{n}x{c}x{h}x{w}-up{'.'.join(map(str, factors)) or 'none'}-same{n_same}-{'relu' if relu else 'id'}"
+
+
+def make(shape: Sequence[int], dtype: torch.dtype, device: torch.device, layout: str) -> torch.Tensor:
+    """A random [N, C, H, W] tensor laid out as asked: contiguous, channels_last, or a strided view of a larger
+    tensor (no dense layout at all)."""
+    n, c, h, w = shape
+    if layout == "strided":
+        base = torch.randn(n, 2 * c, h + 1, 2 * w, dtype=torch.float32, device=device).to(dtype)
+        t = base[:, ::2, 1:, ::2]
+        assert not t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
+        return t
+    t = torch.randn(n, c, h, w, dtype=torch.float32, device=device).to(dtype)
+    return t.to(memory_format=torch.channels_last) if layout == "channels_last" else t
+
+
+def inputs(case, dtype: torch.dtype, device: torch.device, layout: str
+           ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+    """x, low_res, same_res for a case. 'mixed': x channels_last, low-res inputs NCHW, same-res inputs strided."""
+    n, c, h, w, factors, n_same, _ = case
+    x_layout, low_layout, same_layout = ("channels_last", "nchw", "strided") if layout == "mixed" else (layout,) * 3
+    x = make((n, c, h, w), dtype, device, x_layout)
+    low = [make((n, c, h // f, w // f), dtype, device, low_layout) for f in factors]
+    same = [make((n, c, h, w), dtype, device, same_layout) for _ in range(n_same)]
+    return x, low, same
+
+
+def expected_format(layout: str) -> torch.memory_format:
+    """The output keeps x's memory format: channels_last when x is, else contiguous (NCHW)."""
+    return torch.channels_last if layout in ("channels_last", "mixed") else torch.contiguous_format
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference(backend, dtype, layout, case):
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    x, low, same = inputs(case, dtype, device, layout)
+    relu = case[-1]
+    y = ops.multires_fuse(x, low, same, relu=relu, backend=backend)
+    assert y.dtype == dtype and y.device == x.device
+    assert y.is_contiguous(memory_format=expected_format(layout))
+    assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=relu)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_is_a_new_tensor(backend):
+    """With no other input and no ReLU the op is a copy; it must never hand back (an alias of) x."""
+    device = backend_device(backend, "multires_fuse")
+    x = torch.randn(1, 18, 4, 4, device=device)
+    y = ops.multires_fuse(x, relu=False, backend=backend)
+    torch.testing.assert_close(y, x, rtol=0, atol=0)
+    y.add_(1.0)
+    assert not torch.equal(y, x)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_zero(backend, layout):
+    device = backend_device(backend, "multires_fuse")
+    x = make((0, 18, 8, 8), torch.float32, device, layout)
+    z = make((0, 18, 4, 4), torch.float32, device, layout)
+    y = ops.multires_fuse(x, [z], [x.clone()], backend=backend)
+    assert y.shape == (0, 18, 8, 8) and y.dtype == torch.float32  # an empty tensor has no meaningful layout
+
+
+def test_triton_batch_zero_does_not_launch(monkeypatch):
+    backend_device("triton", "multires_fuse")
+    from hrnet_fast.kernels import multires_fuse as module
+
+    monkeypatch.setattr(module, "_multires_fuse_kernel", None)  # any launch would fail: None is not indexable
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    y = module.multires_fuse(torch.randn(0, 18, 8, 8, device=device), [torch.randn(0, 18, 2, 2, device=device)],
+                             [], relu=True)
+    assert y.shape == (0, 18, 8, 8)
+
+
+def test_triton_int64_indexing(monkeypatch):
+    """The int64 index path (taken when an offset can reach 2**31) gives the same answers as the int32 one."""
+    device = backend_device("triton", "multires_fuse")
+    import hrnet_fast.kernels as kernels
+
+    torch.manual_seed(0)
+    x, low, same = inputs(CASES[2], torch.float32, device, "mixed")
+    int32_result = ops.multires_fuse(x, low, same, backend="triton")
+    monkeypatch.setattr(kernels, "INT32_LIMIT", 1)
+    assert kernels.needs_int64(x)
+    torch.testing.assert_close(ops.multires_fuse(x, low, same, backend="triton"), int32_result, rtol=0, atol=0)
+
+
+def _fail_if_a_backend_runs(monkeypatch):
+    def no_kernel(op, backend):
+        raise AssertionError(f"a {backend} kernel for {op} was reached before the inputs were validated")
+    monkeypatch.setattr(backends, "implementation", no_kernel)
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype)
+
+
+ERROR_CASES = {
+    "wrong channels": (lambda: (_t(1, 18, 8, 8), [_t(1, 36, 4, 4)], []), ValueError, "batch and channels"),
+    "wrong batch": (lambda: (_t(2, 18, 8, 8), [], [_t(1, 18, 8, 8)]), ValueError, r"same_res\[0\] has shape"),
+    "dtype mix": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 4, dtype=torch.float16)], []), TypeError,
+                  "must share one dtype"),
+    "factor not a power of two": (lambda: (_t(1, 18, 12, 12), [_t(1, 18, 4, 4)], []), ValueError, "power-of-two"),
+    "factor differs in H and W": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 2)], []), ValueError, "power-of-two"),
+    "factor does not divide": (lambda: (_t(1, 18, 9, 9), [_t(1, 18, 4, 4)], []), ValueError, "power-of-two"),
+    "larger than x": (lambda: (_t(1, 18, 4, 4), [_t(1, 18, 8, 8)], []), ValueError, "power-of-two"),
+    "too many low_res": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 4)] * 5, []), ValueError, "at most 4"),
+    "too many same_res": (lambda: (_t(1, 18, 8, 8), [], [_t(1, 18, 8, 8)] * 5), ValueError, "at most 4"),
+    "integer dtype": (lambda: (_t(1, 18, 8, 8, dtype=torch.int32), [], []), TypeError, "supported dtypes"),
+    "integer low_res": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 4, dtype=torch.int64)], []), TypeError,
+                        "supported dtypes"),
+    "not 4-D": (lambda: (_t(18, 8, 8), [], []), ValueError, "4-D"),
+    "not a tensor": (lambda: (_t(1, 18, 8, 8), [[0.0]], []), TypeError, "must be a torch.Tensor"),
+    "empty spatial size": (lambda: (_t(1, 18, 0, 8), [], []), ValueError, "empty spatial size"),
+}
+
+
+@pytest.mark.parametrize("name", ERROR_CASES)
+def test_invalid_inputs_raise_before_any_kernel(monkeypatch, name):
+    make_args, error, match = ERROR_CASES[name]
+    x, low, same = make_args()
+    _fail_if_a_backend_runs(monkeypatch)
+    with pytest.raises(error, match=match):
+        ops.multires_fuse(x, low, same)
+
+
+@pytest.mark.gpu
+def test_device_mix_raises_before_any_kernel(monkeypatch):
+    x = torch.zeros(1, 18, 8, 8, device="cuda")
+    _fail_if_a_backend_runs(monkeypatch)
+    with pytest.raises(ValueError, match="must be on one device"):
+        ops.multires_fuse(x, [torch.zeros(1, 18, 4, 4)])
+
+
+def test_unknown_backend_is_an_error():
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.multires_fuse(torch.zeros(1, 18, 8, 8), backend="opencl")
+
+
+# opcheck's default set: test_schema, test_autograd_registration, test_faketensor, test_aot_dispatch_static and
+# test_aot_dispatch_dynamic. The op has no autograd formula; test_autograd_registration checks it says so rather
+# than silently returning a result without a grad_fn, and the aot_dispatch tests run the inference graph.
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend, layout):
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    x, low, same = inputs((2, 18, 8, 12, (2, 4), 1, True), torch.float32, device, layout)
+    torch.library.opcheck(torch.ops.hrnet_fast.multires_fuse.default, (x, low, same, True, backend))
+
+
+@pytest.mark.parametrize("backend", ("torch", "cpu"))
+def test_torch_compile_fullgraph(backend):
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    x, low, same = inputs((2, 18, 8, 12, (2,), 1, True), torch.float32, device, "channels_last")
+
+    def fuse(x, z, d):
+        return ops.multires_fuse(x, [z], [d], backend=backend)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fuse, fullgraph=True)
+    torch.testing.assert_close(compiled(x, low[0], same[0]), fuse(x, low[0], same[0]), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ("nchw", "channels_last", "mixed"))
+@pytest.mark.parametrize("backend", ("triton", "cuda"))
+def test_gpu_hrnet_shapes(backend, dtype, layout):
+    """Real compiles on HRNet-W18 fusion shapes at 256x192 (pose) and 224x224, batch 4."""
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    for case in ((4, 18, 64, 48, (2, 4, 8), 0, True), (4, 36, 28, 28, (2, 4), 1, True),
+                 (4, 72, 14, 14, (2,), 2, True), (4, 144, 7, 7, (), 3, False)):
+        x, low, same = inputs(case, dtype, device, layout)
+        y = ops.multires_fuse(x, low, same, relu=case[-1], backend=backend)
+        assert y.is_contiguous(memory_format=expected_format(layout))
+        assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=case[-1])
