@@ -93,10 +93,11 @@ def parse_dtypes(text: str) -> List[str]:
 
 
 def parse_peers(text: str) -> List[str]:
-    """``channels_last,compile,onnxruntime`` / ``all`` / ``none`` -> the list of peers."""
+    """``channels_last,compile,onnxruntime`` / ``none`` -> the list of peers; ``all`` -> ``["all"]``, which
+    ``resolve_settings`` expands to the peers that run on the chosen device and precisions."""
     key = text.strip().lower()
     if key == "all":
-        return list(PEERS)
+        return ["all"]
     if key in ("", "none"):
         return []
     peers = [t.strip() for t in key.split(",") if t.strip()]
@@ -141,7 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HxW or one side (default: 224)")
     parser.add_argument("--peers", type=_argtype(parse_peers), default=[],
                         help="what users pick instead, timed beside: channels_last, compile (torch.compile with "
-                             "freezing; slow to compile), onnxruntime (CPU), 'all' or 'none' (default: none)")
+                             "freezing; slow to compile), onnxruntime (CPU, fp32), 'all' (those that run on the "
+                             "device) or 'none' (default: none)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch and ONNX Runtime (default: torch's, one per core); on a busy "
                              "machine 1 avoids threads waiting on each other at every op")
@@ -215,9 +217,14 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BenchError("--device cuda was asked for, but torch sees no CUDA device on this machine")
     defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    dtypes = list(args.dtype or defaults["dtypes"])
+    peers = list(args.peers)
+    if peers == ["all"]:
+        onnx_runs = device.type == "cpu" and "fp32" in dtypes
+        peers = [p for p in PEERS if p != "onnxruntime" or onnx_runs]
     settings = Settings(models=list(args.models), batches=list(args.batch or defaults["batches"]),
-                        dtypes=list(args.dtype or defaults["dtypes"]), device=device,
-                        input_size=tuple(args.input_size), peers=list(args.peers), cuda_graph=args.cuda_graph,
+                        dtypes=dtypes, device=device,
+                        input_size=tuple(args.input_size), peers=peers, cuda_graph=args.cuda_graph,
                         threads=args.threads, warmup=args.warmup, reps=args.reps, min_time=args.min_time)
     for dtype in settings.dtypes:
         ok, why = _dtype_supported(dtype, device)

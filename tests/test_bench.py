@@ -173,7 +173,18 @@ def test_model_names_accept_short_full_and_seed_spellings():
     assert bench.parse_models("all") == hrnet_fast.list_models()
     assert bench.parse_input_size("256x192") == (256, 192)
     assert bench.parse_dtypes("float16,bf16,fp16") == ["fp16", "bf16"]
-    assert bench.parse_peers("all") == list(bench.PEERS)
+    assert bench.parse_peers("all") == ["all"]
+
+
+@pytest.mark.parametrize("argv,peers", [
+    (["--device", "cpu", "--peers", "all"], ["channels_last", "compile", "onnxruntime"]),
+    (["--device", "cpu", "--peers", "all", "--dtype", "bf16"], ["channels_last", "compile"]),
+    (["--device", "cpu", "--peers", "compile,channels_last"], ["compile", "channels_last"]),
+])
+def test_all_peers_means_those_that_run_here(monkeypatch, argv, peers):
+    monkeypatch.setattr(bench, "cpu_supports", lambda dtype: True)
+    args = cli.build_parser().parse_args(["bench", *argv])
+    assert bench.resolve_settings(args).peers == peers
 
 
 def test_missing_convert_fails_loudly(capsys, monkeypatch):
