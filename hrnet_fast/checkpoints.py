@@ -284,7 +284,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
                ("numpy.core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("collections", "OrderedDict")}
+               ("collections", "OrderedDict"),
+               ("_codecs", "encode")}  # protocol 2 pickles bytes (the array data) as _codecs.encode(str, "latin1")
 
     def find_class(self, module: str, name: str):
         canonical = module.replace("numpy._core", "numpy.core")
