@@ -31,7 +31,7 @@ from .imagefolder import EvalImageDataset, Sample, check_sizes, find_image_folde
 from .ops.backends import BACKENDS, OPS, availability, select
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TOPK = 5
+TOP5 = 5
 
 
 class UserError(Exception):
@@ -98,7 +98,7 @@ class Candidate:
 class ModelScore:
     """Counts for one model over the evaluated images (summed over ranks once reduced)."""
     correct_top1: int = 0
-    correct_topk: int = 0
+    correct_top5: int = 0  # among the min(5, num_classes) best classes
     forward_s: float = 0.0  # time in forward, synchronised; the slowest rank's once reduced
 
 
@@ -110,7 +110,7 @@ class EvalResult:
     scores: Dict[str, ModelScore] = field(default_factory=dict)
     same_top1: int = 0                   # images whose top-1 is the same for the first two candidates
     wall_s: float = 0.0                  # loop time without the warm-up forwards; slowest rank once reduced
-    topk: int = TOPK
+    top5_k: int = TOP5                   # the "top-5" k: 5, or the class count when the model has fewer
 
 
 def _synchronize(device: torch.device) -> None:
@@ -129,10 +129,9 @@ def evaluate(candidates: Sequence[Candidate], loader: torch.utils.data.DataLoade
     """
     from tqdm import tqdm
 
-    k = min(TOPK, num_classes)
-    result = EvalResult(scores={c.name: ModelScore() for c in candidates}, topk=k)
-    sampler_len = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
-    bar = tqdm(total=sampler_len, unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    k = min(TOP5, num_classes)
+    result = EvalResult(scores={c.name: ModelScore() for c in candidates}, top5_k=k)
+    bar = tqdm(total=len(loader.sampler), unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     warm_up_s, warmed = 0.0, False
     start = time.perf_counter()
     for images, labels, indices, ok in loader:
@@ -140,8 +139,10 @@ def evaluate(candidates: Sequence[Candidate], loader: torch.utils.data.DataLoade
         result.skipped.extend(indices[~ok].tolist())
         if not bool(ok.any()):
             continue
-        x = normalize(images[ok].to(device, non_blocking=True))
-        labels = labels[ok].to(device, non_blocking=True)
+        if not bool(ok.all()):  # indexing copies, and the copy is not in pinned memory: only when needed
+            images, labels = images[ok], labels[ok]
+        x = normalize(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
         if not warmed:
             warm_start = time.perf_counter()
             for c in candidates:
@@ -157,7 +158,7 @@ def evaluate(candidates: Sequence[Candidate], loader: torch.utils.data.DataLoade
             score.forward_s += time.perf_counter() - t0
             top = logits.topk(k, dim=1).indices                     # (B, k), best first
             score.correct_top1 += int((top[:, 0] == labels).sum())
-            score.correct_topk += int((top == labels[:, None]).any(dim=1).sum())
+            score.correct_top5 += int((top == labels[:, None]).any(dim=1).sum())
             top1s.append(top[:, 0])
         if len(top1s) == 2:
             result.same_top1 += int((top1s[0] == top1s[1]).sum())
@@ -175,7 +176,7 @@ def reduce_result(result: EvalResult, shard: Shard, device: torch.device) -> Eva
     # NCCL reduces CUDA tensors only; gloo reduces CPU ones.
     names = list(result.scores)
     counts = torch.tensor([result.images, result.same_top1]
-                          + [n for s in result.scores.values() for n in (s.correct_top1, s.correct_topk)],
+                          + [n for s in result.scores.values() for n in (s.correct_top1, s.correct_top5)],
                           dtype=torch.int64, device=device)
     times = torch.tensor([result.wall_s] + [s.forward_s for s in result.scores.values()],
                          dtype=torch.float64, device=device)
@@ -187,25 +188,24 @@ def reduce_result(result: EvalResult, shard: Shard, device: torch.device) -> Eva
     scores = {name: ModelScore(counts_list[2 + 2 * i], counts_list[3 + 2 * i], times_list[1 + i])
               for i, name in enumerate(names)}
     return EvalResult(images=counts_list[0], skipped=sorted(i for part in skipped for i in part), scores=scores,
-                      same_top1=counts_list[1], wall_s=times_list[0], topk=result.topk)
+                      same_top1=counts_list[1], wall_s=times_list[0], top5_k=result.top5_k)
 
 
 # ---------------------------------------------------------------------------------------------- report
 def _percent(count: int, total: int) -> float:
-    return 100.0 * count / total if total else float("nan")
+    return 100.0 * count / total
 
 
 def report_dict(result: EvalResult, candidates: Sequence[Candidate], samples: Sequence[Sample],
                 settings: Dict) -> Dict:
     """The JSON report: settings, per-model counts and percentages, agreement, throughput, skipped images."""
-    k = result.topk
     models = {}
     for c in candidates:
         s = result.scores[c.name]
         models[c.name] = {
             "dtype": c.dtype, "backend": c.backend,
-            "correct_top1": s.correct_top1, f"correct_top{k}": s.correct_topk,
-            "top1": _percent(s.correct_top1, result.images), f"top{k}": _percent(s.correct_topk, result.images),
+            "correct_top1": s.correct_top1, "correct_top5": s.correct_top5,
+            "top1": _percent(s.correct_top1, result.images), "top5": _percent(s.correct_top5, result.images),
             "forward_s": s.forward_s,
             "forward_images_per_s": result.images / s.forward_s if s.forward_s > 0 else None,
         }
@@ -218,7 +218,7 @@ def report_dict(result: EvalResult, candidates: Sequence[Candidate], samples: Se
         "images": result.images,
         "skipped": len(result.skipped),
         "skipped_paths": [samples[i][0] for i in result.skipped],
-        "topk": k,
+        "top5_k": result.top5_k,
         "results": models,
         "top1_agreement": agreement,
         "wall_s": result.wall_s,
@@ -229,7 +229,7 @@ def report_dict(result: EvalResult, candidates: Sequence[Candidate], samples: Se
 
 def format_report(report: Dict) -> str:
     """Markdown: one row per model (top-1, top-k, forward images/s), then agreement, throughput, skipped."""
-    k = report["topk"]
+    k = report["top5_k"]
     lines = [f"{report['model']} on {report['images']} images ({report['resize']} -> {report['crop']}, "
              f"{report['world_size']} process{'es' if report['world_size'] > 1 else ''} on {report['device']})",
              "",
@@ -237,7 +237,7 @@ def format_report(report: Dict) -> str:
              "| --- | --- | --- | ---: | ---: | ---: |"]
     for name, r in report["results"].items():
         speed = f"{r['forward_images_per_s']:.1f}" if r["forward_images_per_s"] else "-"
-        lines.append(f"| {name} | {r['dtype']} | {r['backend']} | {r['top1']:.3f} | {r[f'top{k}']:.3f} | {speed} |")
+        lines.append(f"| {name} | {r['dtype']} | {r['backend']} | {r['top1']:.3f} | {r['top5']:.3f} | {speed} |")
     lines.append("")
     agreement = report["top1_agreement"]
     if agreement:

@@ -105,7 +105,7 @@ def test_image_folder_counts_match_independent_forward(case, tmp_path, capsys):
     assert status == 0
     out = capsys.readouterr().out
     reference = report["results"]["reference"]
-    assert (report["images"], report["skipped"], report["world_size"], report["topk"]) == (15, 0, 1, 5)
+    assert (report["images"], report["skipped"], report["world_size"], report["top5_k"]) == (15, 0, 1, 5)
     assert (reference["correct_top1"], reference["correct_top5"]) == (case["folder_top1"], case["folder_top5"])
     assert reference["top1"] == pytest.approx(100 * case["folder_top1"] / 15)
     assert list(report["results"]) == ["reference"] and report["top1_agreement"] is None
