@@ -21,7 +21,7 @@ import pickle
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, TextIO
 
 import torch
 import torch.distributed as dist
@@ -365,6 +365,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (none when stderr is no TTY)")
 
 
+def progress_enabled(shard: Shard, no_progress: bool, stream: TextIO = sys.stderr) -> bool:
+    """A progress bar on rank 0 only, unless ``--no-progress`` or ``stream`` is not a terminal (a log file or a
+    pipe would fill with carriage-return updates)."""
+    return shard.is_main and not no_progress and stream.isatty()
+
+
 def run(args: argparse.Namespace) -> Dict:
     """The evaluation ``args`` describe; returns the report (printed and written by rank 0 only)."""
     check_arguments(args)
@@ -394,7 +400,7 @@ def run(args: argparse.Namespace) -> Dict:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          sampler=StridedShardSampler(len(dataset), shard),
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
-    progress = shard.is_main and not args.no_progress and sys.stderr.isatty()
+    progress = progress_enabled(shard, args.no_progress)
     result = reduce_result(evaluate(candidates, loader, device, args.num_classes, progress), shard, device)
     if result.images == 0:
         raise UserError(f"none of the {len(samples)} images could be read (e.g. {samples[0][0]})")

@@ -4,6 +4,7 @@ Expected figures never come from the code under test: the test runs the same wei
 torchvision-preprocessed images, then either reads the folder labels against those predictions or writes a labels
 file whose answers are known by construction (each image labelled with the class at a chosen rank of its logits).
 """
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from torchvision import transforms
 
 import hrnet_fast
 from hrnet_fast.cli import main as cli_main
-from hrnet_fast.evaluate import Shard, StridedShardSampler
+from hrnet_fast.evaluate import Shard, StridedShardSampler, progress_enabled
 from hrnet_fast.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,6 +172,18 @@ def test_shards_partition_the_dataset():
             assert [len(StridedShardSampler(size, Shard(r, world_size))) for r in range(world_size)] == \
                 [len(s) for s in shards]
     assert list(StridedShardSampler(7, Shard(1, 3))) == [1, 4]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_rank_0_of_a_terminal():
+    assert progress_enabled(Shard(0, 1), no_progress=False, stream=Terminal())
+    assert not progress_enabled(Shard(0, 1), no_progress=True, stream=Terminal())
+    assert not progress_enabled(Shard(1, 2), no_progress=False, stream=Terminal())
+    assert not progress_enabled(Shard(0, 1), no_progress=False, stream=io.StringIO())
 
 
 def test_unreadable_image_is_skipped_and_counted(case, tmp_path, capsys):
