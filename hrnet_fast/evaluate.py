@@ -9,8 +9,9 @@ Under torchrun each rank evaluates the images r, r+N, r+2N, ... (no padding dupl
 summed, so any number of processes gives exactly the figures of one.
 
 Unreadable images (corrupt, truncated, not an image) are skipped, counted and listed in the report and the JSON;
-the accuracies are over the images that were read. Everything the user can get wrong before the run starts (paths,
-sizes, model name, a checkpoint for another variant) is a one-line error and exit status 2.
+the accuracies are over the images that were read (none read at all is an error). Everything the user can get
+wrong (paths, sizes, model name, a checkpoint for another variant) is an error message without a traceback and
+exit status 2.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ TOP5 = 5
 
 
 class UserError(Exception):
-    """A problem with the command's input (paths, sizes, names, checkpoint): printed as one line, no traceback."""
+    """A problem with the command's input (paths, sizes, names, checkpoint): printed as a message, no traceback."""
 
 
 # ---------------------------------------------------------------------------------------------- distribution
