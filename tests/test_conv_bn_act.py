@@ -1,0 +1,261 @@
+"""conv_bn_act: every backend against the float64 reference, on HRNet's awkward channel counts and sizes, dtypes
+and layouts; clear errors before any kernel runs; torch.library registration (opcheck) and torch.compile."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import pytest
+import torch
+
+import hrnet_fast.ops as ops
+from hrnet_fast.ops import backends
+from hrnet_fast.ops.backends import BACKENDS
+from hrnet_fast.ops.reference import conv_bn_act_ref
+from tolerance import assert_matches_reference, backend_device
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LAYOUTS = ("nchw", "channels_last", "strided")
+
+# (N, Cin, Cout, H, W, kernel, stride, padding, residual, relu)
+CASES = (
+    (1, 3, 18, 13, 17, 3, 2, 1, False, True),     # stem: 3 input channels, odd size
+    (3, 18, 36, 7, 7, 3, 2, 1, False, True),      # transition down to the next branch
+    (3, 18, 18, 13, 17, 3, 1, 1, True, True),     # basic block, second conv: residual then ReLU
+    (1, 36, 72, 7, 7, 1, 1, 0, False, False),     # 1x1 fuse-layer conv, no ReLU
+    (2, 72, 144, 8, 6, 3, 1, 0, True, False),     # no padding, residual without ReLU
+    (1, 144, 18, 5, 7, 1, 2, 0, True, True),      # 1x1 stride 2, more than 128 input channels
+    (1, 18, 36, 64, 48, 3, 2, 1, False, True),    # pose-like crop
+)
+
+
+def case_id(case) -> str:
+    n, cin, cout, h, w, k, s, p, res, relu = case
+    return f"{n}x{cin}x{h}x{w}-{cout}k{k}s{s}p{p}{'-res' if res else ''}{'-relu' if relu else ''}"
+
+
+def make(shape: Sequence[int], dtype: torch.dtype, device: torch.device, layout: str,
+         scale: float = 1.0) -> torch.Tensor:
+    """A random tensor laid out as asked: contiguous, channels_last, or a strided view of a larger tensor."""
+    if layout == "strided":
+        n, c, h, w = shape
+        base = torch.randn(n, 2 * c, h + 1, 2 * w, device=device) * scale
+        t = base.to(dtype)[:, ::2, 1:, ::2]
+        assert not t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
+        return t
+    t = (torch.randn(*shape, device=device) * scale).to(dtype)
+    return t.to(memory_format=torch.channels_last) if layout == "channels_last" else t
+
+
+def inputs(case, dtype: torch.dtype, device: torch.device, layout: str
+           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """x, folded weight, bias, residual. Weights are scaled like a BN-folded conv (outputs O(1)). With 'strided',
+    x and the weight are strided views and the residual is channels_last: one call mixes three layouts."""
+    n, cin, cout, h, w, k, s, p, res, _ = case
+    x = make((n, cin, h, w), dtype, device, layout)
+    weight = make((cout, cin, k, k), dtype, device, layout, scale=(cin * k * k) ** -0.5)
+    bias = make((cout,), dtype, device, "nchw")
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    residual_layout = "channels_last" if layout == "strided" else layout
+    residual = make((n, cout, ho, wo), dtype, device, residual_layout) if res else None
+    return x, weight, bias, residual
+
+
+def expected_format(layout: str) -> torch.memory_format:
+    """The output keeps x's memory format: channels_last when x is, else contiguous (NCHW)."""
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def interpreter_without_bf16_dot(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """The Triton interpreter cannot run tl.dot on bfloat16 (test_triton_interpreter_refuses_bfloat16)."""
+    return backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference(backend, dtype, layout, case):
+    device = backend_device(backend, "conv_bn_act")
+    if interpreter_without_bf16_dot(backend, device, dtype):
+        pytest.skip("the Triton interpreter cannot run tl.dot on bfloat16; covered on GPU by test_gpu_hrnet_shapes")
+    torch.manual_seed(0)
+    x, weight, bias, residual = inputs(case, dtype, device, layout)
+    _, _, _, _, _, _, stride, padding, _, relu = case
+    y = ops.conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu,
+                        backend=backend)
+    assert y.dtype == dtype and y.device == x.device
+    assert y.is_contiguous(memory_format=expected_format(layout))
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=stride, padding=padding,
+                             residual=residual, relu=relu)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_bias(backend):
+    device = backend_device(backend, "conv_bn_act")
+    torch.manual_seed(0)
+    x, weight, _, residual = inputs((2, 18, 36, 9, 11, 3, 1, 1, True, True), torch.float32, device, "nchw")
+    y = ops.conv_bn_act(x, weight, None, stride=1, padding=1, residual=residual, backend=backend)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, None, stride=1, padding=1, residual=residual)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_zero(backend, layout):
+    device = backend_device(backend, "conv_bn_act")
+    x = make((0, 18, 13, 17), torch.float32, device, layout)
+    weight = make((36, 18, 3, 3), torch.float32, device, "nchw")
+    residual = make((0, 36, 7, 9), torch.float32, device, layout)
+    y = ops.conv_bn_act(x, weight, torch.zeros(36, device=device), stride=2, padding=1, residual=residual,
+                        backend=backend)
+    assert y.shape == (0, 36, 7, 9) and y.dtype == torch.float32  # an empty tensor has no meaningful layout
+
+
+def test_triton_batch_zero_does_not_launch(monkeypatch):
+    backend_device("triton", "conv_bn_act")
+    from hrnet_fast.kernels import conv_bn_act as module
+
+    monkeypatch.setattr(module, "_conv_bn_act_kernel", None)  # any launch would fail: None is not indexable
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, weight = torch.randn(0, 18, 8, 8, device=device), torch.randn(36, 18, 1, 1, device=device)
+    y = module.conv_bn_act(x, weight, None, stride=2, padding=0, residual=None, relu=True)
+    assert y.shape == (0, 36, 4, 4)
+
+
+def test_triton_int64_indexing(monkeypatch):
+    """The int64 index path (taken when an offset can reach 2**31) gives the same answers as the int32 one."""
+    device = backend_device("triton", "conv_bn_act")
+    import hrnet_fast.kernels as kernels
+
+    torch.manual_seed(0)
+    x, weight, bias, residual = inputs(CASES[2], torch.float32, device, "strided")
+    kwargs = dict(stride=1, padding=1, residual=residual, backend="triton")
+    int32_result = ops.conv_bn_act(x, weight, bias, **kwargs)
+    monkeypatch.setattr(kernels, "INT32_LIMIT", 1)
+    assert kernels.needs_int64(x)
+    torch.testing.assert_close(ops.conv_bn_act(x, weight, bias, **kwargs), int32_result, rtol=0, atol=0)
+
+
+def test_triton_interpreter_refuses_bfloat16():
+    device = backend_device("triton", "conv_bn_act")
+    if device.type != "cpu":
+        pytest.skip("triton runs compiled on the GPU here, not through the interpreter")
+    x, weight = torch.zeros(1, 18, 8, 8, dtype=torch.bfloat16), torch.zeros(18, 18, 1, 1, dtype=torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="cannot run tl.dot on bfloat16"):
+        ops.conv_bn_act(x, weight, backend="triton")
+
+
+def test_triton_tile_pruning():
+    """Autotuning only benchmarks tiles that fit the channel counts, and always keeps at least one."""
+    pytest.importorskip("triton")
+    from hrnet_fast.kernels.conv_bn_act import _prune
+    import triton
+
+    configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": n, "BLOCK_K": k}) for n, k in ((32, 16), (64, 32),
+                                                                                       (128, 64))]
+    kept = _prune(configs, {"Cout": 18}, CIN=3)
+    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(32, 16)]
+    kept = _prune(configs, {"Cout": 144}, CIN=72)
+    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(32, 16), (64, 32), (128, 64)]
+    assert _prune(configs[1:], {"Cout": 8}, CIN=8) == configs[1:2]
+
+
+def _fail_if_a_backend_runs(monkeypatch):
+    def no_kernel(op, backend):
+        raise AssertionError(f"a {backend} kernel for {op} was reached before the inputs were validated")
+    monkeypatch.setattr(backends, "implementation", no_kernel)
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype)
+
+
+# name: (x, weight, bias, stride, padding, residual), error, message fragment
+ERROR_CASES = {
+    "wrong input channels": ((_t(1, 18, 8, 8), _t(36, 36, 3, 3), None, 1, 1, None), ValueError,
+                             "x has 18 channels but weight expects 36"),
+    "5x5 kernel": ((_t(1, 18, 8, 8), _t(36, 18, 5, 5), None, 1, 2, None), ValueError, "1x1 or 3x3"),
+    "non-square kernel": ((_t(1, 18, 8, 8), _t(36, 18, 1, 3), None, 1, 0, None), ValueError, "1x1 or 3x3"),
+    "stride 3": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 3, 1, None), ValueError, "stride must be 1 or 2"),
+    "padding 2 for 3x3": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 1, 2, None), ValueError, "padding must be"),
+    "padding 1 for 1x1": ((_t(1, 18, 8, 8), _t(36, 18, 1, 1), None, 1, 1, None), ValueError, "padding must be"),
+    "negative padding": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 1, -1, None), ValueError, "padding must be"),
+    "bias shape": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), _t(18), 1, 1, None), ValueError, r"bias must have shape"),
+    "residual shape": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 2, 1, _t(1, 36, 8, 8)), ValueError,
+                       "residual has shape"),
+    "weight dtype mix": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3, dtype=torch.float16), None, 1, 1, None), TypeError,
+                         "must share one dtype"),
+    "residual dtype mix": ((_t(1, 18, 8, 8), _t(36, 18, 1, 1), None, 1, 0, _t(1, 36, 8, 8, dtype=torch.bfloat16)),
+                           TypeError, "must share one dtype"),
+    "integer dtype": ((_t(1, 18, 8, 8, dtype=torch.int32), _t(36, 18, 3, 3, dtype=torch.int32), None, 1, 1, None),
+                      TypeError, "supported dtypes"),
+    "input too small": ((_t(1, 18, 2, 2), _t(36, 18, 3, 3), None, 1, 0, None), ValueError, "too small"),
+    "x not 4-D": ((_t(18, 8, 8), _t(36, 18, 3, 3), None, 1, 1, None), ValueError, "4-D"),
+}
+
+
+@pytest.mark.parametrize("name", ERROR_CASES)
+def test_invalid_inputs_raise_before_any_kernel(monkeypatch, name):
+    (x, weight, bias, stride, padding, residual), error, match = ERROR_CASES[name]
+    _fail_if_a_backend_runs(monkeypatch)
+    with pytest.raises(error, match=match):
+        ops.conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=residual)
+
+
+@pytest.mark.gpu
+def test_device_mix_raises_before_any_kernel(monkeypatch):
+    x = torch.zeros(1, 18, 8, 8, device="cuda")
+    _fail_if_a_backend_runs(monkeypatch)
+    with pytest.raises(ValueError, match="must be on one device"):
+        ops.conv_bn_act(x, torch.zeros(36, 18, 3, 3), padding=1)
+
+
+# opcheck's default set: test_schema, test_autograd_registration, test_faketensor, test_aot_dispatch_static and
+# test_aot_dispatch_dynamic. The op has no autograd formula; test_autograd_registration checks it says so rather
+# than silently returning a result without a grad_fn, and the aot_dispatch tests run the inference graph.
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend, layout):
+    device = backend_device(backend, "conv_bn_act")
+    torch.manual_seed(0)
+    x, weight, bias, residual = inputs((2, 18, 36, 8, 12, 3, 2, 1, True, True), torch.float32, device, layout)
+    torch.library.opcheck(torch.ops.hrnet_fast.conv_bn_act.default, (x, weight, bias, residual, 2, 1, True, backend))
+
+
+@pytest.mark.parametrize("backend", ("torch", "cpu"))
+def test_torch_compile_fullgraph(backend):
+    """A small graph of both ops compiles without graph breaks and gives the eager result."""
+    device = backend_device(backend, "conv_bn_act")
+    backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    x, weight, bias, residual = inputs((2, 18, 18, 8, 12, 3, 1, 1, True, True), torch.float32, device,
+                                       "channels_last")
+    low = torch.randn(2, 18, 4, 6, device=device)
+
+    def block(x, residual, low):
+        y = ops.conv_bn_act(x, weight, bias, stride=1, padding=1, residual=residual, backend=backend)
+        return ops.multires_fuse(y, [low], relu=True, backend=backend)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    torch.testing.assert_close(compiled(x, residual, low), block(x, residual, low), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("backend", ("triton", "cuda"))
+def test_gpu_hrnet_shapes(backend, dtype, layout):
+    """Real compiles and autotuning on HRNet-W18 conv shapes at 224x224, batch 4 (stem, branches, transitions)."""
+    device = backend_device(backend, "conv_bn_act")
+    torch.manual_seed(0)
+    for case in ((4, 3, 64, 224, 224, 3, 2, 1, False, True), (4, 64, 64, 112, 112, 3, 2, 1, False, True),
+                 (4, 18, 18, 56, 56, 3, 1, 1, True, True), (4, 36, 36, 28, 28, 3, 1, 1, True, True),
+                 (4, 144, 144, 7, 7, 3, 1, 1, True, True), (4, 256, 64, 56, 56, 1, 1, 0, False, True),
+                 (4, 72, 18, 14, 14, 1, 1, 0, False, False), (4, 18, 36, 56, 56, 3, 2, 1, False, True)):
+        x, weight, bias, residual = inputs(case, dtype, device, layout)
+        _, _, _, _, _, _, stride, padding, _, relu = case
+        y = ops.conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu,
+                            backend=backend)
+        assert y.is_contiguous(memory_format=expected_format(layout))
+        assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=stride, padding=padding,
+                                 residual=residual, relu=relu)
