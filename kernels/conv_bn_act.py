@@ -76,6 +76,8 @@ def _prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[tri
     return kept or configs[:1]
 
 
+# Tuned per GEMM shape: M = N * Ho * Wo (the batch included, since the best BLOCK_M depends on it), Cout, and
+# K = KH * KH * CIN; the stride changes the input access pattern. The autotuner adds the tensors' dtypes itself.
 @triton.autotune(configs=_configs(), key=["N", "CIN", "Cout", "H", "W", "KH", "STRIDE"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit

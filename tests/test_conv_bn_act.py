@@ -11,7 +11,7 @@ import hrnet_fast.ops as ops
 from hrnet_fast.ops import backends
 from hrnet_fast.ops.backends import BACKENDS
 from hrnet_fast.ops.reference import conv_bn_act_ref
-from tolerance import assert_matches_reference, backend_device
+from tolerance import assert_matches_reference, backend_device, compile_for_gpu
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("nchw", "channels_last", "strided")
@@ -157,6 +157,19 @@ def test_triton_tile_pruning():
     kept = _prune(configs, {"Cout": 144}, CIN=72)
     assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(32, 16), (64, 32), (128, 64)]
     assert _prune(configs[1:], {"Cout": 8}, CIN=8) == configs[1:2]
+
+
+def test_triton_kernel_compiles_for_gpus():
+    """The GPU code path, which the interpreter does not compile: every autotuning tile in fp16 for sm_90, and
+    fp32 (IEEE dots) and bf16 for sm_80 and sm_90, down to cubins."""
+    flags = dict(CIN=18, KH=3, STRIDE=2, PADDING=1, HAS_BIAS=True, HAS_RESIDUAL=True, RELU=True, INT64=False)
+    compile_for_gpu("hrnet_fast.kernels.conv_bn_act", "_conv_bn_act_kernel", [
+        dict(dtype="fp16", constexprs={**flags, "DOT_PRECISION": "tf32"}, archs=[90], all_configs=True),
+        dict(dtype="fp32", constexprs={**flags, "DOT_PRECISION": "ieee", "CIN": 3}, archs=[80, 90],
+             all_configs=False),
+        dict(dtype="bf16", constexprs={**flags, "DOT_PRECISION": "tf32", "KH": 1, "PADDING": 0, "INT64": True,
+                                       "HAS_BIAS": False, "HAS_RESIDUAL": False}, archs=[80, 90], all_configs=False),
+    ])
 
 
 def _fail_if_a_backend_runs(monkeypatch):

@@ -11,7 +11,7 @@ import hrnet_fast.ops as ops
 from hrnet_fast.ops import backends
 from hrnet_fast.ops.backends import BACKENDS
 from hrnet_fast.ops.reference import multires_fuse_ref
-from tolerance import assert_matches_reference, backend_device
+from tolerance import assert_matches_reference, backend_device, compile_for_gpu
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("nchw", "channels_last", "strided", "mixed")
@@ -120,6 +120,17 @@ def test_triton_int64_indexing(monkeypatch):
     monkeypatch.setattr(kernels, "INT32_LIMIT", 1)
     assert kernels.needs_int64(x)
     torch.testing.assert_close(ops.multires_fuse(x, low, same, backend="triton"), int32_result, rtol=0, atol=0)
+
+
+def test_triton_kernel_compiles_for_gpus():
+    """The GPU code path, which the interpreter does not compile: each dtype, both layouts and index widths, the
+    largest and smallest input counts, for sm_80 and sm_90, down to cubins."""
+    compile_for_gpu("hrnet_fast.kernels.multires_fuse", "_multires_fuse_kernel", [
+        dict(dtype=dtype, constexprs=dict(N_LOW=n_low, N_SAME=n_same, RELU=True, CHANNELS_LAST=cl, INT64=int64),
+             archs=[80, 90], all_configs=False)
+        for dtype, n_low, n_same, cl, int64 in (("fp32", 4, 4, False, False), ("fp16", 0, 1, True, True),
+                                                ("bf16", 3, 0, True, False))
+    ])
 
 
 def _fail_if_a_backend_runs(monkeypatch):

@@ -1,4 +1,5 @@
-"""What the op tests share: the tolerance rule (DESIGN.md, Numerics) and the device each backend runs on.
+"""What the op tests share: the tolerance rule (DESIGN.md, Numerics), the device each backend runs on, and
+compiling a Triton kernel for real GPU targets on a machine without one.
 
 Tolerance rule: the truth is the reference computed in float64. A result in dtype d may be off from it by at most
 twice the error of the same reference computed by PyTorch in d, plus a floor relative to the reference's scale
@@ -6,7 +7,11 @@ twice the error of the same reference computed by PyTorch in d, plus a floor rel
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Callable, Dict, List
 
 import pytest
 import torch
@@ -58,3 +63,39 @@ def backend_device(backend: str, op: str) -> torch.device:
     if not live:
         pytest.skip(f"backend {backend!r} is not live for {op} on {device}: {why}")
     return torch.device(device)
+
+
+# Runs in a fresh interpreter without TRITON_INTERPRET, so the kernels are real JIT functions; compiles each variant
+# down to a cubin (triton ships ptxas) for each target. Pointer arguments end in "_ptr"; other runtime
+# arguments are i32 (int64 arguments only appear for tensors beyond 2**31 elements).
+_COMPILE_SCRIPT = """
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+spec = json.loads(sys.argv[1])
+kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+configs, jit_fn = kernel.configs, kernel.fn  # the autotuner's GPU configs and the kernel beneath it
+for v in spec["variants"]:
+    tiles = configs if v["all_configs"] else configs[:1]
+    for config in tiles:
+        constexprs = {**v["constexprs"], **config.kwargs}
+        signature = {p.name: "constexpr" if p.is_constexpr else ("*" + v["dtype"] if p.name.endswith("_ptr")
+                     else "i32") for p in jit_fn.params}
+        for arch in v["archs"]:
+            triton.compile(ASTSource(jit_fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
+                           options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+"""
+
+
+def compile_for_gpu(module: str, kernel: str, variants: List[Dict[str, Any]]) -> None:
+    """Compiles ``module.kernel`` (an autotuned Triton kernel) for each variant: a dict with "dtype" (a Triton
+    type name: fp32, fp16, bf16), "constexprs" (all but the autotuned ones), "archs" (compute capabilities) and
+    "all_configs" (every autotuning config, or only the first)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    spec = json.dumps({"module": module, "kernel": kernel, "variants": variants})
+    result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, spec], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"compiling {module}.{kernel} for GPU targets failed:\n{result.stderr[-4000:]}"
