@@ -226,6 +226,9 @@ def main(args: argparse.Namespace) -> int:
         print("The seed tables are for 224x224: their columns are left empty.")
     print()
     print(format_table(rows))
+    if any("seed" in r for r in rows):
+        print("\nPaddleClas FLOPS is about 2 x MACs for W30…W64; its W18 entry (4.14 G) is not (MACs alone are "
+              "4.28 G). Its models have bias-free head convs, as the ssld variants here.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(input_size=[h, w], torch=torch.__version__, rows=rows), f, indent=2)
