@@ -87,7 +87,7 @@ def _conv_bn_act_kernel(
     b_ptr,  # [Cout], stride sb; aliases w_ptr (never read) when HAS_BIAS is False
     r_ptr,  # [N, Cout, Ho, Wo], strides srn, src, srh, srw; aliases x_ptr (never read) when HAS_RESIDUAL is False
     y_ptr,  # [N, Cout, Ho, Wo] output, strides syn, syc, syh, syw (x's memory format)
-    M, N, H, W, Cout, Ho, Wo,  # M = N * Ho * Wo
+    M, N, H, W, Cout, Ho, Wo,  # M = N * Ho * Wo; N only keys the autotuning
     sxn, sxc, sxh, sxw,
     swo, swi, swh, sww,
     sb,
@@ -108,8 +108,11 @@ def _conv_bn_act_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    if INT64:
+    rk = tl.arange(0, BLOCK_K)
+    if INT64:  # every index that multiplies a stride, so each product is computed in int64
         pid_m = pid_m.to(tl.int64)
+        pid_n = pid_n.to(tl.int64)
+        rk = rk.to(tl.int64)
 
     # Output pixels (rows of the GEMM) of this tile.
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -124,7 +127,6 @@ def _conv_bn_act_kernel(
     # Output channels (columns of the GEMM) of this tile.
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < Cout
-    rk = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     chunks: tl.constexpr = (CIN + BLOCK_K - 1) // BLOCK_K
