@@ -11,8 +11,9 @@ forward hooks on the leaf layers and counts, per call:
     linear      in*out multiply-accumulates, +out for the bias
     tensor additions are not counted.
 
-That is the convention of the MMClassification model tables (mmcv's complexity counter), whose "Flops (G)"
-column is therefore multiply-accumulates plus element-wise work, not 2 x MACs. ``Profile.macs`` counts only the
+That is the convention of the MMClassification model tables (mmcv's complexity counter, which leaves out the
+linear bias: 1,000 operations, immaterial), whose "Flops (G)" column is therefore multiply-accumulates plus
+element-wise work, not 2 x MACs. ``Profile.macs`` counts only the
 conv and linear multiply-accumulates; PaddleClas's "FLOPS (G)" column is about ``2 * macs`` (for W30…W64).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -49,7 +50,7 @@ class Profile:
     flops_by_layer: Dict[str, int]
 
 
-# Per layer kind: (kind, counter(module, input, output) -> (macs, flops)).
+# A layer's counter: (module, its input, its output) -> (MACs, FLOPs).
 Counter = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[int, int]]
 
 
