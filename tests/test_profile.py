@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from hrnet_fast import create_model
-from hrnet_fast import profile as profile_cli
-from hrnet_fast.profile import profile
+# By name from the module: the package may export the function ``profile`` under the module's name.
+from hrnet_fast.profile import add_arguments, main, profile
 
 # MMClassification 0.x HRNet page: Params(M), Flops(G) at 224x224.
 MMCLS = {"hrnet_w18": (21.30, 4.33), "hrnet_w30": (37.71, 8.17), "hrnet_w32": (41.23, 8.99),
@@ -92,8 +92,8 @@ def test_profile_errors():
 
 def run_cli(argv):
     parser = argparse.ArgumentParser()
-    profile_cli.add_arguments(parser)
-    return profile_cli.main(parser.parse_args(argv))
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
 
 
 def test_cli_table_and_json(tmp_path, capsys):
