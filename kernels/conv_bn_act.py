@@ -153,7 +153,7 @@ def _conv_bn_act_kernel(
         r_offs = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
         acc += tl.load(r_ptr + r_offs, mask=out_ok, other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
     y_offs = (n * syn + oh * syh + ow * syw)[:, None] + rn[None, :] * syc
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 

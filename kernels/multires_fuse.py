@@ -110,7 +110,7 @@ def _multires_fuse_kernel(
     if N_SAME > 3:
         acc += _load_same(d3_ptr, n, c, h, w, sd3n, sd3c, sd3h, sd3w, mask)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
     tl.store(y_ptr + idx, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 

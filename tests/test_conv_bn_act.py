@@ -110,6 +110,20 @@ def test_batch_zero(backend, layout):
     assert y.shape == (0, 36, 7, 9) and y.dtype == torch.float32  # an empty tensor has no meaningful layout
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates_like_eager(backend):
+    """A NaN input pixel makes every output it reaches NaN, through the ReLU too (torch.relu(nan) is nan)."""
+    device = backend_device(backend, "conv_bn_act")
+    torch.manual_seed(0)
+    x = torch.randn(1, 18, 8, 8, device=device)
+    x[0, 0, 3, 3] = float("nan")
+    weight = torch.randn(36, 18, 3, 3, device=device)
+    y = ops.conv_bn_act(x, weight, torch.randn(36, device=device), padding=1, relu=True, backend=backend)
+    expected = torch.zeros(1, 36, 8, 8, dtype=torch.bool)
+    expected[0, :, 2:5, 2:5] = True  # the 3x3 neighbourhood of (3, 3)
+    assert torch.equal(torch.isnan(y).cpu(), expected)
+
+
 def test_triton_batch_zero_does_not_launch(monkeypatch):
     backend_device("triton", "conv_bn_act")
     from hrnet_fast.kernels import conv_bn_act as module

@@ -98,6 +98,20 @@ def test_batch_zero(backend, layout):
     assert y.shape == (0, 18, 8, 8) and y.dtype == torch.float32  # an empty tensor has no meaningful layout
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates_like_eager(backend):
+    """A NaN in any input stays NaN through the sum and the ReLU, as in eager PyTorch (torch.relu(nan) is nan)."""
+    device = backend_device(backend, "multires_fuse")
+    x, z = torch.randn(1, 18, 8, 8, device=device), torch.randn(1, 18, 4, 4, device=device)
+    x[0, 0, 3, 3] = float("nan")
+    z[0, 1, 0, 0] = float("nan")  # upsampled to rows 0-1, columns 0-1
+    y = ops.multires_fuse(x, [z], relu=True, backend=backend)
+    expected = torch.zeros(1, 18, 8, 8, dtype=torch.bool)
+    expected[0, 0, 3, 3] = True
+    expected[0, 1, 0:2, 0:2] = True
+    assert torch.equal(torch.isnan(y).cpu(), expected)
+
+
 def test_triton_batch_zero_does_not_launch(monkeypatch):
     backend_device("triton", "multires_fuse")
     from hrnet_fast.kernels import multires_fuse as module
