@@ -1,31 +1,43 @@
 """Builds hrnet_fast and its compiled extension ``hrnet_fast._C`` from csrc/.
 
 CUDAExtension when nvcc and a CUDA build of torch are present (the CUDA kernels compile and link even on a
-machine without a GPU), CppExtension otherwise. ``kernels/`` (Triton) ships as the subpackage
-``hrnet_fast.kernels``. Metadata lives in pyproject.toml.
+machine without a GPU; TORCH_CUDA_ARCH_LIST defaults to hrnet_fast.ops.extension.DEFAULT_CUDA_ARCHS, so no GPU
+is needed to pick architectures), CppExtension otherwise or with HRNET_FAST_NO_CUDA=1. Sources and flags come
+from ``build_config`` in hrnet_fast/ops/extension.py, which the ninja JIT build uses too. ``kernels/`` (Triton)
+ships as the subpackage ``hrnet_fast.kernels``. Metadata lives in pyproject.toml.
 """
-import glob
+import importlib.util
 import os
 
 from setuptools import setup
 
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-import torch
+
+def _load_extension_module():
+    """hrnet_fast/ops/extension.py by path: the package itself cannot be imported before it is built."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hrnet_fast", "ops", "extension.py")
+    spec = importlib.util.spec_from_file_location("_hrnet_fast_extension_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_EXT = _load_extension_module()
+# Before torch.utils.cpp_extension is imported: it reads CUDA_HOME once, at import.
+_WITH_CUDA, _NO_CUDA_REASON = _EXT.cuda_toolchain()
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def extension():
-    cpp = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    cu = sorted(glob.glob("csrc/**/*.cu", recursive=True))
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
-    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("HRNET_FAST_NO_CUDA") != "1"
-    if with_cuda:
-        arch = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-        nvcc = ["-O3", "--use_fast_math", "-std=c++17", "-lineinfo"]
-        return CUDAExtension("hrnet_fast._C", cpp + cu, include_dirs=[os.path.abspath("csrc")],
-                             extra_compile_args={"cxx": cxx + ["-DHRNET_FAST_WITH_CUDA"], "nvcc": nvcc},
-                             extra_link_args=["-fopenmp"])
-    return CppExtension("hrnet_fast._C", cpp, include_dirs=[os.path.abspath("csrc")],
-                        extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    if not _WITH_CUDA:
+        print(f"hrnet_fast: building the CPU-only extension ({_NO_CUDA_REASON})")
+    # setuptools wants source paths relative to this directory.
+    cfg = _EXT.build_config(_WITH_CUDA, root="")
+    args = dict(include_dirs=[os.path.abspath(d) for d in cfg["include_dirs"]], extra_link_args=cfg["ldflags"])
+    if _WITH_CUDA:
+        return CUDAExtension("hrnet_fast._C", cfg["sources"], extra_compile_args={"cxx": cfg["cxx"], "nvcc": cfg["nvcc"]},
+                             **args)
+    return CppExtension("hrnet_fast._C", cfg["sources"], extra_compile_args={"cxx": cfg["cxx"]}, **args)
 
 
 setup(

@@ -1,28 +1,102 @@
-"""Loading the compiled extension (``hrnet_fast._C``, built from csrc/ by setup.py) on first use.
+"""The compiled extension ``hrnet_fast._C``, built from csrc/: loading it, or compiling it on request.
 
-It registers ``torch.ops.hrnet_fast_C.{conv_bn_act,multires_fuse}`` with CPU and (when built with nvcc) CUDA
-kernels. Where no prebuilt extension exists, ``build()`` compiles csrc/ with ninja (``torch.utils.cpp_extension
-.load``); that is never done implicitly, because it takes minutes.
+The extension registers ``torch.ops.hrnet_fast_C.{conv_bn_act,multires_fuse}`` with CPU kernels and, when
+built with nvcc, CUDA kernels. ``setup.py`` builds it ahead of time (``pip install --no-build-isolation -e .``);
+where it was not, ``build()`` compiles the same sources with the same flags with ninja
+(``torch.utils.cpp_extension.load``). Nothing compiles implicitly, because a build takes minutes.
+
+This file is also loaded by ``setup.py`` (by path, before the package exists), so it imports nothing from
+hrnet_fast: ``build_config`` is the one place the sources and flags are written down.
 """
 from __future__ import annotations
 
 import functools
 import glob
 import os
-from typing import Callable, Tuple
+import shutil
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CSRC = os.path.join(_ROOT, "csrc")
-_state = {"error": None, "jit": False}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LIBRARY = "hrnet_fast_C"  # the torch.library namespace the extension registers
+# Compiled GPU architectures when TORCH_CUDA_ARCH_LIST is unset: A100-class and H100-class binaries, plus PTX the
+# driver can compile for newer GPUs. Setting it means no GPU is needed to pick architectures.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+_state: Dict[str, Optional[str]] = {"error": None, "jit": None}
+
+
+def find_cuda_home() -> Optional[str]:
+    """The CUDA toolkit to build with: $CUDA_HOME (or $CUDA_PATH) when set, else the toolkit of the nvcc on PATH,
+    else /usr/local/cuda; None when that directory has no nvcc and CUDA headers.
+
+    torch guesses the toolkit from ``which nvcc`` too, but takes two directories up from it, which is wrong
+    when nvcc on PATH is a wrapper script (e.g. /usr/local/bin/nvcc).
+    """
+    def is_toolkit(path: Optional[str]) -> bool:
+        return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and \
+            os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+
+    explicit = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if explicit:
+        return explicit if is_toolkit(explicit) else None
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    return next((c for c in candidates if is_toolkit(c)), None)
+
+
+def cuda_toolchain() -> Tuple[bool, str]:
+    """(usable, reason): whether the CUDA kernels can be compiled here (a CUDA build of torch and a toolkit).
+
+    When usable, CUDA_HOME is set (if it was not) so torch.utils.cpp_extension, imported afterwards, uses that
+    toolkit, and TORCH_CUDA_ARCH_LIST defaults to DEFAULT_CUDA_ARCHS so no GPU is needed to pick architectures.
+    """
+    if os.environ.get("HRNET_FAST_NO_CUDA") == "1":
+        return False, "HRNET_FAST_NO_CUDA=1"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is not a CUDA build"
+    home = find_cuda_home()
+    if home is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME to the directory holding bin/nvcc and include/)"
+    loaded = sys.modules.get("torch.utils.cpp_extension")
+    if loaded is not None and loaded.CUDA_HOME != home:
+        return False, (f"torch.utils.cpp_extension was imported with CUDA_HOME={loaded.CUDA_HOME}, not {home}; "
+                       f"set CUDA_HOME={home} before starting Python")
+    os.environ.setdefault("CUDA_HOME", home)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    return True, ""
+
+
+def build_config(with_cuda: bool, root: str = ROOT) -> Dict[str, List[str]]:
+    """Sources, include directories and compiler / linker flags of the extension, paths under ``root``.
+
+    C++ sources are csrc/**/*.cpp; with ``with_cuda`` also csrc/**/*.cu and the define that registers the CUDA
+    kernels. OpenMP is what ``at::parallel_for`` runs on in the CPU kernels (without ``-fopenmp`` they run on
+    one thread). No ``--use_fast_math``: the kernels are memory-bound, and flushing denormals would make results
+    differ from PyTorch's.
+    """
+    csrc = os.path.join(root, "csrc")
+
+    def sources(ext: str) -> List[str]:
+        return sorted(os.path.join(csrc, p) for p in glob.glob(f"**/*.{ext}", root_dir=csrc, recursive=True))
+
+    defines = ["-DHRNET_FAST_WITH_CUDA"] if with_cuda else []
+    return {
+        "sources": sources("cpp") + (sources("cu") if with_cuda else []),
+        "include_dirs": [csrc],
+        "cxx": ["-O3", "-fopenmp"] + defines,
+        "nvcc": ["-O3", "-lineinfo"] + defines,
+        "ldflags": ["-fopenmp"],
+    }
 
 
 @functools.lru_cache(maxsize=None)
-def load() -> bool:
-    """Imports the prebuilt extension; False (with the reason in ``_state``) if there is none."""
+def _import_prebuilt() -> bool:
     try:
-        from hrnet_fast import _C  # noqa: F401
+        from hrnet_fast import _C  # noqa: F401  importing registers torch.ops.hrnet_fast_C.*
     except ImportError as e:
         _state["error"] = (f"the compiled extension hrnet_fast._C is not built ({e}); install with "
                            f"`pip install --no-build-isolation -e .` or call hrnet_fast.ops.extension.build()")
@@ -30,24 +104,31 @@ def load() -> bool:
     return True
 
 
-def build(verbose: bool = False, with_cuda: bool | None = None) -> None:
-    """JIT-compiles csrc/ with ninja into the torch extensions cache and loads it."""
-    from torch.utils.cpp_extension import CUDA_HOME, load as jit_load
+def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> str:
+    """JIT-compiles csrc/ with ninja into torch's extensions cache, loads it, and returns the library's path.
+
+    Use it where ``hrnet_fast._C`` was not built by ``pip install``; a prebuilt extension is preferred when
+    both exist (loading both would register the ops twice, so this refuses).
+    """
+    if _import_prebuilt():
+        raise RuntimeError("hrnet_fast._C is already built and loaded; build() is only for installs without it")
+    cuda_ok, why = cuda_toolchain()
     if with_cuda is None:
-        with_cuda = torch.version.cuda is not None and CUDA_HOME is not None
-    sources = sorted(glob.glob(os.path.join(_CSRC, "**", "*.cpp"), recursive=True))
-    cflags = ["-O3", "-fopenmp", "-std=c++17"]
-    if with_cuda:
-        sources += sorted(glob.glob(os.path.join(_CSRC, "**", "*.cu"), recursive=True))
-        cflags.append("-DHRNET_FAST_WITH_CUDA")
-    jit_load("hrnet_fast_C", sources, extra_cflags=cflags, extra_ldflags=["-fopenmp"],
-             extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17"], extra_include_paths=[_CSRC],
-             is_python_module=False, verbose=verbose)
-    _state["jit"] = True
+        with_cuda = cuda_ok
+    elif with_cuda and not cuda_ok:
+        raise RuntimeError(f"cannot build the CUDA kernels: {why}")
+    cfg = build_config(with_cuda)
+    from torch.utils.cpp_extension import load as jit_load  # after cuda_toolchain() has set CUDA_HOME
+    path = jit_load(LIBRARY, cfg["sources"], extra_cflags=cfg["cxx"], extra_cuda_cflags=cfg["nvcc"],
+                    extra_ldflags=cfg["ldflags"], extra_include_paths=cfg["include_dirs"],
+                    is_python_module=False, verbose=verbose)
+    _state["jit"] = path
+    return path
 
 
 def loaded() -> Tuple[bool, str]:
-    if _state["jit"] or load():
+    """(loaded, reason): whether the extension's ops are registered in this process."""
+    if _state["jit"] or _import_prebuilt():
         return True, ""
     return False, _state["error"] or "the compiled extension is not built"
 
@@ -57,15 +138,16 @@ def has_kernel(op: str, dispatch_key: str) -> Tuple[bool, str]:
     ok, why = loaded()
     if not ok:
         return False, why
-    name = f"hrnet_fast_C::{op}"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key):
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"{LIBRARY}::{op}", dispatch_key):
         return False, f"the extension was built without a {dispatch_key} kernel for {op}"
     return True, ""
 
 
 def native(op: str) -> Callable:
-    """The extension's op, called with the reference signature."""
-    fn = getattr(torch.ops.hrnet_fast_C, op)
+    """The extension's ``op``, called with the reference signature (``reference.py``)."""
+    fn = getattr(getattr(torch.ops, LIBRARY), op)
     if op == "conv_bn_act":
         return lambda x, w, b, *, stride, padding, residual, relu: fn(x, w, b, residual, stride, padding, relu)
-    return lambda x, low_res, same_res, *, relu: fn(x, low_res, same_res, relu)
+    if op == "multires_fuse":
+        return lambda x, low_res, same_res, *, relu: fn(x, list(low_res), list(same_res), relu)
+    raise ValueError(f"the extension has no op {op!r}; it has conv_bn_act and multires_fuse")

@@ -1,0 +1,28 @@
+// CPU conv_bn_act for callers of torch.ops.hrnet_fast_C.conv_bn_act: ATen's convolution (oneDNN, bias added in
+// its accumulator) followed by one in-place pass for + residual and ReLU, which is multires_fuse with a single
+// same-resolution term. hrnet_fast's own CPU backend runs oneDNN's fused post-op convolution instead
+// (hrnet_fast/ops/cpu_conv.py), which also fuses that last pass; this kernel keeps the native op complete on CPU.
+#include "ops.h"
+
+#include <ATen/ops/convolution.h>
+
+namespace hrnet_fast {
+
+at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
+                           at::MemoryFormat format) {
+  at::Tensor y = at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, /*transposed=*/false,
+                                 {0, 0}, /*groups=*/1)
+                     .contiguous(format);
+  if (y.numel() == 0 || (!residual.has_value() && !relu)) return y;
+  FuseArgs epilogue;
+  epilogue.x = y;
+  epilogue.out = y;  // in place: each chunk is read into the fp32 buffer before it is written back
+  if (residual.has_value()) epilogue.same_res.push_back(*residual);
+  epilogue.channels_last = format == at::MemoryFormat::ChannelsLast;
+  epilogue.relu = relu;
+  multires_fuse_cpu(epilogue);
+  return y;
+}
+
+}  // namespace hrnet_fast

@@ -1,0 +1,49 @@
+// Kernel entry points of the hrnet_fast_C library, shared by the registration (ops.cpp) and the per-device
+// kernels (cpu/, cuda/). ops.cpp validates every input and lays it out before a kernel sees it, so kernels only
+// deal with dense tensors in one memory format.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace hrnet_fast {
+
+// At most this many low_res and this many same_res terms per multires_fuse call (kernel argument structs are
+// fixed-size).
+constexpr int kMaxTerms = 4;
+
+// One multires_fuse call, ready for a kernel: every tensor is dense in `out`'s memory format (NCHW, or NHWC
+// when `channels_last`), on one device, in one dtype.
+struct FuseArgs {
+  at::Tensor x;                      // [N, C, H, W]
+  at::Tensor bias;                   // [C] or undefined: added right after x (conv epilogues; CUDA kernel only)
+  std::vector<at::Tensor> low_res;   // [N, C, H >> low_shift[j], W >> low_shift[j]], up to kMaxTerms
+  std::vector<int> low_shift;        // log2 of each low_res term's nearest-upsampling factor
+  std::vector<at::Tensor> same_res;  // [N, C, H, W], up to kMaxTerms
+  at::Tensor out;                    // [N, C, H, W], written once
+  bool channels_last = false;
+  bool relu = true;
+};
+
+// out = relu?(x + bias + sum_j up(low_res[j]) + sum_k same_res[k]), summed in fp32 in that order. `out` may be
+// `x` itself (in-place epilogue).
+void multires_fuse_cpu(const FuseArgs& args);
+
+// relu?(conv2d(x, weight) + bias + residual) with x, weight and residual dense in `format`; returns [N, Cout, Ho, Wo]
+// in `format`.
+at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
+                           at::MemoryFormat format);
+
+#ifdef HRNET_FAST_WITH_CUDA
+void multires_fuse_cuda(const FuseArgs& args);
+
+at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
+                            at::MemoryFormat format);
+#endif
+
+}  // namespace hrnet_fast
