@@ -36,7 +36,7 @@ import triton.language as tl
 from triton import knobs
 
 from hrnet_fast.ops.checks import conv_out_shape
-from hrnet_fast.ops.library import _memory_format
+from hrnet_fast.ops.library import output_memory_format
 
 from . import needs_int64
 
@@ -170,7 +170,7 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                                   "operands (it multiplies their raw bits as integers); run bfloat16 convolutions "
                                   "with the triton backend on a GPU, or use float32/float16 here")
     out_shape = conv_out_shape(x.shape, weight.shape, stride, padding)
-    y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     if y.numel() == 0:
         return y
     n, cin, h, w = x.shape

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from hrnet_fast.ops.library import _memory_format
+from hrnet_fast.ops.library import output_memory_format
 
 from . import needs_int64
 
@@ -120,7 +120,7 @@ def multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[t
 
     Returns a new tensor in x's dtype and memory format; an empty x gives an empty output without a launch.
     """
-    y = torch.empty_like(x, memory_format=_memory_format(x))
+    y = torch.empty_like(x, memory_format=output_memory_format(x))
     if y.numel() == 0:
         return y
     _, c, h, w = x.shape
@@ -141,7 +141,7 @@ def multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[t
     _multires_fuse_kernel[grid](
         y, x, *low_ptrs, *same_ptrs, total, c, h, w, *x.stride(), *low_args, *same_args,
         N_LOW=len(low_res), N_SAME=len(same_res), RELU=bool(relu),
-        CHANNELS_LAST=_memory_format(x) == torch.channels_last,
+        CHANNELS_LAST=output_memory_format(x) == torch.channels_last,
         INT64=needs_int64(y, x, *low_res, *same_res),
     )
     return y

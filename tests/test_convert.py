@@ -1,5 +1,6 @@
 """convert(): same outputs as the reference on every variant, backend, dtype and input size; clear errors."""
 import copy
+import os
 
 import pytest
 import torch
@@ -44,9 +45,9 @@ def test_every_variant_fp32_matches_reference(name):
 def test_backends_fp32(backend):
     live(backend)
     live(backend, "multires_fuse")
-    model = calibrated("hrnet_w18_small", (32, 32))
+    model = calibrated("hrnet_w18_small")
     fast = hrnet_fast.convert(model, backend=backend)
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 3, *SMALL, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = model(x)
     y = fast(x)
@@ -59,12 +60,17 @@ def test_backends_fp32(backend):
 def test_half_precision_within_twice_pytorch_error(backend, dtype):
     live(backend)
     live(backend, "multires_fuse")
-    model = calibrated("hrnet_w18_small", (32, 32))
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    model = calibrated("hrnet_w18_small")
+    x = torch.randn(2, 3, *SMALL, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model(x)
         torch_half = copy.deepcopy(model).to(dtype)(x.to(dtype)).float()
     fast = hrnet_fast.convert(model, dtype=dtype, backend=backend)
+    if backend == "triton" and dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        # Documented limit: the interpreter cannot run bf16 tl.dot; it must say so rather than return garbage.
+        with pytest.raises(NotImplementedError, match="interpreter"):
+            fast(x.to(dtype))
+        return
     y = fast(x.to(dtype))
     assert y.dtype == dtype
     floor = 1e-3 if dtype == torch.float16 else 1e-2
@@ -165,9 +171,9 @@ def test_dispatched_ops_drop():
 
 
 def test_torch_compile_and_export():
-    model = calibrated("hrnet_w18_small", (32, 32))
+    model = calibrated("hrnet_w18_small")
     fast = hrnet_fast.convert(model)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, *SMALL)
     eager = fast(x)
     compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-6)

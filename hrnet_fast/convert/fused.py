@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..ops.backends import select
+from ..ops.backends import resolve
 from ..ops.folding import fold_bn
 
 
@@ -54,17 +54,10 @@ class FusedConvBNAct(nn.Module):
         self.padding = conv.padding[0]
         self.relu = relu
         self.requested_backend = backend
-        self._backend: Dict[str, str] = {}
-
-    def backend(self, device: torch.device) -> str:
-        name = self._backend.get(device.type)
-        if name is None:
-            name = self._backend[device.type] = select("conv_bn_act", device, self.requested_backend)
-        return name
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         return torch.ops.hrnet_fast.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding,
-                                                self.relu, self.backend(x.device))
+                                                self.relu, resolve("conv_bn_act", x.device.type, self.requested_backend))
 
     def extra_repr(self) -> str:
         cout, cin, k, _ = self.weight.shape
@@ -142,16 +135,13 @@ class FusedHRFuse(nn.Module):
         self.up = nn.ModuleList(up[j] for j in self.up_src)
         self.down = nn.ModuleList(down[j] for j in self.down_src)
         self.requested_backend = backend
-        self._backend: Dict[str, str] = {}
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
         low = [f(xs[j]) for f, j in zip(self.up, self.up_src)]
         same = [f(xs[j]) for f, j in zip(self.down, self.down_src)]
         x = xs[self.index]
-        name = self._backend.get(x.device.type)
-        if name is None:
-            name = self._backend[x.device.type] = select("multires_fuse", x.device, self.requested_backend)
-        return torch.ops.hrnet_fast.multires_fuse(x, low, same, True, name)
+        return torch.ops.hrnet_fast.multires_fuse(x, low, same, True,
+                                                  resolve("multires_fuse", x.device.type, self.requested_backend))
 
 
 class FusedHRModule(nn.Module):

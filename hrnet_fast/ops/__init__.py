@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import library  # noqa: F401  registers torch.ops.hrnet_fast.*
-from .backends import BACKENDS, backend_info, select
+from .backends import BACKENDS, backend_info, resolve
 from .checks import check_conv_bn_act, check_multires_fuse
 from .folding import fold_bn, fold_bn_weights
 from .reference import conv_bn_act_ref, multires_fuse_ref
@@ -38,7 +38,7 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         [N, Cout, Ho, Wo] in x's dtype and memory format.
     """
     check_conv_bn_act(x, weight, bias, stride, padding, residual)
-    name = select("conv_bn_act", x.device, backend)
+    name = resolve("conv_bn_act", x.device.type, backend)
     return torch.ops.hrnet_fast.conv_bn_act(x, weight, bias, residual, int(stride), int(padding), bool(relu), name)
 
 
@@ -51,5 +51,5 @@ def multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor] = (), same_re
     """
     low_res, same_res = list(low_res), list(same_res)
     check_multires_fuse(x, low_res, same_res)
-    name = select("multires_fuse", x.device, backend)
+    name = resolve("multires_fuse", x.device.type, backend)
     return torch.ops.hrnet_fast.multires_fuse(x, low_res, same_res, bool(relu), name)

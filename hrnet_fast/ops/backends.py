@@ -118,6 +118,21 @@ def select(op: str, device: torch.device, backend: Optional[str]) -> str:
     return "torch"
 
 
+_resolved: Dict[Tuple[str, str, Optional[str]], str] = {}
+
+
+@torch.compiler.assume_constant_result
+def resolve(op: str, device_type: str, backend: Optional[str]) -> str:
+    """``select`` for a device type, cached, and a constant under torch.compile: availability checks import
+    modules and query the dispatcher, which the compiler cannot trace, and their answer does not change within
+    a process. Per-call paths (the public ops, converted models) use this."""
+    key = (op, device_type, backend)
+    name = _resolved.get(key)
+    if name is None:
+        name = _resolved[key] = select(op, torch.device(device_type), backend)
+    return name
+
+
 def backend_info() -> Dict[str, Dict[str, object]]:
     """For each backend: whether it is live on this machine, for which ops and devices, and why not."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
