@@ -56,7 +56,7 @@ def report_rate(benchmark, amount: float, unit: str, scale: float) -> None:
     """Records ``amount`` (bytes or flop) and, when timing ran, ``amount / median / scale`` as ``unit``."""
     benchmark.extra_info["amount"] = amount
     if benchmark.enabled:
-        benchmark.extra_info[unit] = round(amount / benchmark.stats.stats.median / scale, 3)
+        benchmark.extra_info[unit] = amount / benchmark.stats.stats.median / scale
 
 
 @functools.lru_cache(maxsize=None)
