@@ -13,6 +13,7 @@ and attached to the test report as junit properties (``record_property``).
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import time
@@ -66,6 +67,17 @@ def rss_bytes() -> int:
         return psutil.Process().memory_info().rss
 
 
+def settle() -> None:
+    """Frees garbage and hands freed heap pages back to the OS (glibc's malloc_trim), so that resident memory
+    measures live memory: otherwise a leak first refills pages freed earlier, which are still resident, and shows
+    late or not at all. Elsewhere only the garbage collection runs."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def soak(forward: Callable[[torch.Tensor], List[torch.Tensor]], inputs: List[torch.Tensor], count: int,
          memory: Callable[[], int]) -> Dict[str, object]:
     """Warms up, then runs ``count`` forwards cycling through ``inputs``; returns memory after the warm-up, ten
@@ -74,7 +86,7 @@ def soak(forward: Callable[[torch.Tensor], List[torch.Tensor]], inputs: List[tor
     first = [forward(x) for x in inputs]
     for i in range(WARMUP):
         forward(inputs[i % len(inputs)])
-    gc.collect()
+    settle()
     start_memory, samples = memory(), []
     start = time.perf_counter()
     for i in range(count):
@@ -82,7 +94,7 @@ def soak(forward: Callable[[torch.Tensor], List[torch.Tensor]], inputs: List[tor
         if (i + 1) % (count // 10) == 0:
             samples.append(memory())
     seconds = time.perf_counter() - start
-    gc.collect()
+    settle()
     end_memory = memory()
     for x, before in zip(inputs, first):
         after = forward(x)
@@ -112,11 +124,23 @@ def one_thread():
 
 def test_rss_measurement_sees_a_leak():
     """The detector can fail: keeping 16 MiB of tensors alive shows up in resident memory."""
-    gc.collect()
+    settle()
     before = rss_bytes()
     kept = [torch.ones(2 ** 16) for _ in range(64)]  # 64 x 256 KiB, written so the pages are resident
     assert rss_bytes() - before > 12 * 2 ** 20
     del kept
+
+
+def test_soak_catches_a_leaking_forward():
+    """The harness and bound can fail: a forward that keeps 4 KiB per call alive crosses the bound."""
+    kept = []
+
+    def leaking_forward(x: torch.Tensor) -> List[torch.Tensor]:
+        kept.append(torch.ones(1024))  # 4 KiB
+        return [x * 2]
+
+    figures = soak(leaking_forward, [torch.ones(8)], soak_count(), rss_bytes)
+    assert figures["growth"] > RSS_GROWTH_BOUND, figures
 
 
 def test_cpu_forwards_keep_memory_flat(one_thread, record_property):

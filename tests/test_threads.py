@@ -17,22 +17,21 @@ import hrnet_fast
 from hrnet_fast.ops.backends import availability
 from test_soak import tiny_hrnet
 
-ITERATIONS = 60  # per thread; each thread cycles through its own inputs
+ITERATIONS = 30  # per thread; each thread cycles through its own inputs
 JOIN_TIMEOUT_S = 600  # a deadlock fails the test instead of hanging it
-SHAPES = {"a": (1, 3, 32, 32), "b": (2, 3, 64, 96)}  # different sizes: shape-dependent state is shared too
+SHAPES = {"a": (1, 3, 32, 32), "b": (2, 3, 32, 64)}  # different sizes: shape-dependent state is shared too
 
 
 def run(model, inputs: List[torch.Tensor]) -> List[List[torch.Tensor]]:
     return [model(inputs[i % len(inputs)]) for i in range(ITERATIONS)]
 
 
-@pytest.mark.parametrize("backend", (None, "torch", "cpu"), ids=("default", "torch", "cpu"))
+@pytest.mark.parametrize("backend", ("torch", "cpu"))
 def test_two_threads_match_one_thread(backend):
-    if backend is not None:
-        for op in ("conv_bn_act", "multires_fuse"):
-            live, why = availability(backend, op, "cpu")
-            if not live:
-                pytest.skip(f"backend {backend!r} is not live for {op} on cpu: {why}")
+    for op in ("conv_bn_act", "multires_fuse"):
+        live, why = availability(backend, op, "cpu")
+        if not live:
+            pytest.skip(f"backend {backend!r} is not live for {op} on cpu: {why}")
     net = tiny_hrnet()
     gen = torch.Generator().manual_seed(2)
     inputs = {name: [torch.randn(shape, generator=gen) for _ in range(3)] for name, shape in SHAPES.items()}
