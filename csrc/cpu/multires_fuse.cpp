@@ -15,10 +15,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <map>
-#include <vector>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HRNET_FAST_HAS_AVX2_PATH 1
@@ -27,10 +28,10 @@
 #define HRNET_FAST_HAS_AVX2_PATH 0
 #endif
 
-// GCC's unroll-and-jam fuses the per-term add loops pairwise into one loop that it then leaves scalar; one
-// vectorised pass per term over the L1-resident buffer is several times faster.
+// GCC's unroll-and-jam pairs up iterations of the loops over terms and leaves what it produced less vectorised:
+// NHWC fusion into an 18-channel map runs ~1.4x slower with it.
 #if defined(__GNUC__) && !defined(__clang__)
-#define HRNET_FAST_NO_JAM optimize("no-loop-unroll-and-jam")
+#define HRNET_FAST_NO_JAM __attribute__((optimize("no-loop-unroll-and-jam")))
 #else
 #define HRNET_FAST_NO_JAM
 #endif
@@ -39,7 +40,7 @@ namespace hrnet_fast {
 namespace {
 
 // Output positions per piece: bounds the fp32 copies of 16-bit low-res windows (L1-sized) while amortising the
-// per-piece window set-up.
+// per-piece set-up.
 constexpr int64_t kChunk = 1024;
 // Output elements per parallel task: below about this, waking a second thread costs more than it saves.
 constexpr int64_t kGrainElements = 16384;
@@ -107,7 +108,7 @@ FuseView<T> make_view(const FuseArgs& a, const IndexTables& tables) {
 }
 
 namespace baseline {
-#define HRNET_FAST_TARGET __attribute__((HRNET_FAST_NO_JAM))
+#define HRNET_FAST_TARGET HRNET_FAST_NO_JAM
 #define HRNET_FAST_AVX2 0
 #include "cpu/fuse_kernel.h"
 #undef HRNET_FAST_AVX2
@@ -116,17 +117,22 @@ namespace baseline {
 
 #if HRNET_FAST_HAS_AVX2_PATH
 namespace avx2 {
-#define HRNET_FAST_TARGET __attribute__((target("avx2,fma,f16c"), HRNET_FAST_NO_JAM))
+#define HRNET_FAST_TARGET __attribute__((target("avx2,fma,f16c"))) HRNET_FAST_NO_JAM
 #define HRNET_FAST_AVX2 1
 #include "cpu/fuse_kernel.h"
 #undef HRNET_FAST_AVX2
 #undef HRNET_FAST_TARGET
 }  // namespace avx2
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
+// AVX2 + FMA + F16C present, and not turned off with ATen's own switch (ATEN_CPU_CAPABILITY=default), which
+// also lets tests run the baseline loops on any machine.
+bool use_avx2() {
+  static const bool use = [] {
+    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
+    if (capability != nullptr && std::strcmp(capability, "default") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return use;
 }
 #endif
 
@@ -134,7 +140,7 @@ template <typename T>
 void fuse(const FuseView<T>& v, int64_t numel) {
   void (*range)(const FuseView<T>&, int64_t, int64_t) = baseline::fuse_range<T>;
 #if HRNET_FAST_HAS_AVX2_PATH
-  if (cpu_has_avx2()) range = avx2::fuse_range<T>;
+  if (use_avx2()) range = avx2::fuse_range<T>;
 #endif
   at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) { range(v, begin, end); });
 }
