@@ -21,6 +21,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIBRARY = "hrnet_fast_C"  # the torch.library namespace the extension registers
+OPS = ("conv_bn_act", "multires_fuse")
 # Compiled GPU architectures when TORCH_CUDA_ARCH_LIST is unset: A100-class and H100-class binaries, plus PTX the
 # driver can compile for newer GPUs. Setting it means no GPU is needed to pick architectures.
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
@@ -145,9 +146,9 @@ def has_kernel(op: str, dispatch_key: str) -> Tuple[bool, str]:
 
 def native(op: str) -> Callable:
     """The extension's ``op``, called with the reference signature (``reference.py``)."""
+    if op not in OPS:
+        raise ValueError(f"the extension has no op {op!r}; it has {', '.join(OPS)}")
     fn = getattr(getattr(torch.ops, LIBRARY), op)
     if op == "conv_bn_act":
         return lambda x, w, b, *, stride, padding, residual, relu: fn(x, w, b, residual, stride, padding, relu)
-    if op == "multires_fuse":
-        return lambda x, low_res, same_res, *, relu: fn(x, list(low_res), list(same_res), relu)
-    raise ValueError(f"the extension has no op {op!r}; it has conv_bn_act and multires_fuse")
+    return lambda x, low_res, same_res, *, relu: fn(x, list(low_res), list(same_res), relu)
