@@ -70,7 +70,7 @@ def _summarize_module():
 
 def _result(median_ref: float, median_conv: float) -> dict:
     records = [{"model": "hrnet_w18", "dtype": "fp32", "batch": 1, "implementation": impl, "median_ms": m,
-                "p20_ms": m, "p80_ms": m, "reps": 5, "speedup_vs_reference": median_ref / m}
+                "p20_ms": m - 1, "p80_ms": m + 2, "reps": 5, "speedup_vs_reference": median_ref / m}
                for impl, m in (("reference", median_ref), ("converted", median_conv))]
     counts = {"reference": {"ops": 1471, "bytes_written": 232_600_000},
               "converted": {"ops": 400, "bytes_written": 80_000_000}}
@@ -90,8 +90,9 @@ def test_summary_puts_measurements_beside_the_seed_figures(tmp_path):
     assert summarize.main(["--results", str(tmp_path)]) == 0
     text = (tmp_path / "SUMMARY.md").read_text()
     assert "## Test CPU (cpu)" in text and "### cpu-test-w18.json" in text
-    assert "| hrnet_w18 | FP32 | reference | 200.00 | – | – | – |" in text
-    assert "| hrnet_w18 | FP32 | converted | 80.00 (2.50x) | – | – | – |" in text
+    assert "load average 0.5 before and 0.7 after" in text
+    assert "| hrnet_w18 | FP32 | reference | 200.00 [199–202] | – | – | – |" in text
+    assert "| hrnet_w18 | FP32 | converted | 80.00 [79–82] (2.50x) | – | – | – |" in text
     # The seed's PaddleClas FP32 row for HRNet_W18_C.
     assert f"| hrnet_w18 | FP32 | {summarize.SEED_LABEL} | 6.828 | 8.552 | 11.154 | 30.665 |" in text
     assert "| hrnet_w18 | FP32 | 1471 | 400 | 232.6 | 80.0 |" in text
