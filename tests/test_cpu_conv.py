@@ -1,0 +1,148 @@
+"""cpu_conv: conv_bn_act on CPU (oneDNN's fused post-op convolution, or ATen's convolution + in-place epilogue),
+unpacked and prepacked, against the float64 reference on awkward shapes, dtypes and layouts; which path runs;
+float16 without oneDNN float16."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hrnet_fast.ops import cpu_conv
+from hrnet_fast.ops.reference import conv_bn_act_ref
+from tolerance import assert_matches_reference
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LAYOUTS = ("nchw", "channels_last", "strided")
+
+# (N, Cin, Cout, H, W, k, stride, padding)
+CASES = (
+    (1, 18, 18, 56, 56, 3, 1, 1),     # HRNet-W18 branch 1 at batch 1
+    (3, 36, 72, 13, 17, 3, 2, 1),     # odd size, downsampling
+    (0, 18, 36, 8, 8, 3, 1, 1),       # empty batch
+    (1, 3, 18, 7, 7, 3, 2, 0),        # RGB-like input, no padding
+    (2, 144, 18, 7, 7, 1, 1, 0),      # fusion-layer 1x1 up-projection
+    (1, 72, 144, 14, 14, 1, 2, 0),    # strided 1x1
+    (2, 5, 1, 3, 4, 3, 1, 0),         # one output channel, 1x2 output: both read as NCHW and NHWC
+    (1, 36, 36, 64, 48, 3, 1, 1),     # pose-like crop
+)
+
+
+def case_id(case) -> str:
+    n, cin, cout, h, w, k, s, p = case
+    return f"{n}x{cin}x{h}x{w}-{k}x{k}s{s}p{p}-to{cout}"
+
+
+def make(shape, dtype, layout) -> torch.Tensor:
+    n, c, h, w = shape
+    if layout == "strided":
+        return torch.randn(n, 2 * c, h, w + 3).to(dtype)[:, ::2, :, 3:]
+    t = torch.randn(n, c, h, w).to(dtype)
+    return t.to(memory_format=torch.channels_last) if layout == "channels_last" else t
+
+
+def conv_inputs(case, dtype, layout, residual):
+    n, cin, cout, h, w, k, stride, padding = case
+    x = make((n, cin, h, w), dtype, layout)
+    weight = (torch.randn(cout, cin, k, k) / (cin * k * k) ** 0.5).to(dtype)
+    bias = torch.randn(cout).to(dtype)
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    r = make((n, cout, ho, wo), dtype, layout) if residual else None
+    return x, weight, bias, r
+
+
+def expected_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+@pytest.mark.parametrize("packed", (False, True), ids=("unpacked", "packed"))
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_reference(dtype, layout, case, packed):
+    torch.manual_seed(0)
+    stride, padding = case[6], case[7]
+    for residual, relu in ((True, True), (False, True), (True, False), (False, False)):
+        x, weight, bias, r = conv_inputs(case, dtype, layout, residual)
+        if packed:
+            prepared = cpu_conv.prepack(weight, bias, stride, padding, x.shape)
+            y = cpu_conv.conv_bn_act_packed(x, prepared, residual=r, relu=relu)
+        else:
+            y = cpu_conv.conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=r, relu=relu)
+        assert y.dtype == dtype
+        assert y.is_contiguous(memory_format=expected_format(x))
+        assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=stride, padding=padding, residual=r,
+                                 relu=relu)
+
+
+def test_no_bias_and_a_sliced_bias():
+    """oneDNN reads the bias as dense memory: a strided bias view must be made dense first."""
+    torch.manual_seed(0)
+    x = make((1, 18, 16, 16), torch.float32, "channels_last")
+    weight = torch.randn(36, 18, 3, 3) / 12
+    sliced = torch.randn(72)[::2]
+    for bias in (None, sliced):
+        y = cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=1, relu=True)
+        assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, relu=True)
+
+
+@pytest.mark.parametrize("layout,k,onednn", [("channels_last", 3, True), ("nchw", 3, False),
+                                              ("channels_last", 1, False), ("strided", 3, False)])
+def test_path_choice(monkeypatch, layout, k, onednn):
+    """oneDNN's fused primitive for 3x3 on channels_last input; ATen's convolution + epilogue otherwise."""
+    if onednn and not cpu_conv._onednn_ops():
+        pytest.skip("this torch has no oneDNN fused convolution")
+    calls = []
+    real = cpu_conv._onednn_fused
+    monkeypatch.setattr(cpu_conv, "_onednn_fused", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = make((1, 18, 14, 14), torch.float32, layout)
+    weight, bias = torch.randn(18, 18, k, k), torch.randn(18)
+    cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=k // 2, residual=torch.randn(1, 18, 14, 14), relu=True)
+    cpu_conv.conv_bn_act_packed(x, cpu_conv.prepack(weight, bias, 1, k // 2, x.shape), relu=True)
+    assert len(calls) == (2 if onednn else 0)
+
+
+def test_prepack_packs_3x3_weights_for_onednn():
+    if not cpu_conv._onednn_ops():
+        pytest.skip("this torch has no oneDNN fused convolution")
+    w = torch.randn(36, 18, 3, 3)
+    packed = cpu_conv.prepack(w, torch.randn(36), 2, 1, (1, 18, 56, 56))
+    assert packed.onednn_weight is not None and packed.onednn_weight.is_mkldnn
+    assert packed.weight.dtype == torch.float32 and (packed.stride, packed.padding) == (2, 1)
+    assert cpu_conv.prepack(torch.randn(18, 36, 1, 1), None, 1, 0, (1, 36, 28, 28)).onednn_weight is None
+
+
+def test_packed_conv_serves_other_batch_sizes():
+    """Packed for batch 1 (the layout oneDNN chooses depends on it), run on batch 3 and a different map size."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(18, 18, 3, 3) / 12, torch.randn(18)
+    packed = cpu_conv.prepack(weight, bias, 1, 1, (1, 18, 56, 56))
+    x = make((3, 18, 20, 24), torch.float32, "channels_last")
+    r = make((3, 18, 20, 24), torch.float32, "channels_last")
+    y = cpu_conv.conv_bn_act_packed(x, packed, residual=r, relu=True)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, residual=r, relu=True)
+
+
+def test_packed_dtype_mismatch_is_an_error():
+    packed = cpu_conv.prepack(torch.randn(4, 4, 3, 3), None, 1, 1, (1, 4, 8, 8))
+    with pytest.raises(TypeError, match="x has dtype torch.bfloat16 but the conv was packed for torch.float32"):
+        cpu_conv.conv_bn_act_packed(torch.randn(1, 4, 8, 8).bfloat16(), packed)
+
+
+def test_prepack_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="4-D weight and a 4-D x_shape"):
+        cpu_conv.prepack(torch.randn(4, 4, 3), None, 1, 1, (1, 4, 8, 8))
+
+
+def test_float16_without_onednn_float16_is_computed_in_float32():
+    """Where oneDNN has no float16 (no AVX512-FP16 / AVX-NE-CONVERT), availability says so and float16 runs as
+    float32 rounded once: the float32 result of the reference, cast to float16, exactly."""
+    live, note = cpu_conv.availability()
+    assert live
+    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        pytest.skip("oneDNN supports float16 convolution on this CPU")
+    assert "float16 is computed in float32" in note
+    torch.manual_seed(0)
+    x, weight, bias, r = conv_inputs((2, 18, 36, 13, 17, 3, 2, 1), torch.float16, "nchw", residual=True)
+    y = cpu_conv.conv_bn_act(x, weight, bias, stride=2, padding=1, residual=r, relu=True)
+    expected = conv_bn_act_ref(x.float(), weight.float(), bias.float(), stride=2, padding=1, residual=r.float())
+    torch.testing.assert_close(y, expected.half(), rtol=0, atol=0)
