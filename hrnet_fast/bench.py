@@ -526,7 +526,8 @@ def format_report(results: Results, env: Dict[str, Any]) -> str:
     s = results.settings
     h, w = s.input_size
     batch_cols = [f"batch_size={b} (ms)" for b in s.batches]
-    out = [f"## hrnet-fast bench: {env['device_name']} ({s.device}), torch {env['torch']}, input {h}x{w}",
+    out = [f"## hrnet-fast bench: {env['device_name']} ({s.device}, {env['torch_threads']} CPU threads), "
+           f"torch {env['torch']}, input {h}x{w}",
            f"Median latency of {s.reps or f'>= {s.min_time:g} s of'} timed calls per cell, implementations "
            f"interleaved; p20/p80 in --json.", ""]
     for dtype in s.dtypes:
@@ -589,8 +590,7 @@ def to_json(results: Results, env: Dict[str, Any]) -> Dict[str, Any]:
         "settings": {"models": s.models, "batches": s.batches, "dtypes": s.dtypes, "device": str(s.device),
                      "input_size": list(s.input_size), "implementations": s.implementations,
                      "cuda_graph": s.cuda_graph, "threads": s.threads, "warmup": s.warmup, "reps": s.reps,
-                     "min_time_s": s.min_time,
-                     "calibration": CALIBRATION},
+                     "min_time_s": s.min_time, "calibration": CALIBRATION},
         "wall_s": results.wall_s,
         "models": models,
         "results": records,
