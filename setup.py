@@ -35,8 +35,8 @@ def extension():
     cfg = _EXT.build_config(_WITH_CUDA, root="")
     args = dict(include_dirs=[os.path.abspath(d) for d in cfg["include_dirs"]], extra_link_args=cfg["ldflags"])
     if _WITH_CUDA:
-        return CUDAExtension("hrnet_fast._C", cfg["sources"], extra_compile_args={"cxx": cfg["cxx"], "nvcc": cfg["nvcc"]},
-                             **args)
+        return CUDAExtension("hrnet_fast._C", cfg["sources"],
+                             extra_compile_args={"cxx": cfg["cxx"], "nvcc": cfg["nvcc"]}, **args)
     return CppExtension("hrnet_fast._C", cfg["sources"], extra_compile_args={"cxx": cfg["cxx"]}, **args)
 
 

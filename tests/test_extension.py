@@ -38,7 +38,7 @@ def native():
 
 def test_built_extension_imports():
     """A built hrnet_fast._C must import (a broken build fails here); no build at all is a skip."""
-    built = glob.glob(os.path.join(ROOT, "hrnet_fast", "_C*.so")) + glob.glob(os.path.join(ROOT, "hrnet_fast", "_C*.pyd"))
+    built = [p for ext in ("so", "pyd") for p in glob.glob(os.path.join(ROOT, "hrnet_fast", f"_C*.{ext}"))]
     if not built:
         pytest.skip("hrnet_fast._C is not built (pip install --no-build-isolation -e .)")
     assert extension.loaded() == (True, "")
@@ -52,8 +52,8 @@ def test_registers_both_ops_with_cpu_kernels(native):
 
 def test_cuda_kernels_registered_when_the_toolchain_is_there(native):
     """setup.py compiles the CUDA kernels wherever a CUDA build of torch and nvcc exist, GPU or not."""
-    usable, why = extension.cuda_toolchain()
-    if not usable:
+    toolkit, why = extension.cuda_toolkit()
+    if toolkit is None:
         pytest.skip(f"no CUDA toolchain, so a CPU-only build is expected: {why}")
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"hrnet_fast_C::{op}", "CUDA"), op
@@ -221,7 +221,8 @@ FUSE_ERRORS = [
     ("int", _fuse_call(torch.ones(2, 4, 8, 8, dtype=torch.int32)), r"x has dtype Int; supported dtypes"),
     ("dtype mismatch", _fuse_call(low=[torch.randn(2, 4, 4, 4).half()]),
      r"low_res\[0\] has dtype Half but x has Float"),
-    ("5 low_res", _fuse_call(low=[torch.randn(2, 4, 4, 4)] * 5), r"takes at most 4 low_res and 4 same_res inputs, got 5 and 0"),
+    ("5 low_res", _fuse_call(low=[torch.randn(2, 4, 4, 4)] * 5),
+     r"takes at most 4 low_res and 4 same_res inputs, got 5 and 0"),
     ("factor 3", _fuse_call(x=torch.randn(2, 4, 9, 9), low=[torch.randn(2, 4, 3, 3)]),
      r"low_res\[0\] is 3x3 and x is 9x9; .*power-of-two factor"),
     ("unequal factors", _fuse_call(low=[torch.randn(2, 4, 4, 2)]), r"low_res\[0\] is 4x2 and x is 8x8"),
@@ -271,15 +272,16 @@ def test_conv_bn_act_cpp_checks(native, call, message):
 def test_cuda_sources_compile_with_nvcc(tmp_path):
     """Every .cu compiles with nvcc against torch's headers, with the build's own flags, for sm_80 (the build adds
     sm_90): a broken CUDA kernel fails here even where only the CPU extension was built."""
-    usable, why = extension.cuda_toolchain()
-    if not usable:
+    toolkit, why = extension.cuda_toolkit()
+    if toolkit is None:
         pytest.skip(f"cannot compile CUDA here: {why}")
-    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, CUDA_HOME, include_paths
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
     cfg = extension.build_config(with_cuda=True)
-    includes = include_paths(device_type="cuda") + cfg["include_dirs"] + [sysconfig.get_paths()["include"]]
+    # torch's headers; nvcc finds the toolkit's own.
+    includes = include_paths() + cfg["include_dirs"] + [sysconfig.get_paths()["include"]]
     sources = [s for s in cfg["sources"] if s.endswith(".cu")]
     assert sources, "no CUDA sources found under csrc/"
-    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc")
+    nvcc = os.path.join(toolkit, "bin", "nvcc")
     jobs = []
     for src in sources:
         obj = tmp_path / (os.path.basename(src) + ".o")

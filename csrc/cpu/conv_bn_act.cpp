@@ -17,7 +17,7 @@ at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   if (y.numel() == 0 || (!residual.has_value() && !relu)) return y;
   FuseArgs epilogue;
   epilogue.x = y;
-  epilogue.out = y;  // in place: each chunk is read into the fp32 buffer before it is written back
+  epilogue.out = y;  // in place: every vector is read before it is written (cpu/fuse_kernel.h)
   if (residual.has_value()) epilogue.same_res.push_back(*residual);
   epilogue.channels_last = format == at::MemoryFormat::ChannelsLast;
   epilogue.relu = relu;

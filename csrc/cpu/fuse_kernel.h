@@ -191,7 +191,7 @@ HRNET_FAST_TARGET inline void fuse_piece(const T* x, const Low* low, int n_low, 
 template <int NS, typename T>
 HRNET_FAST_TARGET void fuse_range_ns(const FuseView<T>& v, int64_t begin, int64_t end) {
   const T* same[kMaxTerms];
-  auto piece = [&](int64_t b, int64_t n, const auto* low) {
+  auto piece = [&](int64_t b, int64_t n, const auto* low) HRNET_FAST_TARGET {
     for (int k = 0; k < NS; ++k) same[k] = v.same[k] + b;
     fuse_piece<NS>(v.x + b, low, v.n_low, same, v.out + b, n, v.relu);
   };

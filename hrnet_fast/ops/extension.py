@@ -49,19 +49,29 @@ def find_cuda_home() -> Optional[str]:
     return next((c for c in candidates if is_toolkit(c)), None)
 
 
-def cuda_toolchain() -> Tuple[bool, str]:
-    """(usable, reason): whether the CUDA kernels can be compiled here (a CUDA build of torch and a toolkit).
-
-    When usable, CUDA_HOME is set (if it was not) so torch.utils.cpp_extension, imported afterwards, uses that
-    toolkit, and TORCH_CUDA_ARCH_LIST defaults to DEFAULT_CUDA_ARCHS so no GPU is needed to pick architectures.
-    """
+def cuda_toolkit() -> Tuple[Optional[str], str]:
+    """(toolkit directory, reason): where the CUDA kernels can be compiled from here (a CUDA build of torch and
+    a toolkit with nvcc and headers), or (None, why not). Changes nothing."""
     if os.environ.get("HRNET_FAST_NO_CUDA") == "1":
-        return False, "HRNET_FAST_NO_CUDA=1"
+        return None, "HRNET_FAST_NO_CUDA=1"
     if torch.version.cuda is None:
-        return False, f"torch {torch.__version__} is not a CUDA build"
+        return None, f"torch {torch.__version__} is not a CUDA build"
     home = find_cuda_home()
     if home is None:
-        return False, "no CUDA toolkit found (set CUDA_HOME to the directory holding bin/nvcc and include/)"
+        return None, "no CUDA toolkit found (set CUDA_HOME to the directory holding bin/nvcc and include/)"
+    return home, ""
+
+
+def cuda_toolchain() -> Tuple[bool, str]:
+    """(usable, reason): ``cuda_toolkit()``, made ready for torch.utils.cpp_extension to build with.
+
+    Sets CUDA_HOME (if unset) so torch.utils.cpp_extension, imported afterwards, uses that toolkit, and defaults
+    TORCH_CUDA_ARCH_LIST to DEFAULT_CUDA_ARCHS so no GPU is needed to pick architectures. Not usable when
+    torch.utils.cpp_extension was already imported with another toolkit (it reads CUDA_HOME once).
+    """
+    home, why = cuda_toolkit()
+    if home is None:
+        return False, why
     loaded = sys.modules.get("torch.utils.cpp_extension")
     if loaded is not None and loaded.CUDA_HOME != home:
         return False, (f"torch.utils.cpp_extension was imported with CUDA_HOME={loaded.CUDA_HOME}, not {home}; "
