@@ -9,13 +9,14 @@ either matches the float64 reference under the tolerance rule (tests/tolerance.p
 shape, dtype and memory format and a fresh output tensor, or raises the documented error, decided from the case
 alone: ValueError/TypeError from ops/checks.py for invalid inputs (an output too small for the kernel, or one
 defect injected into an otherwise valid case: a channel, batch, shape, dtype or device mismatch, an integer or
-float64 input, too many inputs, an empty spatial size), NotImplementedError for bfloat16 convolutions under the
-Triton interpreter. A watchdog turns a hang into a failure with every thread's traceback.
+float64 input, too many inputs, an empty spatial size). A watchdog turns a hang into a failure with every
+thread's traceback.
 
 Targets: torch, cpu and triton (interpreted) on CPU tensors; cuda and triton on a GPU (marked ``gpu``). Backends
 that are not live skip with the dispatcher's reason. Sizes are bounded per case by a cost budget, tighter for the
-interpreter (see ``NATIVE`` and ``INTERPRETED``). Case counts per profile: tests/fuzz_profiles.py. The long run
-(>= 1,000 cases per op on each native backend, 150 on the interpreted triton):
+interpreter (see ``NATIVE`` and ``INTERPRETED``), which also cannot run bfloat16 convolutions (refused with
+NotImplementedError, tested in test_conv_bn_act.py). Case counts per profile: tests/fuzz_profiles.py. The long
+run (1,000 cases per op and backend):
 
     HRNET_FAST_FUZZ=long .venv/bin/python -m pytest tests/test_fuzz_ops.py -q -rA -s -p no:cacheprovider
 
@@ -124,7 +125,8 @@ def assert_fresh_output(y: torch.Tensor, inputs: Sequence[Optional[torch.Tensor]
 @dataclass(frozen=True)
 class Limits:
     """Largest sizes drawn, and a per-case cost budget that sizes are halved down to (in a drawn order, so that
-    either large channel counts or large spatial sizes survive)."""
+    either large channel counts or large spatial sizes survive); the dtypes convolutions are drawn in."""
+    conv_dtypes: Tuple[torch.dtype, ...]
     batch: int
     channels: int
     size: int
@@ -154,9 +156,9 @@ def _fuse_interpreter_programs(n: int, c: int, h: int, w: int, terms: int) -> fl
     return math.ceil(n * c * h * w / 4096)
 
 
-NATIVE = Limits(batch=5, channels=160, size=70, conv_cost=_conv_macs, conv_budget=8e6,
+NATIVE = Limits(conv_dtypes=DTYPES, batch=5, channels=160, size=70, conv_cost=_conv_macs, conv_budget=8e6,
                 fuse_cost=_fuse_elements, fuse_budget=4e6)
-INTERPRETED = Limits(batch=5, channels=160, size=70, conv_cost=_conv_interpreter_steps, conv_budget=36,
+INTERPRETED = Limits(conv_dtypes=(torch.float32, torch.float16), batch=5, channels=160, size=70, conv_cost=_conv_interpreter_steps, conv_budget=36,
                      fuse_cost=_fuse_interpreter_programs, fuse_budget=4)
 
 
@@ -228,7 +230,8 @@ def conv_cases(draw, limits: Limits) -> ConvCase:
     layouts = {"x": draw(st.sampled_from(LAYOUTS)), "weight": draw(st.sampled_from(LAYOUTS)),
                "residual": draw(st.sampled_from(LAYOUTS)), "bias": draw(st.sampled_from(VECTOR_LAYOUTS))}
     case = ConvCase(k=k, stride=stride, padding=padding, bias=draw(st.booleans()), residual=draw(st.booleans()),
-                    relu=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)), layouts=layouts, defect=None,
+                    relu=draw(st.booleans()), dtype=draw(st.sampled_from(limits.conv_dtypes)), layouts=layouts,
+                    defect=None,
                     seed=draw(st.integers(0, 2 ** 31 - 1)), **dims)
     # About one case in eight carries a defect; only otherwise valid cases do, so the expected error is unique.
     if min(case.out_hw) > 0 and draw(st.integers(0, 7)) == 7:
@@ -265,14 +268,12 @@ def conv_inputs(case: ConvCase, device: torch.device):
     return x, weight, bias, residual
 
 
-def conv_expected_error(case: ConvCase, interpreted: bool) -> Optional[Tuple[type, str]]:
+def conv_expected_error(case: ConvCase) -> Optional[Tuple[type, str]]:
     if case.defect is not None:
         error, pattern = CONV_DEFECTS[case.defect]
         return error, pattern.format(cin=case.cin, cin_plus=case.cin + 1, cout=case.cout)
     if min(case.out_hw) <= 0:
         return ValueError, rf"input of spatial size \({case.h}, {case.w}\) is too small for a {case.k}x{case.k} kernel"
-    if interpreted and case.dtype == torch.bfloat16:
-        return NotImplementedError, "the Triton interpreter .* cannot run tl.dot on bfloat16"
     return None
 
 
@@ -280,7 +281,7 @@ def check_conv_case(case: ConvCase, backend: str, device: torch.device) -> str:
     """Runs one case; returns its outcome ("matched" or the expected error's name), or fails."""
     x, weight, bias, residual = conv_inputs(case, device)
     kwargs = dict(stride=case.stride, padding=case.padding, residual=residual, relu=case.relu)
-    expected = conv_expected_error(case, is_interpreted(backend, device))
+    expected = conv_expected_error(case)
     if expected is not None:
         error, pattern = expected
         with pytest.raises(error, match=pattern):

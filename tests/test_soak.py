@@ -3,8 +3,9 @@
 
 The model is a tiny HRNet: the real structure (stem, Bottleneck layer1, transitions, 2/3/4-branch HR modules with
 their multi-resolution fusion) with 4-32 channel branches and no classification head, at the smallest input
-HRNet takes (32x32), so a forward costs a few milliseconds: hrnet_w18_small runs ~20 ms per 32x32 forward on one
-core here, 10,000 of them over three minutes. The default run does 2,000 forwards; the full one 10,000:
+HRNet takes (32x32), so a forward costs a few milliseconds (converted hrnet_w18_small: ~65 ms per 32x32 forward on
+one core of the shared 2-core CI machine, over ten minutes for 10,000). The default run does 2,000 forwards; the
+full one 10,000 (about 70 s):
 
     HRNET_FAST_SOAK=full .venv/bin/python -m pytest tests/test_soak.py -q -rA -s -p no:cacheprovider
 
