@@ -158,7 +158,8 @@ def _fuse_interpreter_programs(n: int, c: int, h: int, w: int, terms: int) -> fl
 
 NATIVE = Limits(conv_dtypes=DTYPES, batch=5, channels=160, size=70, conv_cost=_conv_macs, conv_budget=8e6,
                 fuse_cost=_fuse_elements, fuse_budget=4e6)
-INTERPRETED = Limits(conv_dtypes=(torch.float32, torch.float16), batch=5, channels=160, size=70, conv_cost=_conv_interpreter_steps, conv_budget=36,
+INTERPRETED = Limits(conv_dtypes=(torch.float32, torch.float16), batch=5, channels=160, size=70,
+                     conv_cost=_conv_interpreter_steps, conv_budget=36,
                      fuse_cost=_fuse_interpreter_programs, fuse_budget=4)
 
 
@@ -184,8 +185,8 @@ CONV_DEFECTS: Dict[str, Tuple[type, str]] = {
     "residual_shape": (ValueError, r"residual has shape .* but the conv output is"),
     "bias_shape": (ValueError, r"bias must have shape \({cout},\)"),
     "dtype_mix": (TypeError, r"weight has dtype .* but x has .*must share one dtype"),
-    "integer": (TypeError, r"x has dtype torch.int32; supported dtypes are float32, float16 and bfloat16"),
-    "float64": (TypeError, r"x has dtype torch.float64; supported dtypes are float32, float16 and bfloat16"),
+    "integer": (TypeError, r"x has dtype torch\.int32; supported dtypes are float32, float16 and bfloat16"),
+    "float64": (TypeError, r"x has dtype torch\.float64; supported dtypes are float32, float16 and bfloat16"),
     "device": (ValueError, r"weight is on meta but x is on .*must be on one device"),
 }
 
@@ -231,8 +232,7 @@ def conv_cases(draw, limits: Limits) -> ConvCase:
                "residual": draw(st.sampled_from(LAYOUTS)), "bias": draw(st.sampled_from(VECTOR_LAYOUTS))}
     case = ConvCase(k=k, stride=stride, padding=padding, bias=draw(st.booleans()), residual=draw(st.booleans()),
                     relu=draw(st.booleans()), dtype=draw(st.sampled_from(limits.conv_dtypes)), layouts=layouts,
-                    defect=None,
-                    seed=draw(st.integers(0, 2 ** 31 - 1)), **dims)
+                    defect=None, seed=draw(st.integers(0, 2 ** 31 - 1)), **dims)
     # About one case in eight carries a defect; only otherwise valid cases do, so the expected error is unique.
     if min(case.out_hw) > 0 and draw(st.integers(0, 7)) == 7:
         case.defect = draw(st.sampled_from(sorted(CONV_DEFECTS)))
@@ -304,8 +304,8 @@ FUSE_DEFECTS: Dict[str, Tuple[type, str]] = {
     "factor": (ValueError, r"low_res\[0\] is .* low_res inputs must be smaller than x by one power-of-two factor"),
     "same_shape": (ValueError, r"same_res\[0\] has shape .* but x has"),
     "dtype_mix": (TypeError, r"same_res\[0\] has dtype .* but x has .*must share one dtype"),
-    "integer": (TypeError, r"x has dtype torch.int64; supported dtypes are float32, float16 and bfloat16"),
-    "float64": (TypeError, r"x has dtype torch.float64; supported dtypes are float32, float16 and bfloat16"),
+    "integer": (TypeError, r"x has dtype torch\.int64; supported dtypes are float32, float16 and bfloat16"),
+    "float64": (TypeError, r"x has dtype torch\.float64; supported dtypes are float32, float16 and bfloat16"),
     "device": (ValueError, r"same_res\[0\] is on meta but x is on .*must be on one device"),
     "too_many": (ValueError, r"multires_fuse takes at most 4 low_res and 4 same_res inputs, got \d+ and 5"),
     "empty": (ValueError, r"x has an empty spatial size \(0, \d+\)"),
@@ -355,7 +355,8 @@ def fuse_inputs(case: FuseCase, device: torch.device):
     gen = torch.Generator().manual_seed(case.seed)
     n, c, h, w, dtype, lay = case.n, case.c, case.h, case.w, case.dtype, case.layouts
     x = make_tensor((n, c, h, w), dtype, lay["x"][0], gen, device)
-    low = [make_tensor((n, c, h // f, w // f), dtype, layout, gen, device) for f, layout in zip(case.factors, lay["low"])]
+    low = [make_tensor((n, c, h // f, w // f), dtype, layout, gen, device)
+           for f, layout in zip(case.factors, lay["low"])]
     same = [make_tensor((n, c, h, w), dtype, layout, gen, device) for layout in lay["same"]]
     d = case.defect
     if d in ("channels", "batch", "factor"):

@@ -1,9 +1,10 @@
 """Thread safety: two threads running one converted model on CPU (different inputs and input sizes, many
 iterations each, started together) get exactly the answers one thread gets running the same inputs serially.
 
-A converted model caches its backend choice and a fused op's first call may import its backend; both threads
-start at once on a freshly converted model, so those first calls race too. Intra-op threads stay at torch's
-default: each Python thread's ops run their own OpenMP teams, as in a threaded server.
+Both threads start at once on a freshly converted model, so its first calls (lazy imports, backend resolution
+where not already cached, oneDNN primitive creation) race as well. Intra-op threads stay at torch's default:
+each Python thread's ops run their own OpenMP teams, as in a threaded server. (The Triton interpreter, a
+test-only mode, is left out: it patches triton.language globally while a kernel runs and is not thread-safe.)
 """
 from __future__ import annotations
 
