@@ -82,8 +82,8 @@ class PackedConv:
     dtype: torch.dtype                    # the dtype of the inputs and output
 
 
-def _uses_onednn(x: torch.Tensor, kernel_size: int) -> bool:
-    return kernel_size == 3 and _is_channels_last(x) and _onednn_ops() and torch._C._get_mkldnn_enabled()
+def _uses_onednn(channels_last: bool, kernel_size: int) -> bool:
+    return kernel_size == 3 and channels_last and _onednn_ops() and torch._C._get_mkldnn_enabled()
 
 
 def prepack(weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
@@ -111,11 +111,10 @@ def conv_bn_act_packed(x: torch.Tensor, packed: PackedConv, *, residual: Optiona
     """``relu(conv2d(x, weight, bias) + residual)`` with a ``prepack``-ed conv; x in ``packed.dtype`` on CPU."""
     if x.dtype != packed.dtype:
         raise TypeError(f"x has dtype {x.dtype} but the conv was packed for {packed.dtype}")
-    weight = packed.weight
-    if packed.onednn_weight is not None and _uses_onednn(x, weight.shape[-1]):
-        weight = packed.onednn_weight
-    return _run(x, weight, packed.bias, packed.stride, packed.padding, residual, relu,
-                kernel_size=packed.weight.shape[-1])
+    channels_last = _is_channels_last(x)
+    onednn = packed.onednn_weight is not None and _uses_onednn(channels_last, packed.weight.shape[-1])
+    weight = packed.onednn_weight if onednn else packed.weight
+    return _run(x, weight, packed.bias, packed.stride, packed.padding, residual, relu, channels_last, onednn)
 
 
 def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int, padding: int,
@@ -125,22 +124,20 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     Output in x's dtype and memory format (channels_last when x is, else contiguous).
     """
     compute = _compute_dtype(x.dtype)
-    return _run(x, weight.to(compute), bias.to(compute) if bias is not None else None, stride, padding, residual,
-                relu, kernel_size=weight.shape[-1])
+    channels_last = _is_channels_last(x)
+    bias = bias.to(compute).contiguous() if bias is not None else None  # oneDNN reads the bias as dense memory
+    return _run(x, weight.to(compute), bias, stride, padding, residual, relu, channels_last,
+                _uses_onednn(channels_last, weight.shape[-1]))
 
 
 def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
-         residual: Optional[torch.Tensor], relu: bool, kernel_size: int) -> torch.Tensor:
-    """Both entry points: weight/bias already in the compute dtype (dense, or oneDNN-packed for the oneDNN path)."""
+         residual: Optional[torch.Tensor], relu: bool, channels_last: bool, onednn: bool) -> torch.Tensor:
+    """Both entry points: weight (dense, or oneDNN-packed when ``onednn``) and dense bias in the compute dtype."""
     out_dtype = x.dtype
-    compute = weight.dtype
-    if bias is not None:
-        bias = bias.contiguous()  # oneDNN reads the bias as dense
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    x = x.to(compute)
-    if residual is not None:
-        residual = residual.to(compute)
-    if _uses_onednn(x, kernel_size):
+    if weight.dtype != out_dtype:
+        x = x.to(weight.dtype)
+        residual = residual.to(weight.dtype) if residual is not None else None
+    if onednn:
         y = _onednn_fused(x, weight, bias, stride, padding, residual, relu)
     else:
         y = F.conv2d(x, weight, bias, stride, padding)
@@ -148,24 +145,25 @@ def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], st
             y.add_(residual)
         if relu:
             y.relu_()
-    return y.to(out_dtype).contiguous(memory_format=fmt)
+    if y.dtype != out_dtype:
+        y = y.to(out_dtype)
+    return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _onednn_fused(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
                   residual: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
     """One oneDNN convolution primitive with bias, sum (residual) and ReLU post-ops; x channels_last."""
     pad, strides, dilation = [padding, padding], [stride, stride], [1, 1]
-    activation = "relu" if relu else "none"
     # The sum post-op needs the residual unambiguously channels_last: oneDNN cannot create its memory for one
-    # output channel or a 1x1 output (whose strides also read as NCHW).
-    if residual is None or not _is_channels_last(residual.contiguous(memory_format=torch.channels_last)):
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, strides, dilation, 1,
-                                                    activation if residual is None else "none", [], None)
-        if residual is not None:
-            y.add_(residual)
-            if relu:
-                y.relu_()
-        return y
-    residual = residual.contiguous(memory_format=torch.channels_last)
-    return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, pad, strides, dilation, 1, "add",
-                                                          None, "relu" if relu else None, [], None)
+    # output channel or a 1x1 output map (whose strides read as NCHW too). Those add separately.
+    if residual is not None and residual.shape[1] > 1 and residual.shape[2] * residual.shape[3] > 1:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, pad, strides, dilation, 1,
+                                                              "add", None, "relu" if relu else None, [], None)
+    activation = "relu" if relu and residual is None else "none"
+    y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, strides, dilation, 1, activation, [], None)
+    if residual is not None:
+        y.add_(residual)
+        if relu:
+            y.relu_()
+    return y
