@@ -526,7 +526,7 @@ def format_report(results: Results, env: Dict[str, Any]) -> str:
     s = results.settings
     h, w = s.input_size
     batch_cols = [f"batch_size={b} (ms)" for b in s.batches]
-    out = [f"## hrnet-fast bench: {env['device_name']} ({s.device}, {env['torch_threads']} CPU threads), "
+    out = [f"## hrnet-fast bench: {env['device_name']} ({s.device}, CPU threads: {env['torch_threads']}), "
            f"torch {env['torch']}, input {h}x{w}",
            f"Median latency of {s.reps or f'>= {s.min_time:g} s of'} timed calls per cell, implementations "
            f"interleaved; p20/p80 in --json.", ""]
