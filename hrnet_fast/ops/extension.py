@@ -154,6 +154,7 @@ def has_kernel(op: str, dispatch_key: str) -> Tuple[bool, str]:
     return True, ""
 
 
+@functools.lru_cache(maxsize=None)
 def native(op: str) -> Callable:
     """The extension's ``op``, called with the reference signature (``reference.py``)."""
     if op not in OPS:
