@@ -126,7 +126,8 @@ def test_converted_outputs_agree_with_the_reference(tiny_run):
     _, data, _ = tiny_run
     errors = data["models"]["hrnet_w18_small"]["rel_error_vs_reference"]["fp32"]
     assert set(errors) == set(IMPLS[1:])
-    assert errors["converted"] < 1e-4
+    # The bench must time a model that gives the reference's answers: fp32 to rounding (DESIGN.md floor).
+    assert errors["converted"] < 1e-5
 
 
 def test_plot_is_a_png(tiny_run):
