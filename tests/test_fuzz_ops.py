@@ -157,7 +157,7 @@ def _fuse_interpreter_programs(n: int, c: int, h: int, w: int, terms: int) -> fl
 
 
 NATIVE = Limits(conv_dtypes=DTYPES, batch=5, channels=160, size=70, conv_cost=_conv_macs, conv_budget=8e6,
-                fuse_cost=_fuse_elements, fuse_budget=4e6)
+                fuse_cost=_fuse_elements, fuse_budget=2e6)
 INTERPRETED = Limits(conv_dtypes=(torch.float32, torch.float16), batch=5, channels=160, size=70,
                      conv_cost=_conv_interpreter_steps, conv_budget=36,
                      fuse_cost=_fuse_interpreter_programs, fuse_budget=4)
