@@ -4,7 +4,7 @@ CUDAExtension when nvcc and a CUDA build of torch are present (the CUDA kernels 
 machine without a GPU; TORCH_CUDA_ARCH_LIST defaults to hrnet_fast.ops.extension.DEFAULT_CUDA_ARCHS, so no GPU
 is needed to pick architectures), CppExtension otherwise or with HRNET_FAST_NO_CUDA=1. Sources and flags come
 from ``build_config`` in hrnet_fast/ops/extension.py, which the ninja JIT build uses too. ``kernels/`` (Triton)
-ships as the subpackage ``hrnet_fast.kernels``. Metadata lives in pyproject.toml.
+ships as the package ``hrnet_fast_kernels``. Metadata lives in pyproject.toml.
 """
 import importlib.util
 import os
@@ -41,8 +41,8 @@ def extension():
 
 
 setup(
-    packages=["hrnet_fast", "hrnet_fast.ops", "hrnet_fast.convert", "hrnet_fast.kernels"],
-    package_dir={"hrnet_fast.kernels": "kernels"},
+    packages=["hrnet_fast", "hrnet_fast.ops", "hrnet_fast.convert", "hrnet_fast_kernels"],
+    package_dir={"hrnet_fast_kernels": "kernels"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

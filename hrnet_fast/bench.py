@@ -363,14 +363,16 @@ def _input(batch: int, settings: Settings, dtype: str) -> torch.Tensor:
 
 
 def _count(results: Results, name: str, dtype: str, model: nn.Module, impls: Dict[str, Implementation]) -> None:
-    """Ops and activation bytes per forward at batch 1, reference vs converted (without CUDA graphs, which
-    replay every kernel from one launch and would hide them from the counter)."""
+    """Ops and activation bytes per steady-state forward at batch 1, reference vs converted (without CUDA graphs,
+    which replay every kernel from one launch and would hide them from the counter)."""
     from .counting import count_forward
     x = _input(COUNT_BATCH, results.settings, dtype)
     converted = impls["converted"]
     if results.settings.cuda_graph:
         converted = _converted(model, results.settings.device, DTYPES[dtype], cuda_graph=False)
     for impl, runner in (("reference", impls["reference"]), ("converted", converted)):
+        with torch.no_grad():
+            runner.forward(runner.prepare(x))  # first-call work (CPU weight packing, autotuning) is not per forward
         results.counts[(name, dtype, impl)] = count_forward(runner.forward, runner.prepare(x))
 
 

@@ -38,6 +38,7 @@ import importlib
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -324,6 +325,19 @@ def _read_torch(path: Path) -> object:
         raise CheckpointError(f"{path} is truncated or corrupted, or not a PyTorch checkpoint: {err}") from err
 
 
+def _check_zip_checksums(path: Path) -> None:
+    """torch.load does not verify the CRC-32 of a zip checkpoint's entries, so bytes flipped on disk or in transfer
+    would load as wrong weights without an error; zipfile verifies them (reading the file once more)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path} is truncated or corrupted: {err}") from err
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupted: the checksum of its entry {bad!r} does not match its data (the "
+                              f"file changed after it was saved); download or save it again")
+
+
 def read_checkpoint(path: Union[str, os.PathLike]) -> Mapping[str, object]:
     """Reads a checkpoint file: a PyTorch file (zip or legacy pickle; ``weights_only=True``) or a PaddlePaddle
     ``.pdparams`` pickle (numpy arrays only). Returns what the file holds, unwrapped by ``load_checkpoint``."""
@@ -337,6 +351,7 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Mapping[str, object]:
     if not magic:
         raise CheckpointError(f"checkpoint file is empty: {path}")
     if magic.startswith(b"PK"):  # torch.save's zip format
+        _check_zip_checksums(path)
         return _read_torch(path)
     if magic[0] != 0x80:  # every binary pickle (protocol 2+) starts with PROTO
         raise CheckpointError(f"{path} is neither a PyTorch checkpoint nor a PaddlePaddle .pdparams file")

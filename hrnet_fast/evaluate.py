@@ -286,8 +286,9 @@ def build_reference(model_name: str, checkpoint: str, num_classes: int, device: 
     try:
         load_checkpoint(model, checkpoint, strict=True)
     except (CheckpointError, OSError, pickle.UnpicklingError) as e:
+        detail = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line on stderr
         raise UserError(f"cannot load {checkpoint} into {resolve_name(model_name)} "
-                        f"(num_classes={num_classes}): {e}") from None
+                        f"(num_classes={num_classes}): {detail}") from None
     return model.eval().to(device)
 
 

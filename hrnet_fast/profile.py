@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
@@ -218,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
         names = [resolve_name(n) for n in args.models.split(",")] if args.models else list_models()
         rows = profile_rows(names, args.input_size)
     except ValueError as err:
-        print(f"error: {err}")
+        print(f"hrnet-fast profile: error: {err}", file=sys.stderr)
         return 2
     h, w = args.input_size
     print(f"Input {h}x{w}, batch 1. FLOPs: MMClassification convention (conv/linear MACs + bias, BN 2/elem, "

@@ -76,6 +76,9 @@ def create_model(name: str, num_classes: int = 1000, features_only: bool = False
     outputs by default, or the raw branch outputs with ``feature_location=""``), as timm does.
     """
     key = resolve_name(name)
+    if out_indices is not None and not isinstance(out_indices, (list, tuple, range)):
+        raise TypeError(f"out_indices must be a sequence of feature indices within 0..4, e.g. (1, 2, 3, 4); "
+                        f"got {out_indices!r}")
     cfg = CONFIGS[SSLD.get(key, key)]
     return HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
                              features_only=features_only, feature_location=feature_location,

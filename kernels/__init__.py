@@ -1,4 +1,4 @@
-"""Triton kernels for the fused ops, one module per op (shipped as ``hrnet_fast.kernels``).
+"""Triton kernels for the fused ops, one module per op (setup.py installs this folder as ``hrnet_fast_kernels``).
 
 Each module exposes a function named after its op with the signature of the reference in
 ``hrnet_fast/ops/reference.py``; ``hrnet_fast.ops.backends`` imports it on first use of the ``triton`` backend, with

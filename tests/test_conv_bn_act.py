@@ -126,7 +126,7 @@ def test_nan_propagates_like_eager(backend):
 
 def test_triton_batch_zero_does_not_launch(monkeypatch):
     backend_device("triton", "conv_bn_act")
-    from hrnet_fast.kernels import conv_bn_act as module
+    from hrnet_fast_kernels import conv_bn_act as module
 
     monkeypatch.setattr(module, "_conv_bn_act_kernel", None)  # any launch would fail: None is not indexable
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -138,7 +138,7 @@ def test_triton_batch_zero_does_not_launch(monkeypatch):
 def test_triton_int64_indexing(monkeypatch):
     """The int64 index path (taken when an offset can reach 2**31) gives the same answers as the int32 one."""
     device = backend_device("triton", "conv_bn_act")
-    import hrnet_fast.kernels as kernels
+    import hrnet_fast_kernels as kernels
 
     torch.manual_seed(0)
     x, weight, bias, residual = inputs(CASES[2], torch.float32, device, "strided")
@@ -161,7 +161,7 @@ def test_triton_interpreter_refuses_bfloat16():
 def test_triton_tile_pruning():
     """Autotuning only benchmarks tiles that fit the channel counts, and always keeps at least one."""
     pytest.importorskip("triton")
-    from hrnet_fast.kernels.conv_bn_act import _prune
+    from hrnet_fast_kernels.conv_bn_act import _prune
     import triton
 
     configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": n, "BLOCK_K": k}) for n, k in ((32, 16), (64, 32),
@@ -177,7 +177,7 @@ def test_triton_kernel_compiles_for_gpus():
     """The GPU code path, which the interpreter does not compile: every autotuning tile in fp16 for sm_90, and
     fp32 (IEEE dots) and bf16 for sm_80 and sm_90, down to cubins."""
     flags = dict(CIN=18, KH=3, STRIDE=2, PADDING=1, HAS_BIAS=True, HAS_RESIDUAL=True, RELU=True, INT64=False)
-    compile_for_gpu("hrnet_fast.kernels.conv_bn_act", "_conv_bn_act_kernel", [
+    compile_for_gpu("hrnet_fast_kernels.conv_bn_act", "_conv_bn_act_kernel", [
         dict(dtype="fp16", constexprs={**flags, "DOT_PRECISION": "tf32"}, archs=[90], all_configs=True),
         dict(dtype="fp32", constexprs={**flags, "DOT_PRECISION": "ieee", "CIN": 3}, archs=[80, 90],
              all_configs=False),

@@ -23,6 +23,31 @@ def rel_err(y, ref):
     return (torch.linalg.vector_norm((y.double() - ref.double())) / torch.linalg.vector_norm(ref.double())).item()
 
 
+FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def as_list(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def assert_matches(model, fast, x, dtype=torch.float32):
+    """The tolerance rule (DESIGN.md): against a float64 truth, the converted model's relative error is at most
+    twice eager PyTorch's own error in the same dtype, plus the floor; in fp32, identical top-1 to the reference.
+    (Eager PyTorch's fp32 error on these calibrated random models is 0.6-2.5e-5: a channels_last eager run
+    differs from the NCHW one by as much, so "equal to rounding" is measured against the truth.)"""
+    with torch.no_grad():
+        truth = as_list(copy.deepcopy(model).double()(x.double()))
+        eager = as_list(copy.deepcopy(model).to(dtype)(x.to(dtype)))
+    ys = as_list(fast(x.to(dtype)))
+    assert len(ys) == len(truth)
+    for y, t, e in zip(ys, truth, eager):
+        assert y.shape == t.shape and y.dtype == dtype
+        assert rel_err(y, t) <= 2 * rel_err(e, t) + FLOOR[dtype]
+        if dtype == torch.float32 and y.dim() == 2:
+            assert torch.equal(y.argmax(1), e.argmax(1))
+    return ys
+
+
 def live(backend, op="conv_bn_act"):
     ok, why = availability(backend, op, "cpu")
     if not ok:
@@ -32,13 +57,8 @@ def live(backend, op="conv_bn_act"):
 @pytest.mark.parametrize("name", hrnet_fast.list_models())
 def test_every_variant_fp32_matches_reference(name):
     model = calibrated(name)
-    fast = hrnet_fast.convert(model)
     x = torch.randn(4, 3, *SMALL, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = model(x)
-    y = fast(x)
-    assert rel_err(y, ref) <= 1e-5
-    assert torch.equal(y.argmax(1), ref.argmax(1))
+    assert_matches(model, hrnet_fast.convert(model), x)
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
@@ -46,13 +66,8 @@ def test_backends_fp32(backend):
     live(backend)
     live(backend, "multires_fuse")
     model = calibrated("hrnet_w18_small")
-    fast = hrnet_fast.convert(model, backend=backend)
     x = torch.randn(2, 3, *SMALL, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = model(x)
-    y = fast(x)
-    assert rel_err(y, ref) <= 1e-5
-    assert torch.equal(y.argmax(1), ref.argmax(1))
+    assert_matches(model, hrnet_fast.convert(model, backend=backend), x)
 
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
@@ -67,14 +82,7 @@ def test_half_precision_within_twice_pytorch_error(backend, dtype):
     live(backend, "multires_fuse")
     model = calibrated("hrnet_w18_small")
     x = torch.randn(2, 3, *SMALL, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        ref = model(x)
-        torch_half = copy.deepcopy(model).to(dtype)(x.to(dtype)).float()
-    fast = hrnet_fast.convert(model, dtype=dtype, backend=backend)
-    y = fast(x.to(dtype))
-    assert y.dtype == dtype
-    floor = 1e-3 if dtype == torch.float16 else 1e-2
-    assert rel_err(y.float(), ref) <= 2 * rel_err(torch_half, ref) + floor
+    assert_matches(model, hrnet_fast.convert(model, dtype=dtype, backend=backend), x, dtype)
 
 
 @pytest.mark.skipif(not INTERPRETING, reason="only the Triton interpreter lacks bf16 tl.dot")
@@ -89,11 +97,8 @@ def test_input_sizes_match_timm(size):
     timm = pytest.importorskip("timm")
     ref = timm.create_model("hrnet_w18_small").eval()
     hrnet_fast.calibrate_bn(ref, size, steps=1, batch=2)
-    fast = hrnet_fast.convert(ref)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        r = ref(x)
-    assert rel_err(fast(x), r) <= 1e-5
+    assert_matches(ref, hrnet_fast.convert(ref), x)
 
 
 @pytest.mark.parametrize("feature_location", ["incre", ""])
@@ -103,15 +108,8 @@ def test_features_only_timm_and_ours(feature_location):
                   hrnet_fast.create_model("hrnet_w18_small", features_only=True,
                                           feature_location=feature_location)):
         hrnet_fast.calibrate_bn(model, SMALL, steps=2, batch=2)
-        fast = hrnet_fast.convert(model)
         x = torch.randn(2, 3, *SMALL, generator=torch.Generator().manual_seed(5))
-        with torch.no_grad():
-            refs = model(x)
-        ys = fast(x)
-        assert len(ys) == len(refs) == 5
-        for y, r in zip(ys, refs):
-            assert y.shape == r.shape
-            assert rel_err(y, r) <= 1e-5
+        assert len(assert_matches(model, hrnet_fast.convert(model), x)) == 5
 
 
 def test_official_repo_layout():
@@ -124,10 +122,7 @@ def test_official_repo_layout():
                 for i, terms in enumerate(module.fuse_layers):
                     terms[i] = None
     fast = hrnet_fast.convert(official)
-    x = torch.randn(2, 3, *SMALL)
-    with torch.no_grad():
-        ref = model(x)
-    assert rel_err(fast(x), ref) <= 1e-5
+    assert_matches(model, fast, torch.randn(2, 3, *SMALL))
     assert fast.fusion_report().counts()["hr fuse"] == 9
 
 
@@ -136,10 +131,7 @@ def test_generic_cnn_timm_resnet18():
     model = timm.create_model("resnet18").eval()
     hrnet_fast.calibrate_bn(model, SMALL, steps=2, batch=2)
     fast = hrnet_fast.convert(model)
-    x = torch.randn(2, 3, *SMALL)
-    with torch.no_grad():
-        ref = model(x)
-    assert rel_err(fast(x), ref) <= 1e-5
+    assert_matches(model, fast, torch.randn(2, 3, *SMALL))
     counts = fast.fusion_report().counts()
     assert counts["conv+bn+add+relu"] == 8 and counts["conv+bn+relu"] == 8
     assert any(e.path == "conv1" for e in fast.fusion_report().unfused)  # the 7x7 stem: folded, listed
@@ -171,6 +163,7 @@ def test_dispatched_ops_drop():
     model = calibrated("hrnet_w18", (224, 224))
     x = torch.randn(1, 3, 224, 224)
     fast = hrnet_fast.convert(model)
+    fast(x)  # the first call packs the CPU conv weights (once); count a steady-state forward
     ref_ops = count_forward(model, x).ops
     fast_ops = count_forward(fast, x).ops
     assert ref_ops >= 1400
@@ -240,18 +233,12 @@ def test_outputs_do_not_require_grad():
 @pytest.mark.parametrize("name", hrnet_fast.list_models())
 def test_gpu_every_variant(name, dtype, cuda_graph):
     model = calibrated(name, (224, 224)).cuda()
-    x = torch.randn(2, 3, 224, 224, device="cuda", generator=None)
-    with torch.no_grad():
-        ref = model(x)
-        torch_dtype = copy.deepcopy(model).to(dtype)(x.to(dtype)).float()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
     fast = hrnet_fast.convert(model, dtype=dtype, cuda_graph=cuda_graph)
-    y1 = fast(x.to(dtype))
-    y2 = fast(x.to(dtype))
-    torch.testing.assert_close(y1, y2)
-    floor = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
-    bound = floor if dtype == torch.float32 else 2 * rel_err(torch_dtype, ref) + floor
-    assert rel_err(y1.float(), ref) <= bound
-    assert (y1.float().argmax(1) == ref.argmax(1)).float().mean().item() == 1.0
+    y1 = assert_matches(model, fast, x, dtype)[0]
+    torch.testing.assert_close(fast(x.to(dtype)), y1, rtol=0, atol=0)  # replays give the same answer
+    with torch.no_grad():
+        assert torch.equal(y1.float().argmax(1), model(x).argmax(1))
 
 
 @pytest.mark.gpu
@@ -274,8 +261,8 @@ def test_mmpretrain_layout():
     with torch.no_grad():
         expected = ref(x)
         torch.testing.assert_close(mm(x), expected)  # the stand-in computes what the reference does
-    fast = hrnet_fast.convert(mm, backend="torch")
-    assert rel_err(fast(x), expected) <= 1e-5
+    fast = hrnet_fast.convert(mm)
+    assert_matches(mm, fast, x)
     report = fast.fusion_report()
     assert report.counts()["hr fuse"] == 9
     assert {e.pattern for e in report.unfused} == {"GlobalAveragePooling", "Linear"}  # neck ConvModules fused

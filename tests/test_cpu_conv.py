@@ -63,11 +63,10 @@ def test_matches_reference(dtype, layout, case, packed):
     stride, padding = case[6], case[7]
     for residual, relu in ((True, True), (False, True), (True, False), (False, False)):
         x, weight, bias, r = conv_inputs(case, dtype, layout, residual)
-        if packed:
-            prepared = cpu_conv.prepack(weight, bias, stride, padding, x.shape)
-            y = cpu_conv.conv_bn_act_packed(x, prepared, residual=r, relu=relu)
-        else:
-            y = cpu_conv.conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=r, relu=relu)
+        w = weight
+        if packed and cpu_conv.pack_weight(weight, stride, padding, x.shape) is not None:
+            w = cpu_conv.pack_weight(weight, stride, padding, x.shape)
+        y = cpu_conv.conv_bn_act(x, w, bias, stride=stride, padding=padding, residual=r, relu=relu)
         assert y.dtype == dtype
         assert y.is_contiguous(memory_format=expected_format(x))
         assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=stride, padding=padding, residual=r,
@@ -97,52 +96,40 @@ def test_path_choice(monkeypatch, layout, k, onednn):
     x = make((1, 18, 14, 14), torch.float32, layout)
     weight, bias = torch.randn(18, 18, k, k), torch.randn(18)
     cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=k // 2, residual=torch.randn(1, 18, 14, 14), relu=True)
-    cpu_conv.conv_bn_act_packed(x, cpu_conv.prepack(weight, bias, 1, k // 2, x.shape), relu=True)
+    packed = cpu_conv.pack_weight(weight, 1, k // 2, x.shape)
+    cpu_conv.conv_bn_act(x, weight if packed is None else packed, bias, stride=1, padding=k // 2, relu=True)
     assert len(calls) == (2 if onednn else 0)
 
 
-def test_prepack_packs_3x3_weights_for_onednn():
+def test_pack_weight_packs_3x3_weights_for_onednn():
     if not cpu_conv._onednn_ops():
         pytest.skip("this torch has no oneDNN fused convolution")
-    w = torch.randn(36, 18, 3, 3)
-    packed = cpu_conv.prepack(w, torch.randn(36), 2, 1, (1, 18, 56, 56))
-    assert packed.onednn_weight is not None and packed.onednn_weight.is_mkldnn
-    assert packed.weight.dtype == torch.float32 and (packed.stride, packed.padding) == (2, 1)
-    assert cpu_conv.prepack(torch.randn(18, 36, 1, 1), None, 1, 0, (1, 36, 28, 28)).onednn_weight is None
+    packed = cpu_conv.pack_weight(torch.randn(36, 18, 3, 3), 2, 1, (1, 18, 56, 56))
+    assert packed is not None and packed.is_mkldnn and packed.dtype == torch.float32
+    assert tuple(packed.shape) == (36, 18, 3, 3)
+    assert cpu_conv.pack_weight(torch.randn(18, 36, 1, 1), 1, 0, (1, 36, 28, 28)) is None
 
 
-def test_packed_conv_serves_other_batch_sizes():
-    """Packed for batch 1 (the layout oneDNN chooses depends on it), run on batch 3 and a different map size."""
+def test_packed_weight_serves_other_batch_sizes_and_nchw():
+    """Packed for batch 1 (the layout oneDNN chooses depends on it), run on batch 3, another map size, and on an
+    NCHW input (which takes the dense path)."""
     torch.manual_seed(0)
     weight, bias = torch.randn(18, 18, 3, 3) / 12, torch.randn(18)
-    packed = cpu_conv.prepack(weight, bias, 1, 1, (1, 18, 56, 56))
-    x = make((3, 18, 20, 24), torch.float32, "channels_last")
-    r = make((3, 18, 20, 24), torch.float32, "channels_last")
-    y = cpu_conv.conv_bn_act_packed(x, packed, residual=r, relu=True)
-    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, residual=r, relu=True)
+    packed = cpu_conv.pack_weight(weight, 1, 1, (1, 18, 56, 56))
+    for layout in ("channels_last", "nchw"):
+        x = make((3, 18, 20, 24), torch.float32, layout)
+        r = make((3, 18, 20, 24), torch.float32, layout)
+        y = cpu_conv.conv_bn_act(x, packed, bias, stride=1, padding=1, residual=r, relu=True)
+        assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, residual=r, relu=True)
 
 
 def test_packed_dtype_mismatch_is_an_error():
-    packed = cpu_conv.prepack(torch.randn(4, 4, 3, 3), None, 1, 1, (1, 4, 8, 8))
-    with pytest.raises(TypeError, match="x has dtype torch.bfloat16 but the conv was packed for torch.float32"):
-        cpu_conv.conv_bn_act_packed(torch.randn(1, 4, 8, 8).bfloat16(), packed)
+    packed = cpu_conv.pack_weight(torch.randn(4, 4, 3, 3).bfloat16(), 1, 1, (1, 4, 8, 8))
+    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(TypeError, match="packed for torch.bfloat16 but x"):
+        cpu_conv.conv_bn_act(x, packed, None, stride=1, padding=1)
 
 
-def test_prepack_rejects_bad_shapes():
+def test_pack_weight_rejects_bad_shapes():
     with pytest.raises(ValueError, match="4-D weight and a 4-D x_shape"):
-        cpu_conv.prepack(torch.randn(4, 4, 3), None, 1, 1, (1, 4, 8, 8))
-
-
-def test_float16_without_onednn_float16_is_computed_in_float32():
-    """Where oneDNN has no float16 (no AVX512-FP16 / AVX-NE-CONVERT), availability says so and float16 runs as
-    float32 rounded once: the float32 result of the reference, cast to float16, exactly."""
-    live, note = cpu_conv.availability()
-    assert live
-    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
-        pytest.skip("oneDNN supports float16 convolution on this CPU")
-    assert "float16 is computed in float32" in note
-    torch.manual_seed(0)
-    x, weight, bias, r = conv_inputs((2, 18, 36, 13, 17, 3, 2, 1), torch.float16, "nchw", residual=True)
-    y = cpu_conv.conv_bn_act(x, weight, bias, stride=2, padding=1, residual=r, relu=True)
-    expected = conv_bn_act_ref(x.float(), weight.float(), bias.float(), stride=2, padding=1, residual=r.float())
-    torch.testing.assert_close(y, expected.half(), rtol=0, atol=0)
+        cpu_conv.pack_weight(torch.randn(4, 4, 3), 1, 1, (1, 4, 8, 8))

@@ -114,7 +114,7 @@ def test_nan_propagates_like_eager(backend):
 
 def test_triton_batch_zero_does_not_launch(monkeypatch):
     backend_device("triton", "multires_fuse")
-    from hrnet_fast.kernels import multires_fuse as module
+    from hrnet_fast_kernels import multires_fuse as module
 
     monkeypatch.setattr(module, "_multires_fuse_kernel", None)  # any launch would fail: None is not indexable
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,7 +126,7 @@ def test_triton_batch_zero_does_not_launch(monkeypatch):
 def test_triton_int64_indexing(monkeypatch):
     """The int64 index path (taken when an offset can reach 2**31) gives the same answers as the int32 one."""
     device = backend_device("triton", "multires_fuse")
-    import hrnet_fast.kernels as kernels
+    import hrnet_fast_kernels as kernels
 
     torch.manual_seed(0)
     x, low, same = inputs(CASES[2], torch.float32, device, "mixed")
@@ -139,7 +139,7 @@ def test_triton_int64_indexing(monkeypatch):
 def test_triton_kernel_compiles_for_gpus():
     """The GPU code path, which the interpreter does not compile: each dtype, both layouts and index widths, the
     largest and smallest input counts, for sm_80 and sm_90, down to cubins."""
-    compile_for_gpu("hrnet_fast.kernels.multires_fuse", "_multires_fuse_kernel", [
+    compile_for_gpu("hrnet_fast_kernels.multires_fuse", "_multires_fuse_kernel", [
         dict(dtype=dtype, constexprs=dict(N_LOW=n_low, N_SAME=n_same, RELU=True, CHANNELS_LAST=cl, INT64=int64),
              archs=[80, 90], all_configs=False)
         for dtype, n_low, n_same, cl, int64 in (("fp32", 4, 4, False, False), ("fp16", 0, 1, True, True),

@@ -122,9 +122,9 @@ def test_cli_other_input_size_has_no_seed_columns(capsys):
 
 def test_cli_errors(capsys):
     assert run_cli(["--models", "hrnet_w99"]) == 2
-    assert "unknown model name 'hrnet_w99'" in capsys.readouterr().out
+    assert "unknown model name 'hrnet_w99'" in capsys.readouterr().err
     assert run_cli(["--models", "hrnet_w18_small", "--input-size", "230"]) == 2
-    assert "cannot take a 230x230 input" in capsys.readouterr().out
+    assert "cannot take a 230x230 input" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_cli(["--input-size", "big"])
     assert "input size must be N or HxW" in capsys.readouterr().err

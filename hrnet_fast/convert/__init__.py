@@ -70,8 +70,10 @@ class ConvertedModel(nn.Module):
             raise ValueError(f"the model takes {self.in_chans} input channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
         if x.dtype != self.dtype:
-            raise TypeError(f"the model was converted for {self.dtype} inputs, got {x.dtype}; cast the input "
-                            f"(x.to({self.dtype})) or convert with dtype={x.dtype}")
+            remedy = f"cast the input (x.to({self.dtype}))"
+            if x.dtype in _DTYPES:  # only a dtype convert() accepts is worth converting for
+                remedy += f" or convert with dtype={x.dtype}"
+            raise TypeError(f"the model was converted for {self.dtype} inputs, got {x.dtype}; {remedy}")
         if x.device != self.device:
             raise ValueError(f"the model is on {self.device} but the input is on {x.device}")
         if self.hrnet:

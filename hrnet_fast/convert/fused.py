@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..ops import cpu_conv
 from ..ops.backends import resolve
 from ..ops.folding import fold_bn
 
@@ -54,10 +55,28 @@ class FusedConvBNAct(nn.Module):
         self.padding = conv.padding[0]
         self.relu = relu
         self.requested_backend = backend
+        self._packed: Optional[torch.Tensor] = None  # oneDNN-blocked weight for the cpu backend, built lazily
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None  # moved or cast: the packed copy no longer matches the buffers
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        # The packed weight is an opaque oneDNN tensor that neither pickles nor deep-copies; it is rebuilt lazily.
+        return {**self.__dict__, "_packed": None}
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return torch.ops.hrnet_fast.conv_bn_act(x, self.weight, self.bias, residual, self.stride, self.padding,
-                                                self.relu, resolve("conv_bn_act", x.device.type, self.requested_backend))
+        backend = resolve("conv_bn_act", x.device.type, self.requested_backend)
+        weight = self.weight
+        if backend == "cpu" and not torch.compiler.is_compiling():
+            # oneDNN reorders a dense weight into its blocked layout on every call; pack it once (3x3 only).
+            if self._packed is None:
+                self._packed = cpu_conv.pack_weight(self.weight, self.stride, self.padding, x.shape)
+                if self._packed is None:
+                    self._packed = self.weight
+            weight = self._packed
+        return torch.ops.hrnet_fast.conv_bn_act(x, weight, self.bias, residual, self.stride, self.padding,
+                                                self.relu, backend)
 
     def extra_repr(self) -> str:
         cout, cin, k, _ = self.weight.shape

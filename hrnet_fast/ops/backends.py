@@ -2,7 +2,7 @@
 
 Four implementations share one contract (see ``reference.py`` for the definition of correct):
   torch   the reference composition, always live
-  triton  ``hrnet_fast.kernels`` (GPU; CPU tensors only under ``TRITON_INTERPRET=1``)
+  triton  ``hrnet_fast_kernels`` (GPU; CPU tensors only under ``TRITON_INTERPRET=1``)
   cuda    the compiled extension's CUDA kernels (``csrc/cuda``)
   cpu     the compiled extension's CPU kernels and oneDNN's fused convolution (``csrc/cpu``, ``cpu_conv.py``)
 
@@ -73,13 +73,14 @@ def availability(backend: str, op: str, device_type: str) -> Tuple[bool, str]:
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} (or None for the best)")
 
 
+@functools.lru_cache(maxsize=None)
 def implementation(op: str, backend: str) -> Callable:
     """The function that runs ``op`` on ``backend``; signatures follow ``reference.py`` (validated inputs)."""
     if backend == "torch":
         from . import reference
         return {"conv_bn_act": reference.conv_bn_act_ref, "multires_fuse": reference.multires_fuse_ref}[op]
     if backend == "triton":
-        mod = importlib.import_module(f"hrnet_fast.kernels.{op}")
+        mod = importlib.import_module(f"hrnet_fast_kernels.{op}")
         return getattr(mod, op)
     if backend == "cpu" and op == "conv_bn_act":
         from . import cpu_conv

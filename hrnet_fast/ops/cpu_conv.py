@@ -2,14 +2,14 @@
 epilogue where it does not.
 
     y = cpu_conv.conv_bn_act(x, w, b, stride=1, padding=1, residual=r, relu=True)
-    packed = cpu_conv.prepack(w, b, stride=1, padding=1, x_shape=(1, 18, 56, 56))   # once, at convert time
-    y = cpu_conv.conv_bn_act_packed(x, packed, residual=r, relu=True)                 # per call
+    w3 = cpu_conv.pack_weight(w, stride=1, padding=1, x_shape=(1, 18, 56, 56))   # once, at convert time
+    y = cpu_conv.conv_bn_act(x, w3, b, stride=1, padding=1, residual=r, relu=True)
 
 Which path runs (chosen from HRNet-W18 conv shapes at batch 1, one thread, on an AVX512 CPU):
 
 * 3x3 kernels on channels_last input: oneDNN's convolution with bias, residual add and ReLU as post-ops
   (``torch.ops.mkldnn._convolution_pointwise`` and its ``.binary`` variant), one primitive. With the weight
-  pre-packed into oneDNN's blocked layout (``prepack``) it is 1.2-1.6x faster than ATen's convolution
+  pre-packed into oneDNN's blocked layout (``pack_weight``) it is 1.2-1.6x faster than ATen's convolution
   followed by the epilogue; unpacked, oneDNN reorders the weight on every call and the two are even.
 * 1x1 kernels, and NCHW input: ``F.conv2d`` (ATen picks its own GEMM or oneDNN kernel) and then ``+ residual``
   and ReLU in place on its output. For the small 1x1 convolutions of HRNet's fusion layers (7x7 to 28x28 maps)
@@ -27,7 +27,6 @@ AVX512-BF16 where present); both accumulate in float32.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -65,74 +64,51 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-@dataclass(frozen=True)
-class PackedConv:
-    """A folded conv prepared for ``conv_bn_act_packed``.
-
-    weight/bias are dense, in the compute dtype (float32 for float16 models where oneDNN has no float16);
-    ``onednn_weight`` is the same weight in oneDNN's blocked layout (an opaque MKLDNN tensor) for 3x3 kernels,
-    used on channels_last input; NCHW input uses the dense weight. It is not a parameter or buffer: keep it as
-    a plain attribute, and rebuild it after moving or casting the module.
-    """
-    weight: torch.Tensor                  # [Cout, Cin, k, k]
-    bias: Optional[torch.Tensor]          # [Cout] or None
-    onednn_weight: Optional[torch.Tensor]
-    stride: int
-    padding: int
-    dtype: torch.dtype                    # the dtype of the inputs and output
-
-
 def _uses_onednn(channels_last: bool, kernel_size: int) -> bool:
     return kernel_size == 3 and channels_last and _onednn_ops() and torch._C._get_mkldnn_enabled()
 
 
-def prepack(weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
-            x_shape: Sequence[int]) -> PackedConv:
-    """Prepares a folded conv for repeated ``conv_bn_act_packed`` calls on inputs shaped like ``x_shape``
-    ([N, Cin, H, W]; other batch sizes and spatial sizes still work, with oneDNN's layout chosen for this one).
+def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
+    """The folded 3x3 ``weight`` [Cout, Cin, 3, 3] in oneDNN's blocked layout for inputs shaped like ``x_shape``
+    (other batch and map sizes still work), or None where oneDNN would not run it (1x1, no oneDNN).
 
-    Packs 3x3 weights into oneDNN's blocked layout once instead of on every call.
+    Pass the result as ``weight`` to ``conv_bn_act`` (or ``torch.ops.hrnet_fast.conv_bn_act`` with backend
+    "cpu") to skip the per-call reorder: 1.2-1.6x on HRNet's 3x3 convs. It is an opaque MKLDNN tensor: keep it
+    as a plain attribute (it neither pickles nor deep-copies) and rebuild it after moving or casting.
     """
     if weight.dim() != 4 or len(x_shape) != 4:
-        raise ValueError(f"prepack expects a 4-D weight and a 4-D x_shape, got {tuple(weight.shape)} and "
+        raise ValueError(f"pack_weight expects a 4-D weight and a 4-D x_shape, got {tuple(weight.shape)} and "
                          f"{tuple(x_shape)}")
-    compute = _compute_dtype(weight.dtype)
-    w = weight.detach().to(compute).contiguous()
-    b = bias.detach().to(compute).contiguous() if bias is not None else None
-    onednn_weight = None
-    if weight.shape[-1] == 3 and _onednn_ops():
-        onednn_weight = torch.ops.mkldnn._reorder_convolution_weight(w, [padding, padding], [stride, stride], [1, 1],
-                                                                    1, list(x_shape))
-    return PackedConv(w, b, onednn_weight, int(stride), int(padding), weight.dtype)
-
-
-def conv_bn_act_packed(x: torch.Tensor, packed: PackedConv, *, residual: Optional[torch.Tensor] = None,
-                       relu: bool = True) -> torch.Tensor:
-    """``relu(conv2d(x, weight, bias) + residual)`` with a ``prepack``-ed conv; x in ``packed.dtype`` on CPU."""
-    if x.dtype != packed.dtype:
-        raise TypeError(f"x has dtype {x.dtype} but the conv was packed for {packed.dtype}")
-    channels_last = _is_channels_last(x)
-    onednn = packed.onednn_weight is not None and _uses_onednn(channels_last, packed.weight.shape[-1])
-    weight = packed.onednn_weight if onednn else packed.weight
-    return _run(x, weight, packed.bias, packed.stride, packed.padding, residual, relu, channels_last, onednn)
+    if weight.shape[-1] != 3 or not _onednn_ops():
+        return None
+    w = weight.detach().to(_compute_dtype(weight.dtype)).contiguous()
+    return torch.ops.mkldnn._reorder_convolution_weight(w, [padding, padding], [stride, stride], [1, 1], 1,
+                                                        list(x_shape))
 
 
 def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int, padding: int,
                 residual: Optional[torch.Tensor] = None, relu: bool = True) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias, stride, padding) + residual)`` on CPU tensors (validated by checks.py).
 
-    Output in x's dtype and memory format (channels_last when x is, else contiguous).
+    ``weight`` is dense [Cout, Cin, k, k] or a ``pack_weight`` result. Output in x's dtype and memory format
+    (channels_last when x is, else contiguous).
     """
     compute = _compute_dtype(x.dtype)
     channels_last = _is_channels_last(x)
+    onednn = _uses_onednn(channels_last, weight.shape[-1])
+    if weight.is_mkldnn and weight.dtype != compute:
+        raise TypeError(f"the weight was packed for {weight.dtype} but x ({x.dtype}) computes in {compute}")
+    if weight.is_mkldnn and not onednn:
+        weight = weight.to_dense()  # a packed weight met an input oneDNN does not take (NCHW): plain path
+    if not weight.is_mkldnn:
+        weight = weight.to(compute)
     bias = bias.to(compute).contiguous() if bias is not None else None  # oneDNN reads the bias as dense memory
-    return _run(x, weight.to(compute), bias, stride, padding, residual, relu, channels_last,
-                _uses_onednn(channels_last, weight.shape[-1]))
+    return _run(x, weight, bias, stride, padding, residual, relu, channels_last, onednn)
 
 
 def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
          residual: Optional[torch.Tensor], relu: bool, channels_last: bool, onednn: bool) -> torch.Tensor:
-    """Both entry points: weight (dense, or oneDNN-packed when ``onednn``) and dense bias in the compute dtype."""
+    """The computation: weight (dense, or oneDNN-packed when ``onednn``) and dense bias in the compute dtype."""
     out_dtype = x.dtype
     if weight.dtype != out_dtype:
         x = x.to(weight.dtype)
