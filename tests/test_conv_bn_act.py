@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import hrnet_fast.ops as ops
-from hrnet_fast.ops import backends
 from hrnet_fast.ops.backends import BACKENDS
 from hrnet_fast.ops.reference import conv_bn_act_ref
-from tolerance import assert_matches_reference, backend_device, compile_for_gpu
+from tolerance import assert_matches_reference, backend_device, compile_for_gpu, fail_if_a_backend_runs, zeros
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("nchw", "channels_last", "strided")
@@ -186,44 +185,34 @@ def test_triton_kernel_compiles_for_gpus():
     ])
 
 
-def _fail_if_a_backend_runs(monkeypatch):
-    def no_kernel(op, backend):
-        raise AssertionError(f"a {backend} kernel for {op} was reached before the inputs were validated")
-    monkeypatch.setattr(backends, "implementation", no_kernel)
-
-
-def _t(*shape, dtype=torch.float32):
-    return torch.zeros(shape, dtype=dtype)
-
-
 # name: (x, weight, bias, stride, padding, residual), error, message fragment
 ERROR_CASES = {
-    "wrong input channels": ((_t(1, 18, 8, 8), _t(36, 36, 3, 3), None, 1, 1, None), ValueError,
+    "wrong input channels": ((zeros(1, 18, 8, 8), zeros(36, 36, 3, 3), None, 1, 1, None), ValueError,
                              "x has 18 channels but weight expects 36"),
-    "5x5 kernel": ((_t(1, 18, 8, 8), _t(36, 18, 5, 5), None, 1, 2, None), ValueError, "1x1 or 3x3"),
-    "non-square kernel": ((_t(1, 18, 8, 8), _t(36, 18, 1, 3), None, 1, 0, None), ValueError, "1x1 or 3x3"),
-    "stride 3": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 3, 1, None), ValueError, "stride must be 1 or 2"),
-    "padding 2 for 3x3": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 1, 2, None), ValueError, "padding must be"),
-    "padding 1 for 1x1": ((_t(1, 18, 8, 8), _t(36, 18, 1, 1), None, 1, 1, None), ValueError, "padding must be"),
-    "negative padding": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 1, -1, None), ValueError, "padding must be"),
-    "bias shape": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), _t(18), 1, 1, None), ValueError, r"bias must have shape"),
-    "residual shape": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3), None, 2, 1, _t(1, 36, 8, 8)), ValueError,
+    "5x5 kernel": ((zeros(1, 18, 8, 8), zeros(36, 18, 5, 5), None, 1, 2, None), ValueError, "1x1 or 3x3"),
+    "non-square kernel": ((zeros(1, 18, 8, 8), zeros(36, 18, 1, 3), None, 1, 0, None), ValueError, "1x1 or 3x3"),
+    "stride 3": ((zeros(1, 18, 8, 8), zeros(36, 18, 3, 3), None, 3, 1, None), ValueError, "stride must be 1 or 2"),
+    "padding 2 for 3x3": ((zeros(1, 18, 8, 8), zeros(36, 18, 3, 3), None, 1, 2, None), ValueError, "padding must be"),
+    "padding 1 for 1x1": ((zeros(1, 18, 8, 8), zeros(36, 18, 1, 1), None, 1, 1, None), ValueError, "padding must be"),
+    "negative padding": ((zeros(1, 18, 8, 8), zeros(36, 18, 3, 3), None, 1, -1, None), ValueError, "padding must be"),
+    "bias shape": ((zeros(1, 18, 8, 8), zeros(36, 18, 3, 3), zeros(18), 1, 1, None), ValueError, r"bias must have shape"),
+    "residual shape": ((zeros(1, 18, 8, 8), zeros(36, 18, 3, 3), None, 2, 1, zeros(1, 36, 8, 8)), ValueError,
                        "residual has shape"),
-    "weight dtype mix": ((_t(1, 18, 8, 8), _t(36, 18, 3, 3, dtype=torch.float16), None, 1, 1, None), TypeError,
+    "weight dtype mix": ((zeros(1, 18, 8, 8), zeros(36, 18, 3, 3, dtype=torch.float16), None, 1, 1, None), TypeError,
                          "must share one dtype"),
-    "residual dtype mix": ((_t(1, 18, 8, 8), _t(36, 18, 1, 1), None, 1, 0, _t(1, 36, 8, 8, dtype=torch.bfloat16)),
+    "residual dtype mix": ((zeros(1, 18, 8, 8), zeros(36, 18, 1, 1), None, 1, 0, zeros(1, 36, 8, 8, dtype=torch.bfloat16)),
                            TypeError, "must share one dtype"),
-    "integer dtype": ((_t(1, 18, 8, 8, dtype=torch.int32), _t(36, 18, 3, 3, dtype=torch.int32), None, 1, 1, None),
+    "integer dtype": ((zeros(1, 18, 8, 8, dtype=torch.int32), zeros(36, 18, 3, 3, dtype=torch.int32), None, 1, 1, None),
                       TypeError, "supported dtypes"),
-    "input too small": ((_t(1, 18, 2, 2), _t(36, 18, 3, 3), None, 1, 0, None), ValueError, "too small"),
-    "x not 4-D": ((_t(18, 8, 8), _t(36, 18, 3, 3), None, 1, 1, None), ValueError, "4-D"),
+    "input too small": ((zeros(1, 18, 2, 2), zeros(36, 18, 3, 3), None, 1, 0, None), ValueError, "too small"),
+    "x not 4-D": ((zeros(18, 8, 8), zeros(36, 18, 3, 3), None, 1, 1, None), ValueError, "4-D"),
 }
 
 
 @pytest.mark.parametrize("name", ERROR_CASES)
 def test_invalid_inputs_raise_before_any_kernel(monkeypatch, name):
     (x, weight, bias, stride, padding, residual), error, match = ERROR_CASES[name]
-    _fail_if_a_backend_runs(monkeypatch)
+    fail_if_a_backend_runs(monkeypatch)
     with pytest.raises(error, match=match):
         ops.conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=residual)
 
@@ -231,7 +220,7 @@ def test_invalid_inputs_raise_before_any_kernel(monkeypatch, name):
 @pytest.mark.gpu
 def test_device_mix_raises_before_any_kernel(monkeypatch):
     x = torch.zeros(1, 18, 8, 8, device="cuda")
-    _fail_if_a_backend_runs(monkeypatch)
+    fail_if_a_backend_runs(monkeypatch)
     with pytest.raises(ValueError, match="must be on one device"):
         ops.conv_bn_act(x, torch.zeros(36, 18, 3, 3), padding=1)
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import hrnet_fast.ops as ops
-from hrnet_fast.ops import backends
 from hrnet_fast.ops.backends import BACKENDS
 from hrnet_fast.ops.reference import multires_fuse_ref
-from tolerance import assert_matches_reference, backend_device, compile_for_gpu
+from tolerance import assert_matches_reference, backend_device, compile_for_gpu, fail_if_a_backend_runs, zeros
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("nchw", "channels_last", "strided", "mixed")
@@ -147,33 +146,23 @@ def test_triton_kernel_compiles_for_gpus():
     ])
 
 
-def _fail_if_a_backend_runs(monkeypatch):
-    def no_kernel(op, backend):
-        raise AssertionError(f"a {backend} kernel for {op} was reached before the inputs were validated")
-    monkeypatch.setattr(backends, "implementation", no_kernel)
-
-
-def _t(*shape, dtype=torch.float32):
-    return torch.zeros(shape, dtype=dtype)
-
-
 ERROR_CASES = {
-    "wrong channels": (lambda: (_t(1, 18, 8, 8), [_t(1, 36, 4, 4)], []), ValueError, "batch and channels"),
-    "wrong batch": (lambda: (_t(2, 18, 8, 8), [], [_t(1, 18, 8, 8)]), ValueError, r"same_res\[0\] has shape"),
-    "dtype mix": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 4, dtype=torch.float16)], []), TypeError,
+    "wrong channels": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 36, 4, 4)], []), ValueError, "batch and channels"),
+    "wrong batch": (lambda: (zeros(2, 18, 8, 8), [], [zeros(1, 18, 8, 8)]), ValueError, r"same_res\[0\] has shape"),
+    "dtype mix": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 18, 4, 4, dtype=torch.float16)], []), TypeError,
                   "must share one dtype"),
-    "factor not a power of two": (lambda: (_t(1, 18, 12, 12), [_t(1, 18, 4, 4)], []), ValueError, "power-of-two"),
-    "factor differs in H and W": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 2)], []), ValueError, "power-of-two"),
-    "factor does not divide": (lambda: (_t(1, 18, 9, 9), [_t(1, 18, 4, 4)], []), ValueError, "power-of-two"),
-    "larger than x": (lambda: (_t(1, 18, 4, 4), [_t(1, 18, 8, 8)], []), ValueError, "power-of-two"),
-    "too many low_res": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 4)] * 5, []), ValueError, "at most 4"),
-    "too many same_res": (lambda: (_t(1, 18, 8, 8), [], [_t(1, 18, 8, 8)] * 5), ValueError, "at most 4"),
-    "integer dtype": (lambda: (_t(1, 18, 8, 8, dtype=torch.int32), [], []), TypeError, "supported dtypes"),
-    "integer low_res": (lambda: (_t(1, 18, 8, 8), [_t(1, 18, 4, 4, dtype=torch.int64)], []), TypeError,
+    "factor not a power of two": (lambda: (zeros(1, 18, 12, 12), [zeros(1, 18, 4, 4)], []), ValueError, "power-of-two"),
+    "factor differs in H and W": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 18, 4, 2)], []), ValueError, "power-of-two"),
+    "factor does not divide": (lambda: (zeros(1, 18, 9, 9), [zeros(1, 18, 4, 4)], []), ValueError, "power-of-two"),
+    "larger than x": (lambda: (zeros(1, 18, 4, 4), [zeros(1, 18, 8, 8)], []), ValueError, "power-of-two"),
+    "too many low_res": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 18, 4, 4)] * 5, []), ValueError, "at most 4"),
+    "too many same_res": (lambda: (zeros(1, 18, 8, 8), [], [zeros(1, 18, 8, 8)] * 5), ValueError, "at most 4"),
+    "integer dtype": (lambda: (zeros(1, 18, 8, 8, dtype=torch.int32), [], []), TypeError, "supported dtypes"),
+    "integer low_res": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 18, 4, 4, dtype=torch.int64)], []), TypeError,
                         "supported dtypes"),
-    "not 4-D": (lambda: (_t(18, 8, 8), [], []), ValueError, "4-D"),
-    "not a tensor": (lambda: (_t(1, 18, 8, 8), [[0.0]], []), TypeError, "must be a torch.Tensor"),
-    "empty spatial size": (lambda: (_t(1, 18, 0, 8), [], []), ValueError, "empty spatial size"),
+    "not 4-D": (lambda: (zeros(18, 8, 8), [], []), ValueError, "4-D"),
+    "not a tensor": (lambda: (zeros(1, 18, 8, 8), [[0.0]], []), TypeError, "must be a torch.Tensor"),
+    "empty spatial size": (lambda: (zeros(1, 18, 0, 8), [], []), ValueError, "empty spatial size"),
 }
 
 
@@ -181,7 +170,7 @@ ERROR_CASES = {
 def test_invalid_inputs_raise_before_any_kernel(monkeypatch, name):
     make_args, error, match = ERROR_CASES[name]
     x, low, same = make_args()
-    _fail_if_a_backend_runs(monkeypatch)
+    fail_if_a_backend_runs(monkeypatch)
     with pytest.raises(error, match=match):
         ops.multires_fuse(x, low, same)
 
@@ -189,7 +178,7 @@ def test_invalid_inputs_raise_before_any_kernel(monkeypatch, name):
 @pytest.mark.gpu
 def test_device_mix_raises_before_any_kernel(monkeypatch):
     x = torch.zeros(1, 18, 8, 8, device="cuda")
-    _fail_if_a_backend_runs(monkeypatch)
+    fail_if_a_backend_runs(monkeypatch)
     with pytest.raises(ValueError, match="must be on one device"):
         ops.multires_fuse(x, [torch.zeros(1, 18, 4, 4)])
 

@@ -99,3 +99,16 @@ def compile_for_gpu(module: str, kernel: str, variants: List[Dict[str, Any]]) ->
     spec = json.dumps({"module": module, "kernel": kernel, "variants": variants})
     result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, spec], env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"compiling {module}.{kernel} for GPU targets failed:\n{result.stderr[-4000:]}"
+
+
+def fail_if_a_backend_runs(monkeypatch) -> None:
+    """Makes reaching any backend's kernel an assertion error: for tests that expect validation to fail first."""
+    from hrnet_fast.ops import backends
+
+    def no_kernel(op, backend):
+        raise AssertionError(f"a {backend} kernel for {op} was reached before the inputs were validated")
+    monkeypatch.setattr(backends, "implementation", no_kernel)
+
+
+def zeros(*shape, dtype=torch.float32) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype)
