@@ -91,8 +91,8 @@ def test_path_choice(monkeypatch, layout, k, onednn):
     if onednn and not cpu_conv._onednn_ops():
         pytest.skip("this torch has no oneDNN fused convolution")
     calls = []
-    real = cpu_conv._onednn_fused
-    monkeypatch.setattr(cpu_conv, "_onednn_fused", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = cpu_conv.onednn_fused
+    monkeypatch.setattr(cpu_conv, "onednn_fused", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     x = make((1, 18, 14, 14), torch.float32, layout)
     weight, bias = torch.randn(18, 18, k, k), torch.randn(18)
     cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=k // 2, residual=torch.randn(1, 18, 14, 14), relu=True)
@@ -108,6 +108,21 @@ def test_pack_weight_packs_3x3_weights_for_onednn():
     assert packed is not None and packed.is_mkldnn and packed.dtype == torch.float32
     assert tuple(packed.shape) == (36, 18, 3, 3)
     assert cpu_conv.pack_weight(torch.randn(18, 36, 1, 1), 1, 0, (1, 36, 28, 28)) is None
+
+
+def test_wide_1x1_is_packed_and_matches_reference():
+    """Only wide 1x1 convs are worth oneDNN's per-call cost; packed, they run through it and stay exact."""
+    if not cpu_conv._onednn_ops():
+        pytest.skip("this torch has no oneDNN fused convolution")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(256, 64, 1, 1) / 8, torch.randn(256)
+    packed = cpu_conv.pack_weight(weight, 1, 0, (1, 64, 14, 14))
+    assert packed is not None and packed.is_mkldnn
+    x = make((2, 64, 14, 14), torch.float32, "channels_last")
+    r = make((2, 256, 14, 14), torch.float32, "channels_last")
+    y = cpu_conv.conv_bn_act(x, packed, bias, stride=1, padding=0, residual=r, relu=True)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=0, residual=r, relu=True)
 
 
 def test_packed_weight_serves_other_batch_sizes_and_nchw():

@@ -11,7 +11,8 @@ Which path runs (chosen from HRNet-W18 conv shapes at batch 1, one thread, on an
   (``torch.ops.mkldnn._convolution_pointwise`` and its ``.binary`` variant), one primitive. With the weight
   pre-packed into oneDNN's blocked layout (``pack_weight``) it is 1.2-1.6x faster than ATen's convolution
   followed by the epilogue; unpacked, oneDNN reorders the weight on every call and the two are even.
-* 1x1 kernels, and NCHW input: ``F.conv2d`` (ATen picks its own GEMM or oneDNN kernel) and then ``+ residual``
+* wide 1x1 kernels (Cin*Cout >= 64*256) on channels_last input, when packed with ``pack_weight``: the same.
+* other 1x1 kernels, and NCHW input: ``F.conv2d`` (ATen picks its own GEMM or oneDNN kernel) and then ``+ residual``
   and ReLU in place on its output. For the small 1x1 convolutions of HRNet's fusion layers (7x7 to 28x28 maps)
   oneDNN's per-call overhead makes its fused op 2-4x slower than this; on NCHW input, oneDNN fuses a residual
   only after converting to channels_last (and its NCHW fallback rejects bfloat16 with a residual).
@@ -68,18 +69,26 @@ def _uses_onednn(channels_last: bool, kernel_size: int) -> bool:
     return kernel_size == 3 and channels_last and _onednn_ops() and torch._C._get_mkldnn_enabled()
 
 
+# 1x1 convs go through oneDNN only when packed and wide: per call, oneDNN costs ~30-40 us more than ATen's
+# GEMM, which only pays off from about Cin*Cout = 64*256 (measured, one thread: 64->256 at 56x56 1062 -> 957 us,
+# 1024->2048 at 7x7 2553 -> 1868 us; 144->18 at 7x7 12 -> 32 us).
+ONEDNN_1X1_MIN_CIN_COUT = 64 * 256
+
+
 def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
-    """The folded 3x3 ``weight`` [Cout, Cin, 3, 3] in oneDNN's blocked layout for inputs shaped like ``x_shape``
-    (other batch and map sizes still work), or None where oneDNN would not run it (1x1, no oneDNN).
+    """The folded ``weight`` [Cout, Cin, k, k] in oneDNN's blocked layout for inputs shaped like ``x_shape``
+    (other batch and map sizes still work), or None where oneDNN should not run it (narrow 1x1, no oneDNN).
 
     Pass the result as ``weight`` to ``conv_bn_act`` (or ``torch.ops.hrnet_fast.conv_bn_act`` with backend
-    "cpu") to skip the per-call reorder: 1.2-1.6x on HRNet's 3x3 convs. It is an opaque MKLDNN tensor: keep it
-    as a plain attribute (it neither pickles nor deep-copies) and rebuild it after moving or casting.
+    "cpu"): a packed weight runs through oneDNN on channels_last input, without the per-call reorder (1.2-1.6x
+    on HRNet's 3x3 convs). It is an opaque MKLDNN tensor: keep it as a plain attribute (it neither pickles nor
+    deep-copies) and rebuild it after moving or casting.
     """
     if weight.dim() != 4 or len(x_shape) != 4:
         raise ValueError(f"pack_weight expects a 4-D weight and a 4-D x_shape, got {tuple(weight.shape)} and "
                          f"{tuple(x_shape)}")
-    if weight.shape[-1] != 3 or not _onednn_ops():
+    k = weight.shape[-1]
+    if not _onednn_ops() or (k == 1 and weight.shape[0] * weight.shape[1] < ONEDNN_1X1_MIN_CIN_COUT):
         return None
     w = weight.detach().to(_compute_dtype(weight.dtype)).contiguous()
     return torch.ops.mkldnn._reorder_convolution_weight(w, [padding, padding], [stride, stride], [1, 1], 1,
@@ -95,7 +104,7 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """
     compute = _compute_dtype(x.dtype)
     channels_last = _is_channels_last(x)
-    onednn = _uses_onednn(channels_last, weight.shape[-1])
+    onednn = _uses_onednn(channels_last, weight.shape[-1]) or (weight.is_mkldnn and channels_last)
     if weight.is_mkldnn and weight.dtype != compute:
         raise TypeError(f"the weight was packed for {weight.dtype} but x ({x.dtype}) computes in {compute}")
     if weight.is_mkldnn and not onednn:
@@ -114,7 +123,7 @@ def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], st
         x = x.to(weight.dtype)
         residual = residual.to(weight.dtype) if residual is not None else None
     if onednn:
-        y = _onednn_fused(x, weight, bias, stride, padding, residual, relu)
+        y = onednn_fused(x, weight, bias, stride, padding, residual, relu)
     else:
         y = F.conv2d(x, weight, bias, stride, padding)
         if residual is not None:
@@ -126,9 +135,14 @@ def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], st
     return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _onednn_fused(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
+def onednn_fused(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
                   residual: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
-    """One oneDNN convolution primitive with bias, sum (residual) and ReLU post-ops; x channels_last."""
+    """One oneDNN convolution primitive with bias, sum (residual) and ReLU post-ops.
+
+    x: [N, Cin, H, W] channels_last, in the weight's dtype; weight: dense or ``pack_weight``-ed; bias: dense
+    [Cout] or None. Converted models call this directly for their packed 3x3 convs (per-call Python cost
+    matters at ~270 convs a forward); everything else goes through ``conv_bn_act``.
+    """
     pad, strides, dilation = [padding, padding], [stride, stride], [1, 1]
     # The sum post-op needs the residual unambiguously channels_last: oneDNN cannot create its memory for one
     # output channel or a 1x1 output map (whose strides read as NCHW too). Those add separately.
