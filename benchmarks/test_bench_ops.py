@@ -50,8 +50,9 @@ CONV_CASES = [
 CONV_IMPLS = ["eager conv+BN+ReLU", "folded composition", "fused"]
 
 
-def _conv_operands(case: ConvCase, batch: int, dtype: torch.dtype):
-    """The eager modules (BN with non-trivial statistics), their folded weights, the input and residual."""
+def _conv_operands(case: ConvCase, batch: int, dtype: torch.dtype, layout: str):
+    """The eager modules (BN with non-trivial statistics), their folded weights, the input and residual, the
+    activations in ``layout`` ("nchw" or "channels_last", what convert() runs on CPU and GPU)."""
     gen = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(case.cin, case.cout, case.kernel, case.stride, case.kernel // 2, bias=False)
     bn = nn.BatchNorm2d(case.cout)
@@ -68,16 +69,20 @@ def _conv_operands(case: ConvCase, batch: int, dtype: torch.dtype):
     residual = None
     if case.residual:
         residual = torch.randn(batch, case.cout, out_size, out_size, generator=gen).to(DEVICE, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        residual = residual.contiguous(memory_format=torch.channels_last) if residual is not None else None
     return conv, bn, w, b, x, residual, out_size
 
 
 @pytest.mark.parametrize("impl", CONV_IMPLS)
 @pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name.replace(" ", "_"))
-def test_conv_bn_act(benchmark, case: ConvCase, dtype: str, batch: int, impl: str) -> None:
-    benchmark.group = f"conv_bn_act {case.name} {dtype} N={batch}"
-    conv, bn, w, b, x, residual, out_size = _conv_operands(case, batch, dtype_of(dtype))
+def test_conv_bn_act(benchmark, case: ConvCase, dtype: str, layout: str, batch: int, impl: str) -> None:
+    benchmark.group = f"conv_bn_act {case.name} {dtype} {layout} N={batch}"
+    conv, bn, w, b, x, residual, out_size = _conv_operands(case, batch, dtype_of(dtype), layout)
     pad = case.kernel // 2
     if impl == "eager conv+BN+ReLU":
         def fn():

@@ -125,6 +125,25 @@ def test_wide_1x1_is_packed_and_matches_reference():
     assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=0, residual=r, relu=True)
 
 
+def test_dense_weight_is_packed_once_and_repacked_after_an_inplace_change(monkeypatch):
+    if not cpu_conv._onednn_ops():
+        pytest.skip("this torch has no oneDNN fused convolution")
+    torch.manual_seed(0)
+    packs = []
+    real = cpu_conv.pack_weight
+    monkeypatch.setattr(cpu_conv, "pack_weight", lambda *a: packs.append(1) or real(*a))
+    weight, bias = torch.randn(18, 18, 3, 3) / 12, torch.randn(18)
+    x = make((1, 18, 14, 14), torch.float32, "channels_last")
+    for _ in range(3):
+        y = cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=1, relu=True)
+    assert len(packs) == 1
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, relu=True)
+    weight.mul_(-1)  # an in-place change must not be served from the stale packed copy
+    y = cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=1, relu=True)
+    assert len(packs) == 2
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, relu=True)
+
+
 def test_packed_weight_serves_other_batch_sizes_and_nchw():
     """Packed for batch 1 (the layout oneDNN chooses depends on it), run on batch 3, another map size, and on an
     NCHW input (which takes the dense path)."""

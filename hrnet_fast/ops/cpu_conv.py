@@ -28,7 +28,8 @@ AVX512-BF16 where present); both accumulate in float32.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple
+import weakref
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -95,15 +96,37 @@ def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequen
                                                         list(x_shape))
 
 
+# Packed copies of dense weights seen by ``conv_bn_act``: id(weight) -> (weakref, (version, stride, padding,
+# x_shape[1:]), packed). An entry lives as long as its weight and is rebuilt when the weight changes in place.
+_packed_cache: Dict[int, Tuple[weakref.ref, Tuple, Optional[torch.Tensor]]] = {}
+
+
+def _packed_for(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
+    """``pack_weight(weight, ...)``, packed once per weight tensor (and again after an in-place change)."""
+    key = (weight._version, stride, padding, tuple(x_shape[1:]))
+    entry = _packed_cache.get(id(weight))
+    if entry is not None and entry[0]() is weight and entry[1] == key:
+        return entry[2]
+    packed = pack_weight(weight, stride, padding, x_shape)
+    ref = weakref.ref(weight, lambda _, k=id(weight): _packed_cache.pop(k, None))
+    _packed_cache[id(weight)] = (ref, key, packed)
+    return packed
+
+
 def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int, padding: int,
                 residual: Optional[torch.Tensor] = None, relu: bool = True) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias, stride, padding) + residual)`` on CPU tensors (validated by checks.py).
 
-    ``weight`` is dense [Cout, Cin, k, k] or a ``pack_weight`` result. Output in x's dtype and memory format
-    (channels_last when x is, else contiguous).
+    ``weight`` is dense [Cout, Cin, k, k] or a ``pack_weight`` result. A dense weight in the compute dtype that
+    oneDNN would run is packed on first use and the packed copy reused while the tensor lives unchanged, so
+    repeated calls with the same weight do not pay oneDNN's per-call reorder. Output in x's dtype and memory
+    format (channels_last when x is, else contiguous).
     """
     compute = _compute_dtype(x.dtype)
     channels_last = _is_channels_last(x)
+    if channels_last and not weight.is_mkldnn and weight.dtype == compute and not torch.compiler.is_compiling():
+        packed = _packed_for(weight, stride, padding, x.shape)
+        weight = weight if packed is None else packed
     onednn = _uses_onednn(channels_last, weight.shape[-1]) or (weight.is_mkldnn and channels_last)
     if weight.is_mkldnn and weight.dtype != compute:
         raise TypeError(f"the weight was packed for {weight.dtype} but x ({x.dtype}) computes in {compute}")
