@@ -45,7 +45,7 @@ def test_groups_put_reference_and_fused_side_by_side(suite_json):
     conv = [g for g in groups if g.startswith("conv_bn_act")]
     fuse = [g for g in groups if g.startswith("multires_fuse")]
     model = [g for g in groups if g.startswith("hrnet_w18_small")]
-    assert len(conv) == 7 and len(fuse) == 4 and len(model) == 1
+    assert len(conv) == 7 * 2 and len(fuse) == 4 and len(model) == 1  # 7 conv shapes x 2 layouts
     for g in conv:
         assert groups[g] == {"eager conv+BN+ReLU", "folded composition", "fused"}
     for g in fuse:
