@@ -159,7 +159,6 @@ def test_triton_interpreter_refuses_bfloat16():
 
 def test_triton_tile_pruning():
     """Autotuning only benchmarks tiles that fit the channel counts, and always keeps at least one."""
-    pytest.importorskip("triton")
     from hrnet_fast_kernels.conv_bn_act import _prune
     import triton
 

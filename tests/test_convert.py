@@ -94,7 +94,7 @@ def test_triton_interpreter_refuses_bf16_conv():
 
 @pytest.mark.parametrize("size", [(224, 224), (256, 192), (288, 288)])
 def test_input_sizes_match_timm(size):
-    timm = pytest.importorskip("timm")
+    import timm
     ref = timm.create_model("hrnet_w18_small").eval()
     hrnet_fast.calibrate_bn(ref, size, steps=1, batch=2)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(4))
@@ -103,7 +103,7 @@ def test_input_sizes_match_timm(size):
 
 @pytest.mark.parametrize("feature_location", ["incre", ""])
 def test_features_only_timm_and_ours(feature_location):
-    timm = pytest.importorskip("timm")
+    import timm
     for model in (timm.create_model("hrnet_w18_small", features_only=True, feature_location=feature_location),
                   hrnet_fast.create_model("hrnet_w18_small", features_only=True,
                                           feature_location=feature_location)):
@@ -127,7 +127,7 @@ def test_official_repo_layout():
 
 
 def test_generic_cnn_timm_resnet18():
-    timm = pytest.importorskip("timm")
+    import timm
     model = timm.create_model("resnet18").eval()
     hrnet_fast.calibrate_bn(model, SMALL, steps=2, batch=2)
     fast = hrnet_fast.convert(model)

@@ -92,7 +92,6 @@ def compile_for_gpu(module: str, kernel: str, variants: List[Dict[str, Any]]) ->
     """Compiles ``module.kernel`` (an autotuned Triton kernel) for each variant: a dict with "dtype" (a Triton
     type name: fp32, fp16, bf16), "constexprs" (all but the autotuned ones), "archs" (compute capabilities) and
     "all_configs" (every autotuning config, or only the first)."""
-    pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
