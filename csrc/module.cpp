@@ -1,10 +1,106 @@
-// Makes the shared library importable as the Python module hrnet_fast._C. The module itself is empty: importing
-// it loads the library, whose static initialisers register torch.ops.hrnet_fast_C.* (ops.cpp). Plain CPython
-// API instead of pybind11 keeps <torch/extension.h> (and its compile time) out of the build.
-#include <Python.h>
+// The Python module hrnet_fast._C. Importing it loads the library, whose static initialisers register
+// torch.ops.hrnet_fast_C.* (ops.cpp).
+//
+// It also holds one function, multires_fuse_cpu(x, low_res, same_res, relu) -> Tensor | None: the CPU fusion
+// kernel called straight from Python. A call through torch.ops parses its arguments against the op schema,
+// which costs ~3.5 us for three tensor lists, as long as the whole kernel takes on HRNet's 7x7 branch; this entry
+// point costs ~0.5 us. It runs only where going through the dispatcher would reach the same CPU kernel and
+// nothing else: exact torch.Tensor objects holding plain dense CPU tensors, no dispatch or function modes, no
+// functorch transform, no input that needs autograd. Anything else, including input the checks reject, returns
+// None, and the caller takes the registered op (hrnet_fast/ops/direct.py), where errors are diagnosed.
+#include "ops.h"
 
-PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "hrnet_fast's compiled operators (torch.ops.hrnet_fast_C)",
-                               -1, nullptr, nullptr, nullptr, nullptr, nullptr};
-  return PyModule_Create(&module);
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <optional>
+#include <vector>
+
+namespace {
+
+using c10::DispatchKey;
+using c10::DispatchKeySet;
+
+// Every dispatch key a plain strided CPU tensor can carry: an inference-mode tensor has only CPU (and
+// AutocastCPU), others add the autograd keys. Sparse, quantized, conjugated, subclassed (Python) or
+// functorch-wrapped tensors carry more.
+const DispatchKeySet kPlainCpuKeys({DispatchKey::CPU, DispatchKey::ADInplaceOrView, DispatchKey::AutogradCPU,
+                                    DispatchKey::AutocastCPU});
+// The thread's always-included keys outside any transform or mode (ADInplaceOrView drops out in inference mode).
+const DispatchKeySet kPlainIncludedKeys({DispatchKey::BackendSelect, DispatchKey::ADInplaceOrView});
+
+// Nothing on this thread would intercept an op call on its way to the backend kernel.
+bool plain_dispatch_state() {
+  return kPlainIncludedKeys.isSupersetOf(c10::impl::tls_local_dispatch_key_set().included_) &&
+         !c10::impl::TorchDispatchModeTLS::any_modes_set() && !at::impl::torch_function_mode_enabled();
 }
+
+// The tensor behind `obj` if the dispatcher would hand it to the CPU kernel unchanged, else nullopt.
+std::optional<at::Tensor> plain_cpu_tensor(PyObject* obj, bool grad_enabled) {
+  if (!THPVariable_CheckExact(obj)) return std::nullopt;
+  const at::Tensor& t = THPVariable_Unpack(obj);
+  if (!t.defined() || !kPlainCpuKeys.isSupersetOf(t.key_set())) return std::nullopt;
+  if (grad_enabled && t.requires_grad()) return std::nullopt;
+  return t;
+}
+
+// The tensors of a list or tuple of at most kMaxTerms plain CPU tensors, else nullopt.
+std::optional<std::vector<at::Tensor>> plain_cpu_tensors(PyObject* seq, bool grad_enabled) {
+  if (!PyList_Check(seq) && !PyTuple_Check(seq)) return std::nullopt;
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  if (n > hrnet_fast::kMaxTerms) return std::nullopt;
+  PyObject** items = PySequence_Fast_ITEMS(seq);
+  std::vector<at::Tensor> tensors;
+  tensors.reserve(n);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    std::optional<at::Tensor> t = plain_cpu_tensor(items[i], grad_enabled);
+    if (!t) return std::nullopt;
+    tensors.push_back(std::move(*t));
+  }
+  return tensors;
+}
+
+PyObject* multires_fuse_cpu(PyObject* /*module*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *x_obj, *low_obj, *same_obj;
+  int relu;
+  if (!PyArg_ParseTuple(args, "OOOp:multires_fuse_cpu", &x_obj, &low_obj, &same_obj, &relu)) return nullptr;
+  if (!plain_dispatch_state()) Py_RETURN_NONE;
+  const bool grad_enabled = at::GradMode::is_enabled();
+  std::optional<at::Tensor> x = plain_cpu_tensor(x_obj, grad_enabled);
+  std::optional<std::vector<at::Tensor>> low_res = plain_cpu_tensors(low_obj, grad_enabled);
+  std::optional<std::vector<at::Tensor>> same_res = plain_cpu_tensors(same_obj, grad_enabled);
+  if (!x || !low_res || !same_res) Py_RETURN_NONE;
+  hrnet_fast::FuseArgs fuse;
+  try {
+    fuse = hrnet_fast::prepare_fuse(*x, *low_res, *same_res, relu != 0, c10::DeviceType::CPU);
+  } catch (const c10::Error&) {
+    Py_RETURN_NONE;  // input the op rejects: the registered op's path says why
+  }
+  if (fuse.out.numel() > 0) {
+    pybind11::gil_scoped_release no_gil;
+    hrnet_fast::multires_fuse_cpu(fuse);
+  }
+  return THPVariable_Wrap(std::move(fuse.out));
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"multires_fuse_cpu", multires_fuse_cpu, METH_VARARGS,
+     "multires_fuse_cpu(x, low_res, same_res, relu) -> Tensor or None: the CPU multires_fuse kernel without the "
+     "dispatcher, or None where the call must go through torch.ops.hrnet_fast_C.multires_fuse."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, C10_STRINGIZE(TORCH_EXTENSION_NAME),
+                          "hrnet_fast's compiled operators (torch.ops.hrnet_fast_C) and their eager CPU entry point",
+                          -1, methods, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+// TORCH_EXTENSION_NAME is the module's name: _C when setup.py builds it, hrnet_fast_C in the ninja JIT build.
+PyMODINIT_FUNC C10_CONCATENATE(PyInit_, TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&module_def); }

@@ -1,7 +1,7 @@
 // The hrnet_fast_C operator library: schemas, strict input checks at the C++ boundary, and the CPU / CUDA
 // kernel registrations. Python callers go through hrnet_fast.ops (which checks the same things first); these
-// checks are for anyone calling torch.ops.hrnet_fast_C.* directly, and they keep bad input away from kernels
-// that index raw pointers.
+// checks are for anyone calling torch.ops.hrnet_fast_C.* directly, they keep bad input away from kernels that
+// index raw pointers, and the module's eager CPU entry point (module.cpp) uses them to decline calls.
 #include "ops.h"
 
 #include <ATen/ops/empty.h>
@@ -51,41 +51,6 @@ int upsample_shift(const char* op, const std::string& name, const at::Tensor& z,
   int shift = 0;
   while ((int64_t{1} << shift) < factor) ++shift;
   return shift;
-}
-
-// Checks and lays out a multires_fuse call for the kernels of `device` (see FuseArgs).
-FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorList same_res, bool relu,
-                      c10::DeviceType device) {
-  constexpr const char* op = "hrnet_fast_C::multires_fuse";
-  check_float_4d(op, "x", x, device);
-  TORCH_CHECK(low_res.size() <= kMaxTerms && same_res.size() <= kMaxTerms, op, ": takes at most ", kMaxTerms,
-              " low_res and ", kMaxTerms, " same_res inputs, got ", low_res.size(), " and ", same_res.size());
-  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": x has an empty spatial size ", x.sizes().slice(2));
-
-  FuseArgs args;
-  const at::MemoryFormat format = output_format(x);
-  args.channels_last = format == at::MemoryFormat::ChannelsLast;
-  args.relu = relu;
-  // Kernels index dense tensors, so strided views are copied into the output's format first (a no-op for
-  // tensors already laid out that way).
-  args.x = x.contiguous(format);
-  for (size_t j = 0; j < low_res.size(); ++j) {
-    const std::string name = "low_res[" + std::to_string(j) + "]";
-    check_float_4d(op, name, low_res[j], device);
-    check_like_x(op, name, low_res[j], x);
-    args.low_shift.push_back(upsample_shift(op, name, low_res[j], x));
-    args.low_res.push_back(low_res[j].contiguous(format));
-  }
-  for (size_t k = 0; k < same_res.size(); ++k) {
-    const std::string name = "same_res[" + std::to_string(k) + "]";
-    check_float_4d(op, name, same_res[k], device);
-    check_like_x(op, name, same_res[k], x);
-    TORCH_CHECK(same_res[k].sizes() == x.sizes(), op, ": ", name, " has shape ", same_res[k].sizes(),
-                " but x has ", x.sizes());
-    args.same_res.push_back(same_res[k].contiguous(format));
-  }
-  args.out = at::empty(x.sizes(), x.options().memory_format(format));
-  return args;
 }
 
 // Checks a conv_bn_act call; returns the memory format of its output (and of the dense inputs kernels get).
@@ -145,6 +110,41 @@ at::Tensor multires_fuse(const at::Tensor& x, at::TensorList low_res, at::Tensor
 }
 
 }  // namespace
+
+FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorList same_res, bool relu,
+                      c10::DeviceType device) {
+  constexpr const char* op = "hrnet_fast_C::multires_fuse";
+  check_float_4d(op, "x", x, device);
+  TORCH_CHECK(low_res.size() <= kMaxTerms && same_res.size() <= kMaxTerms, op, ": takes at most ", kMaxTerms,
+              " low_res and ", kMaxTerms, " same_res inputs, got ", low_res.size(), " and ", same_res.size());
+  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": x has an empty spatial size ", x.sizes().slice(2));
+
+  FuseArgs args;
+  const at::MemoryFormat format = output_format(x);
+  args.channels_last = format == at::MemoryFormat::ChannelsLast;
+  args.relu = relu;
+  // Kernels index dense tensors, so strided views are copied into the output's format first (a no-op for
+  // tensors already laid out that way).
+  args.x = x.contiguous(format);
+  for (size_t j = 0; j < low_res.size(); ++j) {
+    const std::string name = "low_res[" + std::to_string(j) + "]";
+    check_float_4d(op, name, low_res[j], device);
+    check_like_x(op, name, low_res[j], x);
+    args.low_shift.push_back(upsample_shift(op, name, low_res[j], x));
+    args.low_res.push_back(low_res[j].contiguous(format));
+  }
+  for (size_t k = 0; k < same_res.size(); ++k) {
+    const std::string name = "same_res[" + std::to_string(k) + "]";
+    check_float_4d(op, name, same_res[k], device);
+    check_like_x(op, name, same_res[k], x);
+    TORCH_CHECK(same_res[k].sizes() == x.sizes(), op, ": ", name, " has shape ", same_res[k].sizes(),
+                " but x has ", x.sizes());
+    args.same_res.push_back(same_res[k].contiguous(format));
+  }
+  args.out = at::empty(x.sizes(), x.options().memory_format(format));
+  return args;
+}
+
 }  // namespace hrnet_fast
 
 TORCH_LIBRARY(hrnet_fast_C, m) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
 
 #include <cstdint>
 #include <optional>
@@ -27,6 +28,12 @@ struct FuseArgs {
   bool channels_last = false;
   bool relu = true;
 };
+
+// Checks a multires_fuse call (a c10::Error naming the problem when it is not one the kernels of `device` take)
+// and lays it out for them: inputs made dense in x's memory format, the output allocated. Shared by the
+// registered op (ops.cpp) and the module's eager entry point (module.cpp).
+FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorList same_res, bool relu,
+                      c10::DeviceType device);
 
 // out = relu?(x + bias + sum_j up(low_res[j]) + sum_k same_res[k]), summed in fp32 in that order. `out` may be
 // `x` itself (in-place epilogue).

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..ops import cpu_conv
+from ..ops import cpu_conv, direct
 from ..ops.backends import resolve
 from ..ops.folding import fold_bn
 
@@ -161,6 +161,9 @@ class FusedHRFuse(nn.Module):
         low = [f(xs[j]) for f, j in zip(self.up, self.up_src)]
         same = [f(xs[j]) for f, j in zip(self.down, self.down_src)]
         x = xs[self.index]
+        out = direct.multires_fuse(x, low, same, True, self.requested_backend)
+        if out is not None:
+            return out
         return torch.ops.hrnet_fast.multires_fuse(x, low, same, True,
                                                   resolve("multires_fuse", x.device.type, self.requested_backend))
 

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import library  # noqa: F401  registers torch.ops.hrnet_fast.*
+from . import direct, library  # noqa: F401  library registers torch.ops.hrnet_fast.*
 from .backends import BACKENDS, backend_info, resolve
 from .checks import check_conv_bn_act, check_multires_fuse
 from .folding import fold_bn, fold_bn_weights
@@ -49,6 +49,9 @@ def multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor] = (), same_re
     Each ``low_res[j]`` is [N, C, H/f, W/f] for a power-of-two f (read in place, never upsampled into memory);
     each ``same_res[k]`` is [N, C, H, W]; at most 4 of each. Output in x's dtype and memory format.
     """
+    out = direct.multires_fuse(x, low_res, same_res, relu, backend)
+    if out is not None:
+        return out
     low_res, same_res = list(low_res), list(same_res)
     check_multires_fuse(x, low_res, same_res)
     name = resolve("multires_fuse", x.device.type, backend)

@@ -1,7 +1,8 @@
 """The compiled extension ``hrnet_fast._C``, built from csrc/: loading it, or compiling it on request.
 
 The extension registers ``torch.ops.hrnet_fast_C.{conv_bn_act,multires_fuse}`` with CPU kernels and, when
-built with nvcc, CUDA kernels. ``setup.py`` builds it ahead of time (``pip install --no-build-isolation -e .``);
+built with nvcc, CUDA kernels; as a Python module it also holds ``multires_fuse_cpu``, the CPU fusion kernel
+callable without the dispatcher (see ``module()``). ``setup.py`` builds it ahead of time (``pip install --no-build-isolation -e .``);
 where it was not, ``build()`` compiles the same sources with the same flags with ninja
 (``torch.utils.cpp_extension.load``). Nothing compiles implicitly, because a build takes minutes.
 
@@ -15,6 +16,7 @@ import glob
 import os
 import shutil
 import sys
+from types import ModuleType
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -26,7 +28,7 @@ OPS = ("conv_bn_act", "multires_fuse")
 # driver can compile for newer GPUs. Setting it means no GPU is needed to pick architectures.
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
-_state: Dict[str, Optional[str]] = {"error": None, "jit": None}
+_state: Dict[str, object] = {"error": None, "jit": None}  # jit: the module build() loaded
 
 
 def find_cuda_home() -> Optional[str]:
@@ -105,23 +107,23 @@ def build_config(with_cuda: bool, root: str = ROOT) -> Dict[str, List[str]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _import_prebuilt() -> bool:
+def _import_prebuilt() -> Optional[ModuleType]:
     try:
-        from hrnet_fast import _C  # noqa: F401  importing registers torch.ops.hrnet_fast_C.*
+        from hrnet_fast import _C  # importing registers torch.ops.hrnet_fast_C.*
     except ImportError as e:
         _state["error"] = (f"the compiled extension hrnet_fast._C is not built ({e}); install with "
                            f"`pip install --no-build-isolation -e .` or call hrnet_fast.ops.extension.build()")
-        return False
-    return True
+        return None
+    return _C
 
 
-def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> str:
-    """JIT-compiles csrc/ with ninja into torch's extensions cache, loads it, and returns the library's path.
+def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> ModuleType:
+    """JIT-compiles csrc/ with ninja into torch's extensions cache, loads it, and returns the module.
 
     Use it where ``hrnet_fast._C`` was not built by ``pip install``; a prebuilt extension is preferred when
     both exist (loading both would register the ops twice, so this refuses).
     """
-    if _import_prebuilt():
+    if _import_prebuilt() is not None:
         raise RuntimeError("hrnet_fast._C is already built and loaded; build() is only for installs without it")
     cuda_ok, why = cuda_toolchain()
     if with_cuda is None:
@@ -130,16 +132,21 @@ def build(verbose: bool = False, with_cuda: Optional[bool] = None) -> str:
         raise RuntimeError(f"cannot build the CUDA kernels: {why}")
     cfg = build_config(with_cuda)
     from torch.utils.cpp_extension import load as jit_load  # after cuda_toolchain() has set CUDA_HOME
-    path = jit_load(LIBRARY, cfg["sources"], extra_cflags=cfg["cxx"], extra_cuda_cflags=cfg["nvcc"],
-                    extra_ldflags=cfg["ldflags"], extra_include_paths=cfg["include_dirs"],
-                    is_python_module=False, verbose=verbose)
-    _state["jit"] = path
-    return path
+    mod = jit_load(LIBRARY, cfg["sources"], extra_cflags=cfg["cxx"], extra_cuda_cflags=cfg["nvcc"],
+                   extra_ldflags=cfg["ldflags"], extra_include_paths=cfg["include_dirs"],
+                   is_python_module=True, verbose=verbose)
+    _state["jit"] = mod
+    return mod
+
+
+def module() -> Optional[ModuleType]:
+    """The loaded extension module (prebuilt ``hrnet_fast._C`` or the one ``build()`` loaded), or None."""
+    return _state["jit"] or _import_prebuilt()
 
 
 def loaded() -> Tuple[bool, str]:
     """(loaded, reason): whether the extension's ops are registered in this process."""
-    if _state["jit"] or _import_prebuilt():
+    if module() is not None:
         return True, ""
     return False, _state["error"] or "the compiled extension is not built"
 
