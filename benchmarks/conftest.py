@@ -17,3 +17,22 @@ def pytest_configure(config):
     # (which also lets --benchmark-only work, since pytest-benchmark refuses it beside --benchmark-disable).
     if "--benchmark-disable" not in config.invocation_params.args:
         config.option.benchmark_enable = True
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What a ``--benchmark-json`` result needs to be read and reproduced: the device and library versions as
+    ``hrnet-fast bench`` records them, and the command (``benchmarks/summarize.py`` reads both)."""
+    import shlex
+
+    import hrnet_fast.bench as bench
+    from bench_support import DEVICE
+    machine_info["hrnet_fast"] = bench.environment(DEVICE)
+    args = " ".join(shlex.quote(a) for a in config.invocation_params.args)
+    machine_info["hrnet_fast"]["command"] = f"pytest {args}".strip()
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Keeps the statistics and drops each benchmark's raw per-round timings: microsecond ops run hundreds of
+    thousands of rounds, tens of MB of JSON that the statistics already summarise."""
+    for bench in output_json["benchmarks"]:
+        bench["stats"].pop("data", None)

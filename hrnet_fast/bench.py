@@ -453,12 +453,11 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
-def environment(settings: Settings) -> Dict[str, Any]:
-    """Device, library versions and CPU facts a result needs to be read and reproduced."""
+def environment(dev: torch.device, peers: Sequence[str] = ()) -> Dict[str, Any]:
+    """Device, library versions and CPU facts a result on ``dev`` needs to be read and reproduced."""
     from . import __version__
     from .ops import backend_info
     from .ops.backends import OPS, select
-    dev = settings.device
     live = {name: {op: entry["ops"][op].get(dev.type, {}).get("live", False) for op in entry["ops"]}
             for name, entry in backend_info().items()}
     with warnings.catch_warnings():  # a fallback's warning was already shown when the model was converted
@@ -471,7 +470,7 @@ def environment(settings: Settings) -> Dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
         "triton": _version("triton"),
-        "onnxruntime": _version("onnxruntime") if "onnxruntime" in settings.peers else None,
+        "onnxruntime": _version("onnxruntime") if "onnxruntime" in peers else None,
         "hrnet_fast": __version__,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -641,7 +640,7 @@ def main(args: argparse.Namespace) -> int:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     cells = len(settings.models) * len(settings.dtypes) * len(settings.batches)
-    env = environment(settings)
+    env = environment(settings.device, settings.peers)
     with tqdm(total=cells, unit="cell", file=sys.stderr, disable=None) as progress:
         results = run(settings, progress)
     env["load_average_1m_after"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -288,6 +288,11 @@ CONV_CASES = {
                         r"unknown backend 'opencl'"),
     "backend for another device": (lambda: (_t(1, 8, 6, 6), _t(4, 8, 3, 3), None, None, 1, 1, "cuda"),
                                    RuntimeError, r"backend 'cuda' cannot run conv_bn_act on cpu"),
+    "x requires grad": (lambda: (_t(1, 8, 6, 6).requires_grad_(), _t(4, 8, 3, 3), None, None, 1, 1, None),
+                        RuntimeError, r"conv_bn_act is inference-only and has no backward, but an input requires"),
+    "weight requires grad, torch backend": (
+        lambda: (_t(1, 8, 6, 6), _t(4, 8, 3, 3).requires_grad_(), None, None, 1, 1, "torch"), RuntimeError,
+        r"conv_bn_act is inference-only .* torch\.no_grad\(\) or torch\.inference_mode\(\)"),
 }
 
 
@@ -326,6 +331,10 @@ FUSE_CASES = {
     "unknown backend": (lambda: (_t(1, 4, 8, 8), [], [], "opencl"), ValueError, r"unknown backend 'opencl'"),
     "backend for another device": (lambda: (_t(1, 4, 8, 8), [], [], "cuda"), RuntimeError,
                                    r"backend 'cuda' cannot run multires_fuse on cpu"),
+    "low_res requires grad": (lambda: (_t(1, 4, 8, 8), [_t(1, 4, 4, 4).requires_grad_()], [], None), RuntimeError,
+                              r"multires_fuse is inference-only and has no backward, but an input requires grad"),
+    "x requires grad, torch backend": (lambda: (_t(1, 4, 8, 8).requires_grad_(), [], [], "torch"), RuntimeError,
+                                       r"multires_fuse is inference-only and has no backward"),
 }
 
 

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,5 +102,28 @@ def test_summary_puts_measurements_beside_the_seed_figures(tmp_path):
 def test_summary_rejects_foreign_json(tmp_path):
     summarize = _summarize_module()
     (tmp_path / "other.json").write_text(json.dumps({"benchmarks": []}))
-    with pytest.raises(ValueError, match="not an hrnet-fast bench result"):
+    with pytest.raises(ValueError, match="neither an hrnet-fast bench result"):
         summarize.main(["--results", str(tmp_path)])
+
+
+def test_suite_json_records_its_environment_and_command(suite_json):
+    _, data = suite_json
+    env = data["machine_info"]["hrnet_fast"]
+    assert env["torch"] == torch.__version__
+    assert env["command"].startswith("pytest benchmarks/") and "--benchmark-json=" in env["command"]
+    assert env["backends_selected"]["multires_fuse"] in ("cpu", "cuda", "triton", "torch")
+
+
+def test_summary_renders_op_level_runs_with_speedups(suite_json, tmp_path):
+    _, data = suite_json
+    summarize = _summarize_module()
+    (tmp_path / "ops.json").write_text(json.dumps(data))
+    assert summarize.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "### ops.json (op level)" in text and "#### conv_bn_act" in text and "#### multires_fuse" in text
+    # One multires_fuse row, recomputed here from the raw stats: eager median, fused median, their ratio.
+    cells = {b["params"]["impl"]: b for b in data["benchmarks"] if b["group"].startswith("multires_fuse")
+             and b["group"] == next(g["group"] for g in data["benchmarks"] if g["group"].startswith("multires_fuse"))}
+    eager, fused = cells["eager upsample+add+ReLU"]["stats"], cells["fused"]["stats"]
+    assert f"{fused['median'] * 1e6:.1f} [" in text
+    assert f"({eager['median'] / fused['median']:.2f}x)" in text

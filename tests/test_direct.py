@@ -15,6 +15,18 @@ from hrnet_fast.ops.reference import multires_fuse_ref
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class Recorder(TorchDispatchMode):
+    """Records the name of every op dispatched under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.fixture(scope="module")
 def entry():
     """hrnet_fast._C.multires_fuse_cpu, or a skip saying why the extension is not built."""
@@ -128,15 +140,9 @@ def test_declines_under_modes(entry):
 def test_dispatch_modes_see_the_registered_op():
     """Op counting and tracing rely on the op passing through the dispatcher under a mode."""
     x, low, same = fuse_inputs()
-    seen = []
-
-    class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(str(func.overloadpacket))
-            return func(*args, **(kwargs or {}))
-    with Recorder():
+    with Recorder() as recorder:
         ops.multires_fuse(x, low, same)
-    assert "hrnet_fast.multires_fuse" in seen
+    assert "hrnet_fast.multires_fuse" in recorder.seen
 
 
 def test_declines_inside_vmap(entry):
@@ -163,3 +169,26 @@ def test_cpu_and_default_backends_go_direct(entry):
         out = direct.multires_fuse(x, low, same, True, backend)
         assert out is not None
         torch.testing.assert_close(out, multires_fuse_ref(x, low, same), rtol=0, atol=0)
+
+
+def test_inputs_requiring_grad_work_under_no_grad():
+    """Grad-requiring inputs are refused only where autograd would differentiate the output."""
+    x, low, same = fuse_inputs()
+    x.requires_grad_()
+    weight = torch.randn(18, 18, 3, 3, requires_grad=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.multires_fuse(x, low, same), multires_fuse_ref(x, low, same), rtol=0, atol=0)
+        y = ops.conv_bn_act(x, weight, None, padding=1)
+    assert y.shape == x.shape and not y.requires_grad
+
+
+def test_public_conv_under_a_mode_goes_through_the_registered_op():
+    x = torch.randn(1, 18, 8, 8).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(36, 18, 3, 3)
+    with Recorder() as recorder:
+        ops.conv_bn_act(x, weight, None, padding=1)
+    assert recorder.seen == ["hrnet_fast.conv_bn_act"]
+    assert direct.plain_eager_call(x, weight, None)
+    assert not direct.plain_eager_call(x, weight.requires_grad_(), None)
+    with torch.no_grad():
+        assert direct.plain_eager_call(x, weight, None)

@@ -68,7 +68,7 @@ class FusedConvBNAct(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         backend = resolve("conv_bn_act", x.device.type, self.requested_backend)
         weight = self.weight
-        if backend == "cpu" and not torch.compiler.is_compiling():
+        if backend == "cpu" and direct.plain_eager_call(x, residual):
             # oneDNN reorders a dense weight into its blocked layout on every call; pack it once (3x3 only).
             if self._packed is None:
                 packed = cpu_conv.pack_weight(self.weight, self.stride, self.padding, x.shape)

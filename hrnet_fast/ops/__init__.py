@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import direct, library  # noqa: F401  library registers torch.ops.hrnet_fast.*
+from . import cpu_conv, direct, library  # noqa: F401  library registers torch.ops.hrnet_fast.*
 from .backends import BACKENDS, backend_info, resolve
 from .checks import check_conv_bn_act, check_multires_fuse
 from .folding import fold_bn, fold_bn_weights
@@ -39,6 +39,9 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """
     check_conv_bn_act(x, weight, bias, stride, padding, residual)
     name = resolve("conv_bn_act", x.device.type, backend)
+    if name == "cpu" and direct.plain_eager_call(x, weight, bias, residual):
+        return cpu_conv.conv_bn_act(x, weight, bias, stride=int(stride), padding=int(padding), residual=residual,
+                                    relu=bool(relu))
     return torch.ops.hrnet_fast.conv_bn_act(x, weight, bias, residual, int(stride), int(padding), bool(relu), name)
 
 

@@ -76,6 +76,12 @@ def _uses_onednn(channels_last: bool, kernel_size: int) -> bool:
 ONEDNN_1X1_MIN_CIN_COUT = 64 * 256
 
 
+def _packable(weight: torch.Tensor) -> bool:
+    """Whether oneDNN should run this weight packed: any 3x3, and 1x1 from Cin*Cout = ONEDNN_1X1_MIN_CIN_COUT."""
+    cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+    return _onednn_ops() and (k != 1 or cout * cin >= ONEDNN_1X1_MIN_CIN_COUT)
+
+
 def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
     """The folded ``weight`` [Cout, Cin, k, k] in oneDNN's blocked layout for inputs shaped like ``x_shape``
     (other batch and map sizes still work), or None where oneDNN should not run it (narrow 1x1, no oneDNN).
@@ -88,8 +94,7 @@ def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequen
     if weight.dim() != 4 or len(x_shape) != 4:
         raise ValueError(f"pack_weight expects a 4-D weight and a 4-D x_shape, got {tuple(weight.shape)} and "
                          f"{tuple(x_shape)}")
-    k = weight.shape[-1]
-    if not _onednn_ops() or (k == 1 and weight.shape[0] * weight.shape[1] < ONEDNN_1X1_MIN_CIN_COUT):
+    if not _packable(weight):
         return None
     w = weight.detach().to(_compute_dtype(weight.dtype)).contiguous()
     return torch.ops.mkldnn._reorder_convolution_weight(w, [padding, padding], [stride, stride], [1, 1], 1,
@@ -122,19 +127,24 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     repeated calls with the same weight do not pay oneDNN's per-call reorder. Output in x's dtype and memory
     format (channels_last when x is, else contiguous).
     """
+    # Per-call Python cost matters here (a 1x1 fusion conv takes ~10 us): conversions only where needed.
     compute = _compute_dtype(x.dtype)
     channels_last = _is_channels_last(x)
-    if channels_last and not weight.is_mkldnn and weight.dtype == compute and not torch.compiler.is_compiling():
-        packed = _packed_for(weight, stride, padding, x.shape)
-        weight = weight if packed is None else packed
-    onednn = _uses_onednn(channels_last, weight.shape[-1]) or (weight.is_mkldnn and channels_last)
-    if weight.is_mkldnn and weight.dtype != compute:
-        raise TypeError(f"the weight was packed for {weight.dtype} but x ({x.dtype}) computes in {compute}")
-    if weight.is_mkldnn and not onednn:
-        weight = weight.to_dense()  # a packed weight met an input oneDNN does not take (NCHW): plain path
-    if not weight.is_mkldnn:
-        weight = weight.to(compute)
-    bias = bias.to(compute).contiguous() if bias is not None else None  # oneDNN reads the bias as dense memory
+    if weight.is_mkldnn:
+        if weight.dtype != compute:
+            raise TypeError(f"the weight was packed for {weight.dtype} but x ({x.dtype}) computes in {compute}")
+        onednn = channels_last
+        if not onednn:
+            weight = weight.to_dense()  # a packed weight met an input oneDNN does not take (NCHW): plain path
+    else:
+        if channels_last and weight.dtype == compute and _packable(weight) and not torch.compiler.is_compiling():
+            packed = _packed_for(weight, stride, padding, x.shape)
+            weight = weight if packed is None else packed
+        onednn = weight.is_mkldnn or _uses_onednn(channels_last, weight.shape[-1])
+        if weight.dtype != compute:
+            weight = weight.to(compute)
+    if bias is not None and (bias.dtype != compute or not bias.is_contiguous()):
+        bias = bias.to(compute).contiguous()  # oneDNN reads the bias as dense memory
     return _run(x, weight, bias, stride, padding, residual, relu, channels_last, onednn)
 
 

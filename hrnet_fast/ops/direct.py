@@ -1,12 +1,16 @@
-"""Eager CPU ``multires_fuse`` without the dispatcher's argument parsing.
+"""Eager CPU calls of the fused ops without the dispatcher's layers.
 
-Calling ``torch.ops.hrnet_fast.multires_fuse`` costs ~3.5 us of schema parsing per call for its tensor lists
-before the kernel starts, which on HRNet's smallest branch (144 channels at 7x7) is as long as the kernel itself.
-``multires_fuse`` here calls the compiled CPU kernel through ``hrnet_fast._C.multires_fuse_cpu`` instead, which
-runs only where the dispatcher would have reached that same kernel (plain CPU tensors, no modes, no autograd,
-input the op accepts) and returns None everywhere else, so callers then take the registered op: under
-torch.compile, torch.export, a TorchDispatchMode (op counting), with subclassed or GPU tensors, and on bad input,
-whose error the op path raises.
+A call through ``torch.ops.hrnet_fast.*`` parses its arguments against the op schema (~3.5 us for
+``multires_fuse``'s tensor lists) and then runs the op's Python body (``library.py``): ~6 us before a kernel
+starts, as long as the whole kernel on HRNet's 7x7 branch or a 1x1 fusion conv. Eager CPU calls skip that where
+the dispatcher would only have passed them through: no torch.compile tracing, no dispatch or function mode (op
+counting, fake tensors), no subclass, nothing that needs autograd. Everywhere else, callers take the registered op.
+
+* ``multires_fuse`` calls the compiled CPU kernel through ``hrnet_fast._C.multires_fuse_cpu``, which checks all
+  of the above in C++ and returns None where the call must take the registered op (also on input the op rejects,
+  whose error the op path then raises).
+* ``plain_eager_call`` tells Python callers (the public ``conv_bn_act``) when calling the backend function
+  directly is what the registered op would have done.
 """
 from __future__ import annotations
 
@@ -24,6 +28,20 @@ def _cpu_entry() -> Optional[Callable]:
     if backends.resolve("multires_fuse", "cpu", None) != "cpu":
         return None
     return getattr(extension.module(), "multires_fuse_cpu", None)
+
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def plain_eager_call(*tensors: Optional[torch.Tensor]) -> bool:
+    """True when calling a backend function directly gives what ``torch.ops.hrnet_fast.*`` would: eager (not
+    tracing for torch.compile), no TorchDispatchMode or TorchFunctionMode active, plain tensors (None allowed),
+    and none needing a gradient (the registered ops have no autograd formula and say so on backward)."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            torch._C._is_torch_function_mode_enabled():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) in _PLAIN_TYPES and not (grad and t.requires_grad)) for t in tensors)
 
 
 def multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor], same_res: Sequence[torch.Tensor], relu: bool,

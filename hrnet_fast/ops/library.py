@@ -21,9 +21,18 @@ def output_memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def check_no_grad(op: str, *tensors: Optional[torch.Tensor]) -> None:
+    """The ops have no backward: refuse, by name, a call whose output autograd would have to differentiate
+    (grad mode on and an input requiring grad) instead of giving it a gradient that is silently wrong."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(f"hrnet_fast.ops.{op} is inference-only and has no backward, but an input requires "
+                           f"grad: call it under torch.no_grad() or torch.inference_mode(), or detach the inputs")
+
+
 def run_conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     residual: Optional[torch.Tensor], stride: int, padding: int, relu: bool,
                     backend: str) -> torch.Tensor:
+    check_no_grad("conv_bn_act", x, weight, bias, residual)
     impl = backends.implementation("conv_bn_act", backend)
     out = impl(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu)
     return out.contiguous(memory_format=output_memory_format(x))
@@ -31,6 +40,7 @@ def run_conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 def run_multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], relu: bool,
                       backend: str) -> torch.Tensor:
+    check_no_grad("multires_fuse", x, *low_res, *same_res)
     impl = backends.implementation("multires_fuse", backend)
     out = impl(x, list(low_res), list(same_res), relu=relu)
     return out.contiguous(memory_format=output_memory_format(x))
@@ -39,7 +49,7 @@ def run_multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: Li
 # Defined with the low-level Library API rather than torch.library.custom_op: a call costs ~2 us instead of
 # ~7-11 us, and converted models make ~350 of them per forward. One kernel serves every device
 # (CompositeExplicitAutograd); the backend argument picks the implementation. The ops are inference-only: they
-# have no autograd formula, and a backward through them raises.
+# have no autograd formula, and refuse inputs that require grad while grad mode is on (check_no_grad).
 _lib = torch.library.Library("hrnet_fast", "DEF")
 _lib.define("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int stride, int padding, "
             "bool relu, str backend) -> Tensor")
