@@ -36,7 +36,7 @@ _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 def plain_eager_call(*tensors: Optional[torch.Tensor]) -> bool:
     """True when calling a backend function directly gives what ``torch.ops.hrnet_fast.*`` would: eager (not
     tracing for torch.compile), no TorchDispatchMode or TorchFunctionMode active, plain tensors (None allowed),
-    and none needing a gradient (the registered ops have no autograd formula and say so on backward)."""
+    and none needing a gradient (the registered ops have no backward and refuse such inputs by name)."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
             torch._C._is_torch_function_mode_enabled():
         return False
