@@ -185,7 +185,7 @@ def summarize(runs: List[Tuple[str, Dict]]) -> str:
                         f"load average {_load(env, 'before')} at the start. A ratio is the speed-up over the row's "
                         f"first column.", "", op_tables(data), ""]
                 continue
-            env, s = data["environment"], data["settings"]
+            env, s = _environment(data), data["settings"]
             h, w = s["input_size"]
             out += [f"### {name}", "",
                     f"`{data['command']}` on {data['created']}: torch {env['torch']}, CUDA {env['cuda']}, "

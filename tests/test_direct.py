@@ -80,8 +80,10 @@ def test_empty_batch(entry):
     assert out is not None and out.shape == x.shape
 
 
-@pytest.mark.parametrize("bad", ["dtype", "shape", "factor", "too_many", "not_a_tensor", "device_mix", "not_a_list"])
-def test_declines_input_the_op_rejects(entry, bad):
+@pytest.mark.parametrize("bad, error", [("dtype", TypeError), ("shape", ValueError), ("factor", ValueError),
+                                        ("too_many", ValueError), ("not_a_tensor", TypeError),
+                                        ("device_mix", ValueError), ("not_a_list", ValueError)])
+def test_declines_input_the_op_rejects(entry, bad, error):
     """Bad input returns None, and the public op raises the checks' clear error for it."""
     x, low, same = fuse_inputs()
     if bad == "dtype":
@@ -99,7 +101,7 @@ def test_declines_input_the_op_rejects(entry, bad):
     else:
         same = same[0]
     assert entry(x, low, same, True) is None
-    with pytest.raises((TypeError, ValueError, RuntimeError)):
+    with pytest.raises(error):
         ops.multires_fuse(x, low, same)
 
 

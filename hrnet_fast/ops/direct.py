@@ -48,7 +48,10 @@ def multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor], same_res: Se
                   backend: Optional[str]) -> Optional[torch.Tensor]:
     """``relu(x + sum up(low_res) + sum same_res)`` through the compiled CPU kernel, or None where the call must go
     through ``torch.ops.hrnet_fast.multires_fuse`` (see the module docstring)."""
-    if torch.compiler.is_compiling() or backend not in (None, "cpu") or type(x) is not torch.Tensor or not x.is_cpu:
+    # Only what the C++ side cannot see: tracing, the backend asked for, and CPU input (so that a CUDA call never
+    # resolves the CPU backend). Which tensors qualify is decided in one place, the entry point.
+    if torch.compiler.is_compiling() or backend not in (None, "cpu") or not isinstance(x, torch.Tensor) or \
+            not x.is_cpu:
         return None
     entry = _cpu_entry()
     return entry(x, low_res, same_res, relu) if entry is not None else None
