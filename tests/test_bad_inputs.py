@@ -381,7 +381,7 @@ def assert_one_line_error(status: int, out: str, err: str, pattern: str) -> None
 CLI_CASES: Dict[str, Tuple[List[str], str]] = {
     "unknown command": (["frobnicate"], r"invalid choice: 'frobnicate'"),
     "info: unknown option": (["info", "--bogus"], r"unrecognized arguments: --bogus"),
-    "bench: unknown model": (["bench", "--models", "hrnet_w99"], r"unknown model 'hrnet_w99'; valid names"),
+    "bench: unknown model": (["bench", "--models", "hrnet_w99"], r"unknown model name 'hrnet_w99'; valid names"),
     "bench: batch 0": (["bench", "--batch", "0"], r"bad batch list '0': give positive integers"),
     "bench: batch not a number": (["bench", "--batch", "four"], r"bad batch list 'four'"),
     "bench: unknown dtype": (["bench", "--dtype", "fp8"], r"unknown precision 'fp8': choose from fp32, fp16, bf16"),
