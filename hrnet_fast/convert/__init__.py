@@ -19,7 +19,6 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..models import check_input_size
-from ..ops import onnx_translation
 from ..ops.backends import BACKENDS, select
 from .cuda_graph import GraphCache
 from .fused import FoldedConv, FusedBlock, FusedChain, FusedConvBNAct, FusedHRFuse, FusedHRModule
@@ -166,8 +165,6 @@ class ConvertedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> Any:
         if torch.jit.is_tracing():
             raise RuntimeError(_NO_TORCHSCRIPT)
-        if torch.compiler.is_exporting():
-            onnx_translation.register()  # torch.onnx.export(dynamo=True) builds its op table after this trace
         self.check_input(x)
         with torch.no_grad():
             if self.graphs is not None and not torch.compiler.is_compiling():

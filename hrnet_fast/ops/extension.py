@@ -167,6 +167,9 @@ def native(op: str) -> Callable:
     """The extension's ``op``, called with the reference signature (``reference.py``)."""
     if op not in OPS:
         raise ValueError(f"the extension has no op {op!r}; it has {', '.join(OPS)}")
+    ok, why = loaded()  # loads it: a graph deserialised in a fresh process reaches here before anything else did
+    if not ok:
+        raise RuntimeError(why)
     fn = getattr(getattr(torch.ops, LIBRARY), op)
     if op == "conv_bn_act":
         return lambda x, w, b, *, stride, padding, residual, relu: fn(x, w, b, residual, stride, padding, relu)

@@ -7,13 +7,17 @@ runtime runs the exported graph:
     multires_fuse  x + Resize(z_j) to x's size ... + d_k ... [+ Relu]
 
 ``register()`` adds them to the exporter's default table, so a plain ``torch.onnx.export(converted, (x,),
-dynamo=True)`` finds them (converted models call it themselves when ``torch.export`` traces them; call it
-yourself before exporting a saved ExportedProgram). It uses the exporter's internal registry, the one torch fills
-with its own translations; ``translation_table()`` gives the same functions for the public
-``custom_translation_table=`` argument, the stable path if those internals change.
+dynamo=True)`` finds them. ``import hrnet_fast`` arranges for it to run as soon as torch loads that table's
+module (``register_when_exporter_loads``), so importing hrnet_fast does not import onnxscript (~1 s). The table
+is the exporter's internal registry, the one torch fills with its own translations; ``translation_table()``
+gives the same functions for the public ``custom_translation_table=`` argument, the stable path if those
+internals change.
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 from typing import Callable, Dict, Optional
 
 import torch
@@ -108,3 +112,34 @@ def register() -> Optional[str]:
                 f"custom_translation_table=hrnet_fast.ops.onnx_translation.translation_table()")
     _registered = True
     return None
+
+
+# The exporter's registry module; it imports the torchlib registry the translations are added to.
+_EXPORTER_REGISTRY = "torch.onnx._internal.exporter._registration"
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """Finds the exporter's registry module with the normal finders and runs ``register()`` once it is loaded."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _EXPORTER_REGISTRY:
+            return None
+        sys.meta_path.remove(self)  # one module, once; and the lookup below must not find this finder again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def load_then_register(module):
+            load(module)
+            register()
+        spec.loader.exec_module = load_then_register  # this spec's loader instance, not a class
+        return spec
+
+
+def register_when_exporter_loads() -> None:
+    """``register()`` now if torch's ONNX exporter is loaded, else right after it loads."""
+    if _EXPORTER_REGISTRY in sys.modules:
+        register()
+    elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())
