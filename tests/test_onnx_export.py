@@ -11,6 +11,7 @@ import torch.nn as nn
 import hrnet_fast
 from hrnet_fast import ops
 from hrnet_fast.ops import onnx_translation
+from tolerance import assert_matches_reference
 
 ort = pytest.importorskip("onnxruntime")  # a test dependency; onnxscript too (pyproject's test extra)
 pytest.importorskip("onnxscript")
@@ -122,6 +123,20 @@ def test_multires_fuse_nearest_translation(tmp_path, factors, n_same, relu):
     same = [torch.randn(2, 18, 24, 40, generator=gen) for _ in range(n_same)]
     outs, _ = run_onnx(FuseModule(len(low), relu), [x, *low, *same], tmp_path / "fuse.onnx")
     torch.testing.assert_close(outs[0], ops.multires_fuse_ref(x, low, same, relu=relu), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("x_size,z_sizes", [((13, 17), [(7, 9)]), ((24, 40), [(12, 20), (3, 5), (24, 40)]),
+                                            ((5, 7), [(1, 1)]), ((1, 9), [(1, 4)])])
+def test_multires_fuse_bilinear_translation(tmp_path, x_size, z_sizes, align_corners):
+    """Resize(linear) with half_pixel (or align_corners) to x's size is F.interpolate's bilinear: against the
+    float64 reference, ONNX Runtime's error is at most twice eager fp32's plus the floor (tests/tolerance.py)."""
+    gen = torch.Generator().manual_seed(sum(x_size))
+    x = torch.randn(2, 8, *x_size, generator=gen)
+    low = [torch.randn(2, 8, *size, generator=gen) for size in z_sizes]
+    upsample = dict(mode="bilinear", align_corners=align_corners)
+    outs, _ = run_onnx(FuseModule(len(low), True, **upsample), [x, *low], tmp_path / "bilinear.onnx")
+    assert_matches_reference(outs[0], ops.multires_fuse_ref, x, low, [], relu=True, **upsample)
 
 
 def test_translation_table_for_custom_translation_table(tmp_path):

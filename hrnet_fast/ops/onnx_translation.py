@@ -72,18 +72,11 @@ def multires_fuse(x, low_res, same_res, relu: bool = True, mode: str = "nearest"
     return op.Relu(y) if relu else op.Identity(y)
 
 
-def multires_fuse_nearest(x, low_res, same_res, relu: bool = True, backend: str = ""):
-    """``multires_fuse`` for the op schema without an upsampling mode (nearest only)."""
-    return multires_fuse(x, low_res, same_res, relu, "nearest", False, backend)
-
-
 def translation_table() -> Dict[Callable, Callable]:
     """``{torch op overload: ONNX translation}`` for ``torch.onnx.export(..., custom_translation_table=...)``.
     The exporter passes arguments by position, so each translation takes the op schema's arguments in order."""
-    fuse = torch.ops.hrnet_fast.multires_fuse.default
-    takes_mode = any(a.name == "mode" for a in fuse._schema.arguments)
     return {torch.ops.hrnet_fast.conv_bn_act.default: conv_bn_act,
-            fuse: multires_fuse if takes_mode else multires_fuse_nearest}
+            torch.ops.hrnet_fast.multires_fuse.default: multires_fuse}
 
 
 _registered = False
