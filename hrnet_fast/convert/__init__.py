@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..models import check_input_size
 from ..ops.backends import BACKENDS, select
+from ..ops.library import output_memory_format
 from .cuda_graph import GraphCache
 from .fused import FoldedConv, FusedBlock, FusedChain, FusedConvBNAct, FusedHRFuse, FusedHRModule
 from .fx_fuse import fuse_graph
@@ -39,11 +40,6 @@ FORWARDED_ATTRIBUTES = ("num_classes", "num_features", "feature_info", "pretrain
 _NO_TORCHSCRIPT = ("TorchScript cannot compile or trace a converted model (its fused ops dispatch in Python). "
                    "Use torch.export.export(converted, (x,)) for a serialisable graph, or "
                    "torch.onnx.export(converted, (x,), dynamo=True) for ONNX.")
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """channels_last and not also plain contiguous (the ops' output-format rule)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _contiguous(out: Any) -> Any:
@@ -156,7 +152,7 @@ class ConvertedModel(nn.Module):
 
     def _run(self, x: torch.Tensor) -> Any:
         """The fused model on ``x``, outputs in ``x``'s layout (what CUDA graphs capture)."""
-        restore = not self.keep_channels_last and not _is_channels_last(x)
+        restore = not self.keep_channels_last and output_memory_format(x) != torch.channels_last
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.inner(x)
