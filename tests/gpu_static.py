@@ -133,8 +133,9 @@ class Recorder:
         self.launches.append((args, kwargs))
 
 
-def compile_recorded(jit_fn, args: tuple, kwargs: dict, cache: Dict) -> Dict[str, Any]:
-    """Compiles one recorded launch of ``jit_fn`` for sm_90 as Triton's launcher would specialise it."""
+def compile_recorded(jit_fn, args: tuple, kwargs: dict, caches: Dict) -> Dict[str, Any]:
+    """Compiles one recorded launch of ``jit_fn`` for sm_90 as Triton's launcher would specialise it; ``caches``
+    keeps, per kernel, its binder and each distinct variant's result (a variant compiles once per run)."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -142,6 +143,7 @@ def compile_recorded(jit_fn, args: tuple, kwargs: dict, cache: Dict) -> Dict[str
     from triton.runtime.jit import create_function_from_signature
 
     target = GPUTarget("cuda", ARCH, 32)
+    cache = caches.setdefault(jit_fn.fn.__qualname__, {})
     if "binder" not in cache:
         cache["backend"] = make_backend(target)
         cache["binder"] = create_function_from_signature(jit_fn.signature, jit_fn.params, cache["backend"])
@@ -199,27 +201,31 @@ def conv_records(shapes: List[Dict], dtypes, int64: bool, cache: Dict) -> List[D
                 wo = (s["w"] + 2 * s["padding"] - s["k"]) // s["stride"] + 1
                 residual = (torch.empty(1, s["cout"], ho, wo, dtype=dt[dtype]).to(memory_format=torch.channels_last)
                             if s["residual"] else None)
-                for config in conv.all_gpu_configs(s["cin"], s["cout"]):
+                for i, config in enumerate(conv.all_gpu_configs(s["cin"], s["cout"])):
                     recorder = Recorder()
                     kernel.run = recorder
                     conv.candidates = lambda *a, c=config: [c]  # the launcher runs exactly this config
                     conv.conv_bn_act(x, weight, bias, stride=s["stride"], padding=s["padding"], residual=residual,
                                      relu=s["relu"])
                     conv.conv_bn_act(x, weight, None, stride=s["stride"], padding=s["padding"], residual=None,
-                                     relu=s["relu"])
+                                     relu=False)
                     conv.candidates = original_candidates
                     (args, kwargs), (op_args, op_kwargs) = recorder.launches
                     variants = [(False, kwargs)] + ([(True, {**kwargs, "INT64": True})] if int64 else [])
                     for is_int64, kw in variants:
                         real = compile_recorded(kernel, args, kw, cache)
-                        operands = compile_recorded(kernel, op_args, {**op_kwargs, "INT64": kw["INT64"]}, cache)
+                        # Load widths depend on the shape, not the tile: read them off the first config only.
+                        operands = (compile_recorded(kernel, op_args, {**op_kwargs, "INT64": kw["INT64"]}, cache)
+                                    if i == 0 else None)
                         records.append(dict(kernel="conv_bn_act", dtype=dtype, int64=is_int64,
                                             shape=f"{s['cin']}->{s['cout']} k{s['k']}s{s['stride']} "
-                                                  f"{s['h']}x{s['w']}{' +res' if s['residual'] else ''}",
+                                                  f"{s['h']}x{s['w']}{' +res' if s['residual'] else ''}"
+                                                  f"{' relu' if s['relu'] else ''}",
                                             config=_config_name({**config.kwargs, "num_warps": config.num_warps,
                                                                  "num_stages": config.num_stages}),
                                             registers=real["registers"], spill_bytes=real["spill_bytes"],
-                                            shared_bytes=real["shared_bytes"], operand_loads=operands["loads"],
+                                            shared_bytes=real["shared_bytes"],
+                                            operand_loads=None if operands is None else operands["loads"],
                                             calls_per_forward=s["count"]))
     finally:
         kernel.run, conv.candidates = original_run, original_candidates
@@ -260,16 +266,30 @@ def fuse_records(fuses: List[Dict], dtypes, int64: bool, cache: Dict) -> List[Di
     return records
 
 
+# The default gate's bf16 sample: HRNet's basic-block convs (3x3, stride 1, residual), one per branch width.
+BF16_SAMPLE = {(c, c, 3, 1, True) for c in BRANCH_CHANNELS}
+
+
 def collect(full: bool = False) -> Dict[str, Any]:
-    """Everything the static gates check: conv and fusion records for W18's calls, and the wall time."""
+    """Everything the static gates check, for W18's calls, and the wall time.
+
+    Default (CI): conv in fp16 on every HRNet-branch shape (channels 18/36/72/144 in and out) and in bf16 and
+    fp32 on ``BF16_SAMPLE``; multires_fuse in fp16 on every fusion call; every config each call can launch with. ``full``:
+    every conv shape of the forward (stem, transitions and head too), fp16 and bf16, multires_fuse in both, and
+    the int64-index variants (reported, not gated)."""
     begin = time.perf_counter()
     convs, fuses = w18_calls()
-    if not full:
-        convs = [s for s in convs if s["cin"] in BRANCH_CHANNELS and s["cout"] in BRANCH_CHANNELS]
-    conv_cache: Dict = {}
-    fuse_cache: Dict = {}
-    records = conv_records(convs, DTYPES, full, conv_cache) + fuse_records(fuses, DTYPES, full, fuse_cache)
-    compiles = sum(1 for c in (conv_cache, fuse_cache) for k in c if isinstance(k, tuple))
+    cache: Dict = {}
+    if full:
+        records = (conv_records(convs, DTYPES + ("fp32",), True, cache)
+                   + fuse_records(fuses, DTYPES, True, cache))
+    else:
+        branch = [s for s in convs if s["cin"] in BRANCH_CHANNELS and s["cout"] in BRANCH_CHANNELS]
+        sample = [s for s in branch if (s["cin"], s["cout"], s["k"], s["stride"], s["residual"]) in BF16_SAMPLE]
+        records = (conv_records(branch, ("fp16",), False, cache)
+                   + conv_records(sample, ("bf16", "fp32"), False, cache)
+                   + fuse_records(fuses, ("fp16",), False, cache))
+    compiles = sum(1 for per_kernel in cache.values() for k in per_kernel if isinstance(k, tuple))
     return dict(arch=f"sm_{ARCH}", full=full, records=records, compiles=compiles,
                 wall_s=round(time.perf_counter() - begin, 1))
 
@@ -279,7 +299,7 @@ def format_table(result: Dict[str, Any]) -> str:
     for r in result["records"]:
         if r["int64"]:
             continue
-        loads = r.get("operand_loads", r.get("loads"))
+        loads = r.get("operand_loads", r.get("loads")) or {}
         lines.append(f"{r['kernel']:14} {r['dtype']:5} {r['shape']:34} {r['config']:16} {r['registers']:>4} "
                      f"{r['spill_bytes']:>5} {' '.join(f'{k}:{v}' for k, v in sorted(loads.items()))}")
     int64 = [r for r in result["records"] if r["int64"]]
