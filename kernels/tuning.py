@@ -12,8 +12,9 @@ Triton version, kernel and tuning key; one that names a config no longer among t
 Writes merge with what other processes wrote meanwhile and replace the file atomically; an unreadable or
 unwritable file costs the persistence, never the call.
 
-No timing happens while a CUDA graph is being captured (it would break the capture) or under the Triton
-interpreter: the first candidate runs, and nothing is remembered.
+No timing happens while a CUDA graph is being captured (it would break the capture), under the Triton
+interpreter, or with ``HRNET_FAST_TUNING=off`` (for tools under which timing means nothing, such as
+compute-sanitizer): the first candidate, each shape class's best guess, runs, and nothing is remembered.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 import triton
 
 CACHE_ENV = "HRNET_FAST_TUNING_CACHE"
+SWITCH_ENV = "HRNET_FAST_TUNING"
 
 # do_bench's warm-up and timing windows in milliseconds: the W18 kernels take 2-200 us, so 25 ms of timed calls
 # is hundreds of repetitions, and a forward with ~50 keys of <= 4 candidates tunes in about 5 s.
@@ -98,7 +100,8 @@ def pick(kernel: str, key: Tuple, candidates: Sequence[triton.Config], run: Call
     """The config to launch ``kernel`` with for ``key``: remembered, or found by timing ``run(config)`` for each
     candidate (``run`` launches the kernel with that config on the call's real arguments)."""
     global _disk
-    if len(candidates) == 1 or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    if (len(candidates) == 1 or device.type != "cuda" or os.environ.get(SWITCH_ENV, "").lower() == "off"
+            or torch.cuda.is_current_stream_capturing()):
         return candidates[0]
     fkey = full_key(kernel, key, device)
     with _lock:
