@@ -11,10 +11,11 @@ from .convert import convert
 from .ops import backend_info
 from .profile import Profile, profile
 from .registry import create_model, list_models, resolve_name
+from .warmup import warmup
 
 __version__ = "0.1.0"
 __all__ = [
     "HighResolutionNet", "create_model", "list_models", "resolve_name", "check_input_size", "calibrate_bn",
     "load_checkpoint", "CheckpointError", "LoadReport", "to_mmpretrain", "to_paddle", "profile", "Profile",
-    "convert", "backend_info",
+    "convert", "backend_info", "warmup",
 ]
