@@ -2,10 +2,9 @@
 // torch.ops.hrnet_fast_C.* (ops.cpp).
 //
 // It also holds one function, multires_fuse_cpu(x, low_res, same_res, relu, mode, align_corners) -> Tensor | None:
-// the CPU fusion
-// kernel called straight from Python. A call through torch.ops parses its arguments against the op schema,
-// which costs ~3.5 us for three tensor lists, as long as the whole kernel takes on HRNet's 7x7 branch; this entry
-// point costs ~0.5 us. It runs only where going through the dispatcher would reach the same CPU kernel and
+// the CPU fusion kernel called straight from Python. A call through torch.ops parses its arguments against the op
+// schema, which costs ~3.5 us for three tensor lists, as long as the whole kernel takes on HRNet's 7x7 branch; this
+// entry point costs ~0.5 us. It runs only where going through the dispatcher would reach the same CPU kernel and
 // nothing else: exact torch.Tensor objects holding plain dense CPU tensors, no dispatch or function modes, no
 // functorch transform, no input that needs autograd. Anything else, including input the checks reject, returns
 // None, and the caller takes the registered op (hrnet_fast/ops/direct.py), where errors are diagnosed.

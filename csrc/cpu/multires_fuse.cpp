@@ -3,10 +3,11 @@
 // Eager PyTorch materialises every upsampled tensor and every partial sum (two full-size passes per term); this
 // reads each input once and writes the output once, reading low-res inputs in place: nearest, output (h, w) takes
 // low_res[j][h >> s_j, w >> s_j]; bilinear, it blends the four low-res pixels of its row and column taps
-// (csrc/bilinear.h, precomputed per output row and column). The output's flat range is split over OpenMP threads (at::parallel_for) and
-// summed in fp32 in the reference's order (x, low_res..., same_res...), so fp32 nearest results equal the eager
-// composition bit for bit (bilinear ones to rounding: the taps are blended in another order) and fp16/bf16 round once instead of after every add. The loops (cpu/fuse_kernel.h)
-// are compiled for the baseline ISA and for AVX2 + F16C, chosen once at run time.
+// (csrc/bilinear.h, precomputed per output row and column). The output's flat range is split over OpenMP threads
+// (at::parallel_for) and summed in fp32 in the reference's order (x, low_res..., same_res...), so fp32 nearest
+// results equal the eager composition bit for bit (bilinear ones to rounding: the taps are blended in another
+// order) and fp16/bf16 round once instead of after every add. The loops (cpu/fuse_kernel.h) are compiled for the
+// baseline ISA and for AVX2 + F16C, chosen once at run time.
 #include "bilinear.h"
 #include "dispatch.h"
 #include "ops.h"
