@@ -28,7 +28,7 @@ there with an error rather than returning wrong numbers.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import triton
@@ -37,6 +37,7 @@ from triton import knobs
 
 from hrnet_fast.ops.checks import conv_out_shape
 from hrnet_fast.ops.library import output_memory_format
+from hrnet_fast.ops.weights import dense_in_activation_layout
 
 from . import needs_int64
 
@@ -156,6 +157,14 @@ def _conv_bn_act_kernel(
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
     y_offs = (n * syn + oh * syh + ow * syw)[:, None] + rn[None, :] * syc
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+def prepare_weight(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
+                   x_shape: Sequence[int]) -> Optional[torch.Tensor]:
+    """A converted model's weight as this kernel reads it (``hrnet_fast.ops.weights``): dense in the activations'
+    layout, so channels_last weights load Cin-contiguous like the input rows."""
+    return dense_in_activation_layout(weight, stride=stride, padding=padding, channels_last=channels_last,
+                                      x_shape=x_shape)
 
 
 def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int, padding: int,

@@ -178,8 +178,11 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
                                                   f"were fused")
                 Rewriter(dtype, backend, report).children("", target)
     inner.to(dtype).eval().requires_grad_(False)
+    channels_last = True if channels_last is None else channels_last
+    for m in inner.modules():
+        if isinstance(m, FusedConvBNAct):  # weights stored once in the layout the activations will have
+            m.set_activation_layout(channels_last)
     _report_leftovers(inner, report)
     net = find_hrnet(inner)[1]
     in_chans = _first_conv_in_chans(net if net is not None else inner)
-    return ConvertedModel(inner, dtype, True if channels_last is None else channels_last, in_chans, hrnet, report,
-                          cuda_graph)
+    return ConvertedModel(inner, dtype, channels_last, in_chans, hrnet, report, cuda_graph)
