@@ -22,7 +22,8 @@ Cin is a compile-time constant (a network has a handful of channel counts): the 
 known when compiling. The Triton 3.6 interpreter also needs that: with numpy >= 2.4 it cannot iterate over a
 runtime loop bound (triton-lang/triton#9171).
 
-fp32 inputs use IEEE fp32 dots (no TF32), so fp32 results match PyTorch's fp32 convolution to rounding.
+fp32 inputs follow ``torch.backends.cudnn.allow_tf32`` like PyTorch's own convolution (``conv_dot_precision``):
+TF32 dots when it allows them, IEEE fp32 dots (equal to PyTorch's fp32 convolution to rounding) when not.
 bfloat16 runs on GPUs only: the interpreter multiplies bfloat16 dot operands as raw integers, so it is refused
 there with an error rather than returning wrong numbers.
 """
@@ -39,7 +40,7 @@ from hrnet_fast.ops.checks import conv_out_shape
 from hrnet_fast.ops.library import output_memory_format
 from hrnet_fast.ops.weights import dense_in_activation_layout
 
-from . import needs_int64
+from . import conv_dot_precision, needs_int64
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): from small tiles for 7x7 maps at batch 1 to large tiles
 # for the 56x56+ stages and large batches.
@@ -102,7 +103,7 @@ def _conv_bn_act_kernel(
     HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr,
     INT64: tl.constexpr,  # some offset can reach 2**31: index in int64
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 inputs (conv_dot_precision)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -197,6 +198,6 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         CIN=cin, KH=k, STRIDE=int(stride), PADDING=int(padding), HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, RELU=bool(relu),
         INT64=needs_int64(*(t for t in (x, weight, y, residual) if t is not None)),
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=conv_dot_precision(x.dtype),
     )
     return y

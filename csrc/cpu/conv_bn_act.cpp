@@ -10,7 +10,7 @@ namespace hrnet_fast {
 
 at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
-                           at::MemoryFormat format) {
+                           bool /*library_fused: no fused library op on CPU*/, at::MemoryFormat format) {
   at::Tensor y = at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, /*transposed=*/false,
                                  {0, 0}, /*groups=*/1)
                      .contiguous(format);

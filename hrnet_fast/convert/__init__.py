@@ -49,7 +49,7 @@ class ConvertedModel(nn.Module):
         self.in_chans = in_chans
         self.hrnet = hrnet
         self.report = report
-        self.graphs = GraphCache(self._run) if cuda_graph else None
+        self.graphs = GraphCache(self._run, inner) if cuda_graph else None
 
     def fusion_report(self) -> FusionReport:
         return self.report
