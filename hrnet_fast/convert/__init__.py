@@ -180,7 +180,7 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     inner.to(dtype).eval().requires_grad_(False)
     channels_last = True if channels_last is None else channels_last
     for m in inner.modules():
-        if isinstance(m, FusedConvBNAct):  # weights stored once in the layout the activations will have
+        if isinstance(m, (FusedConvBNAct, FoldedConv)):  # weights stored once in the activations' layout
             m.set_activation_layout(channels_last)
     _report_leftovers(inner, report)
     net = find_hrnet(inner)[1]

@@ -108,6 +108,10 @@ class FoldedConv(nn.Module):
         self.conv.requires_grad_(False)
         self.relu = relu
 
+    def set_activation_layout(self, channels_last: bool) -> None:
+        """Stores the weight dense in the activations' memory format, which cuDNN reads without a per-call copy."""
+        self.conv.weight = nn.Parameter(stored_weight(self.conv.weight, channels_last), requires_grad=False)
+
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.conv(x)
         if residual is not None:
