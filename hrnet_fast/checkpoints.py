@@ -51,7 +51,16 @@ from .registry import CONFIGS, SSLD, create_model, list_models
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
+    """A checkpoint that cannot be read, or that does not fit the model.
+
+    For a checkpoint that does not fit, ``details`` holds what does not (one problem a line) without the advice
+    on what to call, and ``num_classes`` the checkpoint's classifier size (None where it has no classifier), so
+    a command line can give its own advice."""
+
+    def __init__(self, message: str, details: Optional[str] = None, num_classes: Optional[int] = None):
+        super().__init__(message)
+        self.details = details
+        self.num_classes = num_classes
 
 
 @dataclass
@@ -264,6 +273,18 @@ class PaddleFormat(Format):
     from_ours = to_ours  # the [in, out] <-> [out, in] transpose is its own inverse
 
 
+class UnknownFormat(TimmFormat):
+    """Keys of no HRNet format (another architecture's checkpoint): matched by name, as timm's would be, so
+    ``strict=False`` loads what fits, but not called timm's."""
+
+    name = "unknown"
+
+
+# Modules only HRNet has (a ResNet has conv1, layer1 and fc too): a timm/official checkpoint has some of them.
+HRNET_PREFIXES = ("transition", "stage2.", "stage3.", "stage4.", "incre_modules.", "downsamp_modules.",
+                  "final_layer.")
+
+
 def detect_format(state_dict: Mapping[str, object]) -> Format:
     """The format of a state dict (already unwrapped), from its keys."""
     keys = set(state_dict)
@@ -273,7 +294,9 @@ def detect_format(state_dict: Mapping[str, object]) -> Format:
         return PaddleFormat("legendary")
     if "conv_layer1_1._conv.weight" in keys:
         return PaddleFormat("model_zoo" if any(k.startswith("la1.") for k in keys) else "legendary_v1")
-    return TimmFormat()
+    if any(k.startswith(HRNET_PREFIXES) for k in keys):
+        return TimmFormat()
+    return UnknownFormat()
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -446,6 +469,16 @@ def _ignored_prefixes(model: nn.Module, fmt: Format) -> Tuple[str, ...]:
     return fmt.head_prefixes + incre
 
 
+def _check_not_converted(model: nn.Module) -> None:
+    """A converted model has BatchNorm folded into fused convolutions: none of a checkpoint's keys fit it."""
+    from .convert import ConvertedModel
+    from .convert.fused import FoldedConv, FusedConvBNAct
+    if any(isinstance(m, (ConvertedModel, FusedConvBNAct, FoldedConv)) for m in model.modules()):
+        raise CheckpointError("this model was converted (BatchNorm is folded into its fused convolutions), so a "
+                              "checkpoint cannot be loaded into it: load the checkpoint before convert(), i.e. "
+                              "load_checkpoint(model, path), then fast = hrnet_fast.convert(model.eval())")
+
+
 def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, Mapping[str, object]],
                     strict: bool = True) -> LoadReport:
     """Loads a timm/official, mmpretrain/MMClassification or PaddleClas checkpoint (file or dict) into ``model``.
@@ -457,6 +490,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_checkpoint expects an nn.Module, got {type(model).__name__}")
+    _check_not_converted(model)
     raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_checkpoint(path_or_state_dict)
     state = unwrap(raw)
     if not state:
@@ -497,13 +531,30 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
 
     problems = report.missing_keys or report.unexpected_keys or report.mismatched_keys
     if problems and strict:
-        raise CheckpointError(_mismatch_message(model, state, fmt, report))
+        details = _mismatch_details(model, state, fmt, report)
+        hints = ["  Use strict=False to load what fits."]
+        if any(k.startswith(fmt.classifier_prefixes) for k in report.mismatched_keys):
+            hints.insert(0, "  The classifier size differs: build the model with the checkpoint's num_classes.")
+        raise CheckpointError("\n".join([details] + hints), details, _classifier_size(state, fmt))
     model.load_state_dict(converted, strict=not problems)
     return report
 
 
-def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format, report: LoadReport) -> str:
-    lines = [f"the checkpoint ({report.format} format) does not fit this {type(model).__name__}:"]
+def _classifier_size(state: Mapping[str, torch.Tensor], fmt: Format) -> Optional[int]:
+    """Number of classes of the checkpoint's classifier, or None where it has none."""
+    key = fmt.key_of("classifier.weight")
+    value = state.get(key)
+    return None if value is None or value.dim() != 2 else fmt.to_ours("classifier.weight", value).shape[0]
+
+
+def _mismatch_details(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format, report: LoadReport) -> str:
+    """What does not fit, one problem a line (no advice on what to call)."""
+    if isinstance(fmt, UnknownFormat):
+        lines = [f"the checkpoint's keys are not HRNet's in any format this loader reads (timm/official, mmpretrain, "
+                 f"PaddleClas); is it another architecture's checkpoint? It does not fit this "
+                 f"{type(model).__name__}:"]
+    else:
+        lines = [f"the checkpoint ({report.format} format) does not fit this {type(model).__name__}:"]
     for label, keys in (("missing from the checkpoint", report.missing_keys),
                         ("unexpected in the checkpoint", report.unexpected_keys),
                         ("shape mismatch", list(report.mismatched_keys))):
@@ -517,11 +568,8 @@ def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: 
     if variants:
         lines.append(f"  The checkpoint looks like a checkpoint of {' or '.join(variants)}"
                      + (f"; this model's branch widths are {list(widths)}." if widths else "."))
-    if any(k.startswith(fmt.classifier_prefixes) for k in report.mismatched_keys):
-        lines.append("  The classifier size differs: build the model with the checkpoint's num_classes.")
     if report.ignored_keys:
         lines.append(f"  ignored (no such modules in a features_only model): {len(report.ignored_keys)} keys")
-    lines.append("  Use strict=False to load what fits.")
     return "\n".join(lines)
 
 

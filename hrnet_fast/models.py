@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .feature_info import FeatureInfo
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv+BN, residual add, ReLU (ResNet basic block)."""
@@ -224,6 +226,13 @@ class HighResolutionNet(nn.Module):
         else:
             self.incre_modules = nn.ModuleList(
                 make_layer(Bottleneck, c, HEAD_CHANNELS[i], 1) for i, c in enumerate(channels))
+        # timm's contract for feature extractors: channels(), reduction() and module_name() of the maps forward
+        # returns when features_only (stem, then the four branches; all five otherwise).
+        branch = [c * Bottleneck.expansion for c in HEAD_CHANNELS] if self.incre_modules is not None else channels
+        self.feature_info = FeatureInfo(
+            [dict(num_chs=c, reduction=2 ** (i + 1), module="stem" if i == 0 else f"stage{i}")
+             for i, c in enumerate([stem] + list(branch))],
+            self.out_indices if features_only else range(1 + len(branch)))
         if not features_only:
             head = [c * Bottleneck.expansion for c in HEAD_CHANNELS]
             self.downsamp_modules = nn.ModuleList(
@@ -244,9 +253,7 @@ class HighResolutionNet(nn.Module):
     @property
     def feature_channels(self) -> List[int]:
         """Channels of each feature map ``forward`` returns when ``features_only``."""
-        branch = [c * 4 for c in HEAD_CHANNELS] if self.incre_modules is not None else self.stage_channels
-        chans = [self.conv1.out_channels] + list(branch)
-        return [chans[i] for i in self.out_indices]
+        return self.feature_info.channels(self.out_indices)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raises a clear error for inputs the architecture cannot take."""

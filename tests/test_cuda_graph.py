@@ -84,7 +84,7 @@ def cache(monkeypatch):
 
     monkeypatch.setattr(cuda_graph.GraphCache, "_capture", capture)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    gc = cuda_graph.GraphCache(lambda x: model(x), model, max_graphs=2)
+    gc = cuda_graph.GraphCache(lambda x: model(x), max_graphs=2, module=model)
     return gc, model, captures
 
 

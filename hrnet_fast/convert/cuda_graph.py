@@ -17,7 +17,6 @@ graph turns them into one launch. Rules (documented in the README):
 """
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -63,11 +62,12 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
 class GraphCache:
     """CUDA graphs of ``fn`` (the forward of ``module``), one per input key; see the module docstring.
 
-    Public surface: ``__call__(x)``, ``len()``, ``clear()`` (drop every graph, e.g. before freeing memory or after
-    replacing submodules of ``module``).
+    ``module`` is the module whose tensors ``fn`` reads (their signature decides when graphs are dropped).
+    Public surface: ``__call__(x)``, ``len()``, ``clear()`` (drop every graph, e.g. to free their memory at once,
+    or after replacing submodules of ``module``).
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], Any], module: nn.Module, max_graphs: int = 8):
+    def __init__(self, fn: Callable[[torch.Tensor], Any], max_graphs: int = 8, *, module: nn.Module):
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be at least 1, got {max_graphs}")
         self.fn = fn
@@ -89,10 +89,6 @@ class GraphCache:
         self._graphs.clear()
         self._dicts = tensor_dicts(self.module)
         self._signature = None
-
-    def __deepcopy__(self, memo) -> "GraphCache":
-        """A copy captures its own graphs (captured ones point at the original's memory)."""
-        return GraphCache(copy.deepcopy(self.fn, memo), copy.deepcopy(self.module, memo), self.max_graphs)
 
     def _capture(self, x: torch.Tensor) -> Tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
         """Warm-up runs then a capture of ``fn``, on ``x``'s device (current within the caller's guard)."""

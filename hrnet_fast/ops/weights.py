@@ -17,7 +17,6 @@ device and dtype on every call rather than relying on hooks that a caller can by
 from __future__ import annotations
 
 import functools
-import importlib
 import weakref
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -34,7 +33,8 @@ def stored_weight(weight: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def dense_in_activation_layout(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
                                x_shape: Sequence[int]) -> Optional[torch.Tensor]:
     """The stored weight when it is already dense in the activations' layout (None), else such a copy: what
-    cuDNN / ATen convolutions read without a per-call copy (for ``cuda`` and ``torch``)."""
+    cuDNN / ATen convolutions read without a per-call copy (``cuda``, ``torch``; ``triton`` packs any layout
+    K-major itself, once per weight tensor)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return None if weight.is_contiguous(memory_format=fmt) else weight.contiguous(memory_format=fmt)
 
@@ -45,8 +45,6 @@ def preparer(backend: str) -> Preparer:
     if backend == "cpu":
         from . import cpu_conv
         return cpu_conv.prepare_weight
-    if backend == "triton":
-        return importlib.import_module("hrnet_fast_kernels.conv_bn_act").prepare_weight
     return dense_in_activation_layout
 
 
