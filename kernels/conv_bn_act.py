@@ -37,7 +37,8 @@ Launch configs: a short candidate list per shape class (``candidates``), timed o
 remembered on disk (``tuning.py``); every candidate compiles for sm_90 without register spills (checked in CI by
 tests/test_static_gpu.py).
 
-fp32 inputs use IEEE fp32 dots (no TF32), so fp32 results match PyTorch's fp32 convolution to rounding.
+fp32 inputs follow ``torch.backends.cudnn.allow_tf32`` like PyTorch's own convolution (``conv_dot_precision``):
+TF32 dots when it allows them, IEEE fp32 dots (equal to PyTorch's fp32 convolution to rounding) when not.
 bfloat16 runs on GPUs only: the interpreter multiplies bfloat16 dot operands as raw integers, so it is refused
 there with an error rather than returning wrong numbers.
 """
@@ -54,7 +55,7 @@ from triton import knobs
 from hrnet_fast.ops.checks import conv_out_shape
 from hrnet_fast.ops.library import output_memory_format
 
-from . import needs_int64, tuning
+from . import conv_dot_precision, needs_int64, tuning
 
 # Candidate tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per shape class, best guess first (the one
 # used without timing, e.g. during CUDA-graph capture). Small maps (7x7, 14x14 at small batch) want short M tiles
@@ -130,7 +131,7 @@ def _conv_bn_act_kernel(
     RELU: tl.constexpr,
     NHWC: tl.constexpr,  # x, y and the residual are dense channels_last: index by pixel * channels
     INT64: tl.constexpr,  # some offset can reach 2**31: index in int64
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 inputs (conv_dot_precision)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -258,7 +259,7 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     flags = dict(CIN=cin, COUT=cout, COUT_PAD=packed.shape[1], KH=k, STRIDE=int(stride), PADDING=int(padding),
                  HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, RELU=bool(relu), NHWC=nhwc,
                  INT64=needs_int64(*(t for t in (x, packed, y, residual) if t is not None)),
-                 DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32")
+                 DOT_PRECISION=conv_dot_precision(x.dtype))
 
     def run(config: triton.Config) -> None:
         grid = (triton.cdiv(m, config.kwargs["BLOCK_M"]), triton.cdiv(cout, config.kwargs["BLOCK_N"]))
