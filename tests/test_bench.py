@@ -210,6 +210,13 @@ def test_cpu_default_precisions_are_fp32_and_bf16_where_native(monkeypatch, bf16
     assert bench.resolve_settings(args).dtypes == dtypes
 
 
+@pytest.mark.parametrize("bf16", [True, False])
+def test_cpu_support_follows_cpu_features(monkeypatch, bf16):
+    from hrnet_fast import cpu_features
+    monkeypatch.setattr(cpu_features, "native_dtypes", lambda: {"float32": True, "bfloat16": bf16, "float16": False})
+    assert [bench.cpu_supports(d) for d in ("fp32", "bf16", "fp16")] == [True, bf16, False]
+
+
 def test_openvino_peer_needs_fp32_on_the_cpu(capsys, monkeypatch):
     monkeypatch.setattr(bench.settings, "cpu_supports", lambda dtype: True)
     assert cli.main(["bench", "--device", "cpu", "--dtype", "bf16", "--peers", "openvino"]) == 2
