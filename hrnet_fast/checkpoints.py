@@ -429,7 +429,7 @@ def identify_variant(state_dict: Mapping[str, torch.Tensor], fmt: Optional[Forma
 
     found = body({k: tuple(v.shape) for k, v in state_dict.items()})
     matches = []
-    for name in list_models():
+    for name in list_models("classification"):
         if CONFIGS[SSLD.get(name, name)]["stage2"]["num_channels"][0] != width:
             continue
         expected = {fk: shape for k, shape in _variant_shapes(name).items() if (fk := fmt.key_of(k)) is not None}

@@ -54,7 +54,7 @@ def live(backend, op="conv_bn_act"):
         pytest.skip(f"backend {backend} not live here: {why}")
 
 
-@pytest.mark.parametrize("name", hrnet_fast.list_models())
+@pytest.mark.parametrize("name", hrnet_fast.list_models("classification"))
 def test_every_variant_fp32_matches_reference(name):
     model = calibrated(name)
     x = torch.randn(4, 3, *SMALL, generator=torch.Generator().manual_seed(1))
@@ -230,7 +230,7 @@ def test_outputs_do_not_require_grad():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cuda_graph", [False, True])
-@pytest.mark.parametrize("name", hrnet_fast.list_models())
+@pytest.mark.parametrize("name", hrnet_fast.list_models("classification"))
 def test_gpu_every_variant(name, dtype, cuda_graph):
     model = calibrated(name, (224, 224)).cuda()
     x = torch.randn(2, 3, 224, 224, device="cuda")
