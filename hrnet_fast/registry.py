@@ -7,7 +7,7 @@ stage 1 and BasicBlock stages 2-4 with branch widths C, 2C, 4C, 8C. The pose mod
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
