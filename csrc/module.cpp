@@ -1,7 +1,8 @@
 // The Python module hrnet_fast._C. Importing it loads the library, whose static initialisers register
 // torch.ops.hrnet_fast_C.* (ops.cpp).
 //
-// It also holds one function, multires_fuse_cpu(x, low_res, same_res, relu) -> Tensor | None: the CPU fusion
+// It also holds one function, multires_fuse_cpu(x, low_res, same_res, relu, mode, align_corners) -> Tensor | None:
+// the CPU fusion
 // kernel called straight from Python. A call through torch.ops parses its arguments against the op schema,
 // which costs ~3.5 us for three tensor lists, as long as the whole kernel takes on HRNet's 7x7 branch; this entry
 // point costs ~0.5 us. It runs only where going through the dispatcher would reach the same CPU kernel and
@@ -67,10 +68,17 @@ std::optional<std::vector<at::Tensor>> plain_cpu_tensors(PyObject* seq, bool gra
 
 PyObject* multires_fuse_cpu(PyObject* /*module*/, PyObject* args) {
   HANDLE_TH_ERRORS
-  PyObject *x_obj, *low_obj, *same_obj;
+  PyObject *x_obj, *low_obj, *same_obj, *mode_obj, *align_obj;
   int relu;
-  if (!PyArg_ParseTuple(args, "OOOp:multires_fuse_cpu", &x_obj, &low_obj, &same_obj, &relu)) return nullptr;
-  if (!plain_dispatch_state()) Py_RETURN_NONE;
+  if (!PyArg_ParseTuple(args, "OOOpOO:multires_fuse_cpu", &x_obj, &low_obj, &same_obj, &relu, &mode_obj,
+                        &align_obj)) {
+    return nullptr;
+  }
+  // The op's schema takes a str and a bool; anything else is for the registered op's checks to name.
+  if (!PyUnicode_Check(mode_obj) || !PyBool_Check(align_obj) || !plain_dispatch_state()) Py_RETURN_NONE;
+  Py_ssize_t mode_len = 0;
+  const char* mode = PyUnicode_AsUTF8AndSize(mode_obj, &mode_len);
+  if (mode == nullptr) return nullptr;
   const bool grad_enabled = at::GradMode::is_enabled();
   std::optional<at::Tensor> x = plain_cpu_tensor(x_obj, grad_enabled);
   std::optional<std::vector<at::Tensor>> low_res = plain_cpu_tensors(low_obj, grad_enabled);
@@ -78,7 +86,8 @@ PyObject* multires_fuse_cpu(PyObject* /*module*/, PyObject* args) {
   if (!x || !low_res || !same_res) Py_RETURN_NONE;
   hrnet_fast::FuseArgs fuse;
   try {
-    fuse = hrnet_fast::prepare_fuse(*x, *low_res, *same_res, relu != 0, c10::DeviceType::CPU);
+    fuse = hrnet_fast::prepare_fuse(*x, *low_res, *same_res, relu != 0, c10::string_view(mode, mode_len),
+                                    align_obj == Py_True, c10::DeviceType::CPU);
   } catch (const c10::Error&) {
     Py_RETURN_NONE;  // input the op rejects: the registered op's path says why
   }
@@ -92,7 +101,8 @@ PyObject* multires_fuse_cpu(PyObject* /*module*/, PyObject* args) {
 
 PyMethodDef methods[] = {
     {"multires_fuse_cpu", multires_fuse_cpu, METH_VARARGS,
-     "multires_fuse_cpu(x, low_res, same_res, relu) -> Tensor or None: the CPU multires_fuse kernel without the "
+     "multires_fuse_cpu(x, low_res, same_res, relu, mode, align_corners) -> Tensor or None: the CPU multires_fuse "
+     "kernel without the "
      "dispatcher, or None where the call must go through torch.ops.hrnet_fast_C.multires_fuse."},
     {nullptr, nullptr, 0, nullptr}};
 

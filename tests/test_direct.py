@@ -49,9 +49,9 @@ def fuse_inputs(dtype=torch.float32, layout=torch.contiguous_format, n=2):
 def test_same_bits_as_the_registered_op(entry, dtype, layout):
     x, low, same = fuse_inputs(dtype, layout)
     for relu in (True, False):
-        out = entry(x, low, same, relu)
+        out = entry(x, low, same, relu, "nearest", False)
         assert out is not None, "plain CPU tensors must take the direct path"
-        expected = torch.ops.hrnet_fast.multires_fuse(x, low, same, relu, "cpu")
+        expected = torch.ops.hrnet_fast.multires_fuse(x, low, same, relu, "nearest", False, "cpu")
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         assert out.is_contiguous(memory_format=layout)
         assert out.dtype == dtype
@@ -61,22 +61,22 @@ def test_public_op_result_and_tuples(entry):
     x, low, same = fuse_inputs()
     out = ops.multires_fuse(x, tuple(low), tuple(same))
     torch.testing.assert_close(out, multires_fuse_ref(x, low, same), rtol=0, atol=0)
-    assert entry(x, tuple(low), tuple(same), True) is not None
+    assert entry(x, tuple(low), tuple(same), True, "nearest", False) is not None
 
 
 def test_runs_in_inference_mode_and_under_no_grad(entry):
     with torch.inference_mode():
         x, low, same = fuse_inputs()
-        assert entry(x, low, same, True) is not None
+        assert entry(x, low, same, True, "nearest", False) is not None
     x, low, same = fuse_inputs()
     x.requires_grad_()
     with torch.no_grad():
-        assert entry(x, low, same, True) is not None
+        assert entry(x, low, same, True, "nearest", False) is not None
 
 
 def test_empty_batch(entry):
     x, low, same = fuse_inputs(n=0)
-    out = entry(x, low, same, True)
+    out = entry(x, low, same, True, "nearest", False)
     assert out is not None and out.shape == x.shape
 
 
@@ -100,7 +100,7 @@ def test_declines_input_the_op_rejects(entry, bad, error):
         same[0] = same[0].to("meta")
     else:
         same = same[0]
-    assert entry(x, low, same, True) is None
+    assert entry(x, low, same, True, "nearest", False) is None
     with pytest.raises(error):
         ops.multires_fuse(x, low, same)
 
@@ -108,7 +108,7 @@ def test_declines_input_the_op_rejects(entry, bad, error):
 def test_declines_what_needs_autograd(entry):
     x, low, same = fuse_inputs()
     low[1].requires_grad_()
-    assert entry(x, low, same, True) is None
+    assert entry(x, low, same, True, "nearest", False) is None
 
 
 def test_declines_subclasses_and_non_cpu_tensors(entry):
@@ -116,10 +116,10 @@ def test_declines_subclasses_and_non_cpu_tensors(entry):
 
     class Subclass(torch.Tensor):
         pass
-    assert entry(x.as_subclass(Subclass), low, same, True) is None
-    assert entry(x, [low[0].as_subclass(Subclass)], same, True) is None
-    assert entry(x.to("meta"), [z.to("meta") for z in low], [d.to("meta") for d in same], True) is None
-    assert entry(x.to_sparse(), [], [], True) is None
+    assert entry(x.as_subclass(Subclass), low, same, True, "nearest", False) is None
+    assert entry(x, [low[0].as_subclass(Subclass)], same, True, "nearest", False) is None
+    assert entry(x.to("meta"), [z.to("meta") for z in low], [d.to("meta") for d in same], True, "nearest", False) is None
+    assert entry(x.to_sparse(), [], [], True, "nearest", False) is None
 
 
 def test_declines_under_modes(entry):
@@ -133,10 +133,10 @@ def test_declines_under_modes(entry):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             return func(*args, **(kwargs or {}))
     with Passthrough():
-        assert entry(x, low, same, True) is None
+        assert entry(x, low, same, True, "nearest", False) is None
     with FunctionPassthrough():
-        assert entry(x, low, same, True) is None
-    assert entry(x, low, same, True) is not None
+        assert entry(x, low, same, True, "nearest", False) is None
+    assert entry(x, low, same, True, "nearest", False) is not None
 
 
 def test_dispatch_modes_see_the_registered_op():
@@ -152,7 +152,7 @@ def test_declines_inside_vmap(entry):
     results = []
 
     def fn(xi):
-        results.append(entry(xi, [], [], True))
+        results.append(entry(xi, [], [], True, "nearest", False))
         return xi.relu()
     torch.vmap(fn)(x)
     assert results == [None]

@@ -123,7 +123,7 @@ def test_cpu_multires_fuse_matches_reference(native, dtype, layout, case):
     torch.manual_seed(0)
     x, low, same = fuse_inputs(case, dtype, layout)
     for relu in (True, False):
-        y = native.multires_fuse(x, low, same, relu)
+        y = native.multires_fuse(x, low, same, relu, "nearest", False)
         assert y.dtype == dtype and y.shape == x.shape
         assert y.is_contiguous(memory_format=expected_format(x))
         # fp32: bit for bit the eager composition; fp16/bf16: its fp32 value rounded once, which the tolerance
@@ -138,14 +138,14 @@ def test_cpu_multires_fuse_mixed_layouts(native):
     x = make((2, 18, 16, 24), torch.float32, "channels_last")
     low = [make((2, 18, 8, 12), torch.float32, "nchw"), make((2, 18, 2, 3), torch.float32, "strided")]
     same = [make((2, 18, 16, 24), torch.float32, "strided")]
-    y = native.multires_fuse(x, low, same, True)
+    y = native.multires_fuse(x, low, same, True, "nearest", False)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, multires_fuse_ref(x, low, same), rtol=0, atol=0)
 
 
 def test_cpu_multires_fuse_keeps_nan_like_relu(native):
     x = torch.tensor([float("nan"), -1.0, 2.0, float("-inf")] * 5).view(1, 1, 4, 5)
-    torch.testing.assert_close(native.multires_fuse(x, [], [], True), torch.relu(x), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(native.multires_fuse(x, [], [], True, "nearest", False), torch.relu(x), rtol=0, atol=0, equal_nan=True)
 
 
 def test_cpu_multires_fuse_same_result_on_one_and_two_threads(native):
@@ -154,9 +154,9 @@ def test_cpu_multires_fuse_same_result_on_one_and_two_threads(native):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.multires_fuse(x, low, same, True)
+        one = native.multires_fuse(x, low, same, True, "nearest", False)
         torch.set_num_threads(2)
-        two = native.multires_fuse(x, low, same, True)
+        two = native.multires_fuse(x, low, same, True, "nearest", False)
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(one, two, rtol=0, atol=0)
@@ -173,7 +173,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     for fmt in (torch.contiguous_format, torch.channels_last):
         mk = lambda *s: torch.randn(*s).to(dtype).contiguous(memory_format=fmt)
         x, low, same = mk(2, 18, 24, 16), [mk(2, 18, 12, 8), mk(2, 18, 3, 2)], [mk(2, 18, 24, 16)]
-        y = torch.ops.hrnet_fast_C.multires_fuse(x, low, same, True)
+        y = torch.ops.hrnet_fast_C.multires_fuse(x, low, same, True, "nearest", False)
         ref = multires_fuse_ref(x.float(), [z.float() for z in low], [d.float() for d in same]).to(dtype)
         torch.testing.assert_close(y, ref, rtol=0, atol=0)
 """
@@ -210,9 +210,9 @@ def test_cpu_conv_bn_act_matches_reference(native, dtype, layout):
 
 # --- the C++ boundary checks --------------------------------------------------------------------------------
 
-def _fuse_call(x=None, low=(), same=(), relu=True):
+def _fuse_call(x=None, low=(), same=(), relu=True, mode="nearest", align_corners=False):
     x = torch.randn(2, 4, 8, 8) if x is None else x
-    return lambda: torch.ops.hrnet_fast_C.multires_fuse(x, list(low), list(same), relu)
+    return lambda: torch.ops.hrnet_fast_C.multires_fuse(x, list(low), list(same), relu, mode, align_corners)
 
 
 FUSE_ERRORS = [
@@ -230,6 +230,15 @@ FUSE_ERRORS = [
      r"low_res\[0\] has shape \[2, 3, 4, 4\]; batch and channels must match x \[2, 4, 8, 8\]"),
     ("same_res shape", _fuse_call(same=[torch.randn(2, 4, 8, 7)]), r"same_res\[0\] has shape \[2, 4, 8, 7\]"),
     ("empty spatial", _fuse_call(torch.randn(2, 4, 0, 8)), r"x has an empty spatial size"),
+    ("unknown mode", _fuse_call(mode="bicubic"), r"mode must be 'nearest' or 'bilinear', got 'bicubic'"),
+    ("align_corners with nearest", _fuse_call(align_corners=True),
+     r"align_corners=True only applies to mode='bilinear'"),
+    ("bilinear larger than x", _fuse_call(low=[torch.randn(2, 4, 9, 4)], mode="bilinear"),
+     r"low_res\[0\] is 9x4 and x is 8x8; bilinear low_res inputs must be non-empty and no larger than x"),
+    ("bilinear empty", _fuse_call(low=[torch.randn(2, 4, 4, 0)], mode="bilinear", align_corners=True),
+     r"low_res\[0\] is 4x0 and x is 8x8; bilinear low_res inputs must be non-empty"),
+    ("bilinear channel mismatch", _fuse_call(low=[torch.randn(2, 3, 3, 5)], mode="bilinear"),
+     r"low_res\[0\] has shape \[2, 3, 3, 5\]; batch and channels must match x"),
 ]
 
 

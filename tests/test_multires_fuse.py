@@ -197,7 +197,7 @@ def test_opcheck(backend, layout):
     device = backend_device(backend, "multires_fuse")
     torch.manual_seed(0)
     x, low, same = inputs((2, 18, 8, 12, (2, 4), 1, True), torch.float32, device, layout)
-    torch.library.opcheck(torch.ops.hrnet_fast.multires_fuse.default, (x, low, same, True, backend))
+    torch.library.opcheck(torch.ops.hrnet_fast.multires_fuse.default, (x, low, same, True, "nearest", False, backend))
 
 
 @pytest.mark.parametrize("backend", ("torch", "cpu"))

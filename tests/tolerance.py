@@ -66,8 +66,8 @@ def backend_device(backend: str, op: str) -> torch.device:
 
 
 # Runs in a fresh interpreter without TRITON_INTERPRET, so the kernels are real JIT functions; compiles each variant
-# down to a cubin (triton ships ptxas) for each target. Pointer arguments end in "_ptr"; other runtime
-# arguments are i32 (int64 arguments only appear for tensors beyond 2**31 elements).
+# down to a cubin (triton ships ptxas) for each target. Pointer arguments end in "_ptr", fp32 scalars start with
+# "scale_"; other runtime arguments are i32 (int64 arguments only appear for tensors beyond 2**31 elements).
 _COMPILE_SCRIPT = """
 import importlib, json, sys
 import triton
@@ -81,7 +81,7 @@ for v in spec["variants"]:
     for config in tiles:
         constexprs = {**v["constexprs"], **config.kwargs}
         signature = {p.name: "constexpr" if p.is_constexpr else ("*" + v["dtype"] if p.name.endswith("_ptr")
-                     else "i32") for p in jit_fn.params}
+                     else "fp32" if p.name.startswith("scale_") else "i32") for p in jit_fn.params}
         for arch in v["archs"]:
             triton.compile(ASTSource(jit_fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
                            options={"num_warps": config.num_warps, "num_stages": config.num_stages})

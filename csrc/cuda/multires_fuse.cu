@@ -196,6 +196,8 @@ FuseParams<T> make_params(const FuseArgs& a) {
 
 void multires_fuse_cuda(const FuseArgs& args) {
   TORCH_INTERNAL_ASSERT(args.low_res.size() <= kMaxTerms && args.same_res.size() <= kMaxTerms);
+  TORCH_CHECK(args.mode == Upsample::kNearest, "hrnet_fast_C::multires_fuse: the CUDA kernel does not take "
+              "mode='bilinear' yet");
   if (args.out.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(args.x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -164,7 +164,7 @@ class FusedHRFuse(nn.Module):
         out = direct.multires_fuse(x, low, same, True, self.requested_backend)
         if out is not None:
             return out
-        return torch.ops.hrnet_fast.multires_fuse(x, low, same, True,
+        return torch.ops.hrnet_fast.multires_fuse(x, low, same, True, "nearest", False,
                                                   resolve("multires_fuse", x.device.type, self.requested_backend))
 
 

@@ -169,4 +169,5 @@ def native(op: str) -> Callable:
     fn = getattr(getattr(torch.ops, LIBRARY), op)
     if op == "conv_bn_act":
         return lambda x, w, b, *, stride, padding, residual, relu: fn(x, w, b, residual, stride, padding, relu)
-    return lambda x, low_res, same_res, *, relu: fn(x, list(low_res), list(same_res), relu)
+    return lambda x, low_res, same_res, *, relu, mode, align_corners: fn(x, list(low_res), list(same_res), relu, mode,
+                                                                         align_corners)

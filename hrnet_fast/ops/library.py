@@ -39,10 +39,10 @@ def run_conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 
 def run_multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], relu: bool,
-                      backend: str) -> torch.Tensor:
+                      mode: str, align_corners: bool, backend: str) -> torch.Tensor:
     check_no_grad("multires_fuse", x, *low_res, *same_res)
     impl = backends.implementation("multires_fuse", backend)
-    out = impl(x, list(low_res), list(same_res), relu=relu)
+    out = impl(x, list(low_res), list(same_res), relu=relu, mode=mode, align_corners=align_corners)
     return out.contiguous(memory_format=output_memory_format(x))
 
 
@@ -53,7 +53,8 @@ def run_multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: Li
 _lib = torch.library.Library("hrnet_fast", "DEF")
 _lib.define("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int stride, int padding, "
             "bool relu, str backend) -> Tensor")
-_lib.define("multires_fuse(Tensor x, Tensor[] low_res, Tensor[] same_res, bool relu, str backend) -> Tensor")
+_lib.define("multires_fuse(Tensor x, Tensor[] low_res, Tensor[] same_res, bool relu, str mode, bool align_corners, "
+            "str backend) -> Tensor")
 _lib.impl("conv_bn_act", run_conv_bn_act, "CompositeExplicitAutograd")
 _lib.impl("multires_fuse", run_multires_fuse, "CompositeExplicitAutograd")
 
@@ -65,5 +66,5 @@ def _(x, weight, bias, residual, stride, padding, relu, backend):
 
 
 @torch.library.register_fake("hrnet_fast::multires_fuse", lib=_lib)
-def _(x, low_res, same_res, relu, backend):
+def _(x, low_res, same_res, relu, mode, align_corners, backend):
     return torch.empty_like(x, memory_format=output_memory_format(x))
