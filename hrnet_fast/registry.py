@@ -7,7 +7,8 @@ stage 1 and BasicBlock stages 2-4 with branch widths C, 2C, 4C, 8C. The pose mod
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
@@ -77,6 +78,18 @@ def layout_of(name: str) -> Dict:
     return CONFIGS[SSLD.get(name) or POSE.get(name) or SEGMENTATION.get(name) or name]
 
 
+# timm's published weights per variant (timm.models.hrnet.default_cfgs), default tag first: pretrained=True
+# fetches them through timm, which knows where each lives (the Hugging Face hub, timm/<name>.<tag>).
+PRETRAINED_TAGS: Dict[str, Tuple[str, ...]] = {
+    "hrnet_w18_small": ("gluon_in1k", "ms_in1k"),
+    "hrnet_w18_small_v2": ("gluon_in1k", "ms_in1k"),
+    "hrnet_w18": ("ms_aug_in1k", "ms_in1k"),
+    **{f"hrnet_w{w}": ("ms_in1k",) for w in (30, 32, 40, 44, 48, 64)},
+    "hrnet_w18_ssld": ("paddle_in1k",),
+    "hrnet_w48_ssld": ("paddle_in1k",),
+}
+
+
 def list_models(task: Optional[str] = None) -> List[str]:
     """The canonical model names, small to large: classification (timm's names), then pose, then segmentation;
     ``task`` ("classification", "pose", "segmentation") keeps one task's."""
@@ -87,21 +100,67 @@ def list_models(task: Optional[str] = None) -> List[str]:
     return [n for n in names if task is None or task_of(n) == task]
 
 
-def resolve_name(name: str) -> str:
-    """Canonical name for ``name`` or one of its aliases (case-insensitive); ValueError listing the valid
-    names otherwise."""
-    key = str(name).strip().lower()
+def parse_name(name: str) -> Tuple[str, Optional[str]]:
+    """(canonical name, timm pretrained tag or None) for a model name in any accepted spelling: the canonical
+    names, short forms (``w18``, ``w18_small_v2``, ``w48_ssld``), the seed tables' names (``HRNet_W18_C``,
+    ``HRNet-W18``, ``HRNet-W48 (ssld)``) and timm's tagged names (``hrnet_w18.ms_aug_in1k``); case-insensitive.
+    ValueError listing the valid names otherwise."""
+    text = str(name).strip().lower()
+    key, _, tag = text.partition(".")
+    if re.fullmatch(r"w\d+(_\w+)?", key):
+        key = f"hrnet_{key}"
     key = ALIASES.get(key, key)
-    if key in CONFIGS or key in SSLD or key in POSE or key in SEGMENTATION:
-        return key
-    raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())} "
-                     f"(aliases such as 'HRNet_W18_C', 'HRNet-W18' and 'seg_hrnet_w48' are accepted too)")
+    if key not in CONFIGS and key not in SSLD and key not in POSE and key not in SEGMENTATION:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())} (short forms such "
+                         f"as 'w18', the seed tables' names such as 'HRNet_W18_C' and 'HRNet-W18', aliases such as "
+                         f"'seg_hrnet_w48', and timm's tagged names such as 'hrnet_w18.ms_aug_in1k' are accepted "
+                         f"too)")
+    if not tag:
+        return key, None
+    if tag not in PRETRAINED_TAGS.get(key, ()):
+        tags = PRETRAINED_TAGS.get(key, ())
+        raise ValueError(f"{name!r}: {key} has no pretrained tag {tag!r}; " + (
+            f"its tags: {', '.join(key + '.' + t for t in tags)}" if tags else
+            "timm publishes no weights for it (load a checkpoint file with hrnet_fast.load_checkpoint)"))
+    return key, tag
+
+
+def resolve_name(name: str) -> str:
+    """The canonical name for ``name`` in any spelling ``parse_name`` accepts."""
+    return parse_name(name)[0]
+
+
+def _features_filter(state_dict: Dict, model: HighResolutionNet) -> Dict:
+    """timm's state dict without the entries a features_only model has no modules for (as timm drops them)."""
+    own = model.state_dict()
+    return {k: v for k, v in state_dict.items() if k in own or not model.features_only}
+
+
+def load_pretrained(model: HighResolutionNet, name: str, tag: Optional[str] = None,
+                    pretrained_cfg_overlay: Optional[Dict] = None) -> None:
+    """Loads timm's published weights for ``name`` (``tag``: which of them; None: timm's default) through timm's
+    own machinery: its pretrained config, download and hub cache, classifier and input-channel adaptation.
+    ``pretrained_cfg_overlay=dict(file=PATH)`` loads a local copy instead, as in ``timm.create_model``. Sets
+    ``model.pretrained_cfg`` (and ``default_cfg``) as timm does."""
+    try:
+        from timm.models import load_pretrained as timm_load_pretrained, resolve_pretrained_cfg
+    except ImportError as e:
+        raise ImportError(f"pretrained=True fetches the published weights through timm, which is not installed "
+                          f"(pip install timm); or load a file with hrnet_fast.load_checkpoint ({e})") from e
+    variant = name if tag is None else f"{name}.{tag}"
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
+    timm_load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
+                         filter_fn=_features_filter, strict=True)
+    model.pretrained_cfg = model.default_cfg = cfg
 
 
 def create_model(name: str, num_classes: Optional[int] = None, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, feature_location: str = "incre",
-                 in_chans: int = 3, align_corners: Optional[bool] = None) -> nn.Module:
-    """Builds a reference HRNet by name, with freshly initialised weights.
+                 in_chans: int = 3, align_corners: Optional[bool] = None, pretrained: bool = False,
+                 pretrained_cfg_overlay: Optional[Dict] = None) -> nn.Module:
+    """Builds a reference HRNet by name (any spelling ``parse_name`` accepts), freshly initialised or, with
+    ``pretrained=True`` (classification models), with timm's published weights (``load_pretrained``; a tagged
+    name picks which).
 
     ``num_classes`` defaults to the task's: 1000 ImageNet classes, 17 COCO joints (pose), 19 Cityscapes classes
     (segmentation). ``features_only=True`` (classification models) returns the multi-scale feature maps (stem,
@@ -109,7 +168,7 @@ def create_model(name: str, num_classes: Optional[int] = None, features_only: bo
     ``feature_location=""``), as timm does. ``align_corners`` (segmentation models) sets every bilinear resize's
     corner alignment: True (default) as the official repository, False as mmsegmentation.
     """
-    key = resolve_name(name)
+    key, tag = parse_name(name)
     task = task_of(key)
     if num_classes is None:
         num_classes = TASK_DEFAULT_CLASSES[task]
@@ -119,6 +178,11 @@ def create_model(name: str, num_classes: Optional[int] = None, features_only: bo
     if task != "segmentation" and align_corners is not None:
         raise ValueError(f"align_corners applies to segmentation models (bilinear resizing); {key} is a {task} "
                          f"model, whose fusions upsample by nearest neighbour")
+    if pretrained and task != "classification":
+        raise ValueError(f"pretrained=True fetches timm's ImageNet weights, which exist for classification models "
+                         f"only; load a {task} checkpoint into {key} with hrnet_fast.load_checkpoint")
+    if pretrained_cfg_overlay is not None and not pretrained:
+        raise ValueError("pretrained_cfg_overlay only applies with pretrained=True")
     cfg = layout_of(key)
     if task == "pose":
         return PoseHighResolutionNet(cfg, num_joints=num_classes, in_chans=in_chans)
@@ -128,6 +192,9 @@ def create_model(name: str, num_classes: Optional[int] = None, features_only: bo
     if out_indices is not None and not isinstance(out_indices, (list, tuple, range)):
         raise TypeError(f"out_indices must be a sequence of feature indices within 0..4, e.g. (1, 2, 3, 4); "
                         f"got {out_indices!r}")
-    return HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
-                             features_only=features_only, feature_location=feature_location,
-                             out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))
+    model = HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
+                              features_only=features_only, feature_location=feature_location,
+                              out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))
+    if pretrained:
+        load_pretrained(model, key, tag, pretrained_cfg_overlay)
+    return model

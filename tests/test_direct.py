@@ -118,7 +118,8 @@ def test_declines_subclasses_and_non_cpu_tensors(entry):
         pass
     assert entry(x.as_subclass(Subclass), low, same, True, "nearest", False) is None
     assert entry(x, [low[0].as_subclass(Subclass)], same, True, "nearest", False) is None
-    assert entry(x.to("meta"), [z.to("meta") for z in low], [d.to("meta") for d in same], True, "nearest", False) is None
+    meta = [z.to("meta") for z in low], [d.to("meta") for d in same]
+    assert entry(x.to("meta"), *meta, True, "nearest", False) is None
     assert entry(x.to_sparse(), [], [], True, "nearest", False) is None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -145,7 +146,8 @@ def test_cpu_multires_fuse_mixed_layouts(native):
 
 def test_cpu_multires_fuse_keeps_nan_like_relu(native):
     x = torch.tensor([float("nan"), -1.0, 2.0, float("-inf")] * 5).view(1, 1, 4, 5)
-    torch.testing.assert_close(native.multires_fuse(x, [], [], True, "nearest", False), torch.relu(x), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(native.multires_fuse(x, [], [], True, "nearest", False), torch.relu(x), rtol=0, atol=0,
+                               equal_nan=True)
 
 
 def test_cpu_multires_fuse_same_result_on_one_and_two_threads(native):
@@ -162,9 +164,61 @@ def test_cpu_multires_fuse_same_result_on_one_and_two_threads(native):
     torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
+# Bilinear: (N, C, H, W, low-res sizes, number of same-res inputs)
+BILINEAR_CASES = (
+    (0, 18, 8, 8, ((4, 4),), 1),                         # empty batch
+    (1, 3, 7, 7, ((7, 7), (3, 3), (1, 1)), 0),           # a size kept (copied), odd, one pixel
+    (3, 18, 13, 17, ((7, 9), (13, 4)), 2),               # ragged, one dimension kept
+    (1, 36, 64, 48, ((32, 24), (16, 12), (8, 6), (5, 3)), 4),  # 4 + 4 inputs, several parallel tasks
+    (2, 5, 40, 8, ((20, 4), (9, 3)), 0),                 # narrow rows: pieces span many rows
+    (1, 19, 1, 70, ((1, 33),), 1),                       # one output row (align_corners' 0 scale)
+    (2, 1, 16, 16, ((8, 8), (3, 5)), 1),                 # one channel: NCHW and NHWC are the same memory
+)
+
+
+def bilinear_inputs(case, dtype, layout, device="cpu"):
+    n, c, h, w, sizes, n_same = case
+    x = make((n, c, h, w), dtype, layout, device)
+    low = [make((n, c, zh, zw), dtype, layout, device) for zh, zw in sizes]
+    same = [make((n, c, h, w), dtype, layout, device) for _ in range(n_same)]
+    return x, low, same
+
+
+@pytest.mark.parametrize("align_corners", (False, True), ids=("half_pixel", "align_corners"))
+@pytest.mark.parametrize("case", BILINEAR_CASES, ids=lambda c: "x".join(map(str, c[:4])))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_multires_fuse_bilinear_matches_reference(native, dtype, layout, case, align_corners):
+    torch.manual_seed(0)
+    x, low, same = bilinear_inputs(case, dtype, layout)
+    for relu in (True, False):
+        y = native.multires_fuse(x, low, same, relu, "bilinear", align_corners)
+        assert y.dtype == dtype and y.shape == x.shape
+        assert y.is_contiguous(memory_format=expected_format(x))
+        assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=relu, mode="bilinear",
+                                 align_corners=align_corners)
+
+
+def test_cpu_multires_fuse_bilinear_same_result_on_one_and_two_threads(native):
+    torch.manual_seed(0)
+    for layout in ("nchw", "channels_last"):
+        x, low, same = bilinear_inputs((3, 36, 33, 47, ((17, 24), (9, 12)), 1), torch.float16, layout)
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = native.multires_fuse(x, low, same, True, "bilinear", False)
+            torch.set_num_threads(2)
+            two = native.multires_fuse(x, low, same, True, "bilinear", False)
+        finally:
+            torch.set_num_threads(threads)
+        torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
 _BASELINE_SCRIPT = """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from tolerance import assert_matches_reference
 from hrnet_fast.ops import extension
 from hrnet_fast.ops.reference import multires_fuse_ref
 assert extension.loaded()[0]
@@ -176,6 +230,10 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
         y = torch.ops.hrnet_fast_C.multires_fuse(x, low, same, True, "nearest", False)
         ref = multires_fuse_ref(x.float(), [z.float() for z in low], [d.float() for d in same]).to(dtype)
         torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        low = [mk(2, 18, 13, 9), mk(2, 18, 5, 3)]
+        for align_corners in (False, True):
+            y = torch.ops.hrnet_fast_C.multires_fuse(x, low, same, True, "bilinear", align_corners)
+            assert_matches_reference(y, multires_fuse_ref, x, low, same, mode="bilinear", align_corners=align_corners)
 """
 
 
@@ -279,8 +337,9 @@ def test_conv_bn_act_cpp_checks(native, call, message):
 # --- the CUDA sources compile -----------------------------------------------------------------------------------
 
 def test_cuda_sources_compile_with_nvcc(tmp_path):
-    """Every .cu compiles with nvcc against torch's headers, with the build's own flags, for sm_80 (the build adds
-    sm_90): a broken CUDA kernel fails here even where only the CPU extension was built."""
+    """Every .cu compiles with nvcc against torch's headers, with the build's own flags, for sm_80 and sm_90 (the
+    build's architectures), and no kernel spills registers (ptxas -v): a broken or spilling CUDA kernel fails here
+    even where only the CPU extension was built."""
     toolkit, why = extension.cuda_toolkit()
     if toolkit is None:
         pytest.skip(f"cannot compile CUDA here: {why}")
@@ -295,12 +354,15 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
     for src in sources:
         obj = tmp_path / (os.path.basename(src) + ".o")
         cmd = [nvcc, "-c", src, "-o", str(obj), "-std=c++17", "-gencode=arch=compute_80,code=sm_80",
-               "--compiler-options", "-fPIC", *COMMON_NVCC_FLAGS, *cfg["nvcc"], *(f"-I{p}" for p in includes)]
+               "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v", "--compiler-options", "-fPIC",
+               *COMMON_NVCC_FLAGS, *cfg["nvcc"], *(f"-I{p}" for p in includes)]
         jobs.append((src, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     for src, obj, proc in jobs:
         output = proc.communicate()[0]
         assert proc.returncode == 0, f"nvcc failed on {src}:\n{output[-4000:]}"
         assert obj.stat().st_size > 0
+        spills = [line for line in output.splitlines() if re.search(r"[1-9]\d* bytes spill (stores|loads)", line)]
+        assert not spills, f"ptxas reports register spills in {src}:\n{output[-4000:]}"
 
 
 # --- CUDA kernels (GPU only) ------------------------------------------------------------------------------------
@@ -320,7 +382,7 @@ def test_cuda_multires_fuse_matches_reference(native_cuda, dtype, layout, case):
     torch.manual_seed(0)
     x, low, same = fuse_inputs(case, dtype, layout, device="cuda")
     for relu in (True, False):
-        y = native_cuda.multires_fuse(x, low, same, relu)
+        y = native_cuda.multires_fuse(x, low, same, relu, "nearest", False)
         assert y.is_contiguous(memory_format=expected_format(x)) and y.device == x.device
         torch.testing.assert_close(y, rounded_once(x, low, same, relu), rtol=0, atol=0)
 
@@ -337,8 +399,12 @@ def test_cuda_multires_fuse_vector_widths(native_cuda, dtype, offset):
     view = lambda: torch.randn(numel + offset, device="cuda").to(dtype)[offset:].view(n, c, h, w)  # noqa: E731
     x, same = view(), [view(), view()]
     low = [torch.randn(n, c, 7, 7, device="cuda").to(dtype)]
-    y = native_cuda.multires_fuse(x, low, same, True)
+    y = native_cuda.multires_fuse(x, low, same, True, "nearest", False)
     torch.testing.assert_close(y, rounded_once(x, low, same, True), rtol=0, atol=0)
+    for align_corners in (False, True):
+        low = [torch.randn(n, c, 5, 9, device="cuda").to(dtype)]
+        y = native_cuda.multires_fuse(x, low, same, True, "bilinear", align_corners)
+        assert_matches_reference(y, multires_fuse_ref, x, low, same, mode="bilinear", align_corners=align_corners)
 
 
 @pytest.mark.gpu
@@ -371,4 +437,4 @@ def test_cuda_conv_bn_act_matches_reference(native_cuda, dtype, layout, cudnn):
 def test_cuda_rejects_inputs_on_two_devices(native_cuda):
     x = torch.randn(2, 4, 8, 8, device="cuda")
     with pytest.raises(RuntimeError, match=r"low_res\[0\] is on cpu but"):
-        native_cuda.multires_fuse(x, [torch.randn(2, 4, 4, 4)], [], True)
+        native_cuda.multires_fuse(x, [torch.randn(2, 4, 4, 4)], [], True, "nearest", False)

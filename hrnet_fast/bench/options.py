@@ -21,14 +21,7 @@ def parse_models(text: str) -> List[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise ValueError("no model given; e.g. --models w18,w32 or --models all")
-    out = []
-    for name in names:
-        short = f"hrnet_{name.lower()}" if re.fullmatch(r"w\d+(_\w+)?", name.lower()) else name
-        try:
-            out.append(resolve_name(short))
-        except ValueError:
-            raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())} (short forms such "
-                             f"as w18 and aliases such as HRNet_W18_C are accepted too)") from None
+    out = [resolve_name(name) for name in names]  # ValueError naming a bad one and the valid names
     return list(dict.fromkeys(out))
 
 

@@ -21,7 +21,7 @@ checkpoint are ignored, as timm does.
 """
 from .base import CheckpointError, Format, LoadReport
 from .loading import detect_format, identify_variant, load_checkpoint, model_task
-from .official import FlatFormat, TimmFormat
+from .official import FlatFormat, TimmFormat, UnknownFormat
 from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat, to_mmpose, to_mmpretrain, to_mmseg
 from .paddle import PaddleFormat, fuse_term_index, to_paddle
 from .reading import read_checkpoint, unwrap
@@ -29,4 +29,4 @@ from .reading import read_checkpoint, unwrap
 __all__ = ["CheckpointError", "LoadReport", "Format", "load_checkpoint", "detect_format", "identify_variant",
            "model_task", "read_checkpoint", "unwrap", "to_mmpretrain", "to_mmpose", "to_mmseg", "to_paddle",
            "fuse_term_index", "FlatFormat", "TimmFormat", "MMPretrainFormat", "MMPoseFormat", "MMSegFormat",
-           "PaddleFormat"]
+           "PaddleFormat", "UnknownFormat"]

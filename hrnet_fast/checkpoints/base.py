@@ -10,7 +10,16 @@ import torch
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
+    """A checkpoint that cannot be read, or that does not fit the model.
+
+    For a checkpoint that does not fit, ``details`` holds what does not (one problem a line) without the advice
+    on what to call, and ``num_classes`` the checkpoint's classifier size (None where it has no classifier), so
+    a command line can give its own advice."""
+
+    def __init__(self, message: str, details: Optional[str] = None, num_classes: Optional[int] = None):
+        super().__init__(message)
+        self.details = details
+        self.num_classes = num_classes
 
 
 @dataclass

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..registry import create_model, list_models
 from .base import CheckpointError, Format, LoadReport
-from .official import FlatFormat, flat_task
+from .official import HRNET_PREFIXES, FlatFormat, UnknownFormat, flat_task
 from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat
 from .paddle import PaddleFormat
 from .reading import read_checkpoint, summarise, unwrap
@@ -50,7 +50,10 @@ def detect_format(state_dict: Mapping[str, object], task: Optional[str] = None) 
         return PaddleFormat("legendary")
     if "conv_layer1_1._conv.weight" in keys:
         return PaddleFormat("model_zoo" if any(k.startswith("la1.") for k in keys) else "legendary_v1")
-    return FlatFormat(flat_task(keys) or task or "classification")
+    flat = flat_task(keys) or task or "classification"
+    if any(k.startswith(HRNET_PREFIXES) for k in keys):
+        return FlatFormat(flat)
+    return UnknownFormat(flat)
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,6 +109,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_checkpoint expects an nn.Module, got {type(model).__name__}")
+    _check_not_converted(model)
     raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_checkpoint(path_or_state_dict)
     state = unwrap(raw)
     if not state:
@@ -149,7 +153,13 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
 
     problems = report.missing_keys or report.unexpected_keys or report.mismatched_keys
     if problems and strict:
-        raise CheckpointError(_mismatch_message(model, state, fmt, report))
+        details = _mismatch_details(model, state, fmt, report)
+        hints = ["  Use strict=False to load what fits."]
+        if any(k.startswith(fmt.classifier_prefixes) for k in report.mismatched_keys):
+            what = {"classification": "classifier size", "pose": "number of joints",
+                    "segmentation": "number of classes"}[fmt.task]
+            hints.insert(0, f"  The {what} differs: build the model with the checkpoint's num_classes.")
+        raise CheckpointError("\n".join([details] + hints), details, _classifier_size(state, fmt))
     if isinstance(fmt, MMSegFormat) and getattr(model, "align_corners", False) is True:
         warnings.warn("mmsegmentation trains HRNet with align_corners=False; this model resizes with "
                       "align_corners=True (the official repository's choice). Build it with "
@@ -168,8 +178,33 @@ def _wrong_task_message(model: nn.Module, task: str, state: Mapping[str, torch.T
             f"weights only.")
 
 
-def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format, report: LoadReport) -> str:
-    lines = [f"the checkpoint ({report.format} format) does not fit this {type(model).__name__}:"]
+def _check_not_converted(model: nn.Module) -> None:
+    """A converted model has BatchNorm folded into fused convolutions: none of a checkpoint's keys fit it."""
+    from ..convert import ConvertedModel
+    from ..convert.fused import FoldedConv, FusedConvBNAct
+    if any(isinstance(m, (ConvertedModel, FusedConvBNAct, FoldedConv)) for m in model.modules()):
+        raise CheckpointError("this model was converted (BatchNorm is folded into its fused convolutions), so a "
+                              "checkpoint cannot be loaded into it: load the checkpoint before convert(), i.e. "
+                              "load_checkpoint(model, path), then fast = hrnet_fast.convert(model.eval())")
+
+
+def _classifier_size(state: Mapping[str, torch.Tensor], fmt: Format) -> Optional[int]:
+    """Outputs of the checkpoint's output layer (classes, joints), or None where it has none."""
+    for ours in ("classifier.weight", "final_layer.weight", "last_layer.3.weight"):
+        value = state.get(fmt.key_of(ours) or "")
+        if value is not None and value.dim() >= 2 and fmt.key_of(ours).startswith(fmt.classifier_prefixes):
+            return fmt.to_ours(ours, value).shape[0]
+    return None
+
+
+def _mismatch_details(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format, report: LoadReport) -> str:
+    """What does not fit, one problem a line (no advice on what to call)."""
+    if isinstance(fmt, UnknownFormat):
+        lines = [f"the checkpoint's keys are not HRNet's in any format this loader reads (timm/official, mmpretrain, "
+                 f"mmpose, mmsegmentation, PaddleClas); is it another architecture's checkpoint? It does not fit "
+                 f"this {type(model).__name__}:"]
+    else:
+        lines = [f"the checkpoint ({report.format} format) does not fit this {type(model).__name__}:"]
     for label, keys in (("missing from the checkpoint", report.missing_keys),
                         ("unexpected in the checkpoint", report.unexpected_keys),
                         ("shape mismatch", list(report.mismatched_keys))):
@@ -183,10 +218,6 @@ def _mismatch_message(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: 
     if variants:
         lines.append(f"  The checkpoint looks like a checkpoint of {' or '.join(variants)}"
                      + (f"; this model's branch widths are {list(widths)}." if widths else "."))
-    if any(k.startswith(fmt.classifier_prefixes) for k in report.mismatched_keys):
-        what = {"classification": "classifier size", "pose": "number of joints", "segmentation": "number of classes"}
-        lines.append(f"  The {what[fmt.task]} differs: build the model with the checkpoint's num_classes.")
     if report.ignored_keys:
         lines.append(f"  ignored (no such modules in a features_only model): {len(report.ignored_keys)} keys")
-    lines.append("  Use strict=False to load what fits.")
     return "\n".join(lines)

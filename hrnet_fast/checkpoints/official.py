@@ -41,3 +41,17 @@ def flat_task(keys: AbstractSet[str]) -> Optional[str]:
 
 
 TimmFormat = FlatFormat  # the classification flat layout's historical name
+
+
+class UnknownFormat(FlatFormat):
+    """Keys of no HRNet format (another architecture's checkpoint): matched by name, as timm's would be, so
+    ``strict=False`` loads what fits, but not called timm's."""
+
+    def __init__(self, task: str = "classification"):
+        super().__init__(task)
+        self.name = "unknown"
+
+
+# Modules only HRNet has (a ResNet has conv1, layer1 and fc too): a flat HRNet checkpoint has some of them.
+HRNET_PREFIXES = ("transition", "stage2.", "stage3.", "stage4.", "incre_modules.", "downsamp_modules.",
+                  "final_layer.", "last_layer.")

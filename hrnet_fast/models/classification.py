@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn as nn
 
+from ..feature_info import FeatureInfo
 from .backbone import Bottleneck, HRNetBackbone, conv_bn, make_layer
 
 HEAD_CHANNELS = (32, 64, 128, 256)  # Bottleneck planes of the incre modules (x4 = 128…1024)
@@ -56,6 +57,13 @@ class HighResolutionNet(HRNetBackbone):
         else:
             self.incre_modules = nn.ModuleList(
                 make_layer(Bottleneck, c, HEAD_CHANNELS[i], 1) for i, c in enumerate(channels))
+        # timm's contract for feature extractors: channels(), reduction() and module_name() of the maps forward
+        # returns when features_only (stem, then the four branches; all five otherwise).
+        branch = [c * Bottleneck.expansion for c in HEAD_CHANNELS] if self.incre_modules is not None else channels
+        self.feature_info = FeatureInfo(
+            [dict(num_chs=c, reduction=2 ** (i + 1), module="stem" if i == 0 else f"stage{i}")
+             for i, c in enumerate([self.conv1.out_channels] + list(branch))],
+            self.out_indices if features_only else range(1 + len(branch)))
         if not features_only:
             head = [c * Bottleneck.expansion for c in HEAD_CHANNELS]
             self.downsamp_modules = nn.ModuleList(
@@ -68,9 +76,7 @@ class HighResolutionNet(HRNetBackbone):
     @property
     def feature_channels(self) -> List[int]:
         """Channels of each feature map ``forward`` returns when ``features_only``."""
-        branch = [c * 4 for c in HEAD_CHANNELS] if self.incre_modules is not None else self.stage_channels
-        chans = [self.conv1.out_channels] + list(branch)
-        return [chans[i] for i in self.out_indices]
+        return self.feature_info.channels(self.out_indices)
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
