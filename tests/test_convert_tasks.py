@@ -12,12 +12,7 @@ from official_hrnet import OfficialHRNet, extra
 from tolerance import assert_model_matches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def calibrated(model, size=(64, 64)):

@@ -14,6 +14,7 @@ from hrnet_fast.models import PoseHighResolutionNet, SegHighResolutionNet
 from hrnet_fast.registry import CONFIGS
 
 SIZE = (64, 64)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise(model):

@@ -18,12 +18,7 @@ OFFICIAL = {
 PUBLISHED_PARAMS = {"pose_hrnet_w32": 28.5, "pose_hrnet_w48": 63.6, "seg_hrnetv2_w48": 65.9}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def official(name, **kwargs):
