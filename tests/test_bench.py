@@ -165,7 +165,7 @@ def test_plot_is_a_png(tiny_run):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--models", "w17"], "unknown model 'w17'"),
+    (["--models", "w17"], "unknown model name 'w17'"),
     (["--batch", "1,x"], "bad batch list '1,x'"),
     (["--batch", "0"], "bad batch list '0'"),
     (["--dtype", "fp8"], "unknown precision 'fp8'"),
