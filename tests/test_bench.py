@@ -165,18 +165,27 @@ def test_plot_is_a_png(tiny_run):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--models", "w17"], "unknown model 'w17'"),
+    (["--models", "w17"], "unknown model name 'w17'"),
     (["--batch", "1,x"], "bad batch list '1,x'"),
     (["--batch", "0"], "bad batch list '0'"),
     (["--dtype", "fp8"], "unknown precision 'fp8'"),
     (["--peers", "tensorrt"], "unknown peer 'tensorrt'"),
-    (["--input-size", "100"], "HRNet cannot take a 100x100 input"),
 ])
 def test_bad_options_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_input_size_is_checked_per_model(capsys):
+    """Nearest-upsampling models need sizes whose branches halve exactly; segmentation models take any size."""
+    assert cli.main(["bench", "--input-size", "100"]) == 2
+    assert "HRNet cannot take a 100x100 input" in capsys.readouterr().err
+    assert cli.main(["bench", "--models", "seg_hrnetv2_w18_small,w18", "--input-size", "100"]) == 2
+    assert "HRNet cannot take a 100x100 input" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["bench", "--models", "seg_hrnetv2_w18_small", "--input-size", "100"])
+    assert bench.resolve_settings(args).input_size == (100, 100)
 
 
 @pytest.mark.parametrize("argv,message", [
