@@ -11,8 +11,9 @@ Both operands load as vectors, so the loop software-pipelines (cp.async into sha
 - Weights are read pre-packed K-major (``pack_weight``): row k = (kh * KW + kw) * Cin + cin holds Cout values,
   contiguous and zero-padded to a multiple of 16 bytes. A weight tile is BLOCK_K rows of BLOCK_N consecutive
   values: 16-byte loads whatever the channel counts. (Read straight from the [Cout, Cin, 3, 3] tensor, the same
-  tile strides by 9 elements in K and by 9 * Cin in N: one 2-byte load per element.) ``conv_bn_act`` packs a
-  weight once and reuses the packed copy while the weight tensor lives unchanged.
+  tile strides by 9 elements in K and by 9 * Cin in N: one 2-byte load per element.) Converted models hand the
+  kernel weights packed once (``hrnet_fast.ops.weights``); any other weight is packed on its first use and the
+  copy reused while the tensor lives unchanged.
 - Activations are not copied or padded: the op takes and returns ordinary tensors. When x, the residual and the
   output are dense channels_last (``NHWC``, what converted models run), a pixel's channels are contiguous and
   the pixel's offset is computed as pixel_index * CIN with CIN a compile-time constant, so the compiler knows the
@@ -199,23 +200,43 @@ def _conv_bn_act_kernel(
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """[Cout, Cin, KH, KW] -> [KH * KW * Cin, Cout_pad], the layout the kernel reads: K-major with
-    k = (kh * KW + kw) * Cin + cin, and Cout zero-padded to a multiple of 16 bytes. A pure function of the weight
-    (one copy kernel); any layout of ``weight`` is accepted."""
+    """The layout the kernel reads, as a [Cout, Cin, KH, KW] tensor: a strided view of a K-major buffer
+    [KH * KW * Cin, Cout_pad] (k = (kh * KW + kw) * Cin + cin, Cout zero-padded to a multiple of 16 bytes).
+
+    The view holds the weight's values, so every backend reads it as the weight it is; the Triton launcher
+    recognises the strides (``is_packed``) and reads the buffer directly. A pure function of the weight (one copy
+    kernel); any layout of ``weight`` is accepted. Converted models build it once per weight
+    (``hrnet_fast.ops.weights``)."""
     cout, cin, kh, kw = weight.shape
     per_16_bytes = 16 // weight.element_size()
-    packed = weight.new_zeros(kh * kw * cin, -(-cout // per_16_bytes) * per_16_bytes)
-    packed[:, :cout] = weight.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout)
-    return packed
+    cout_pad = -(-cout // per_16_bytes) * per_16_bytes
+    buffer = weight.new_zeros(kh * kw * cin, cout_pad)
+    buffer[:, :cout] = weight.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout)
+    return buffer.as_strided((cout, cin, kh, kw), (1, cout_pad, kw * cin * cout_pad, cin * cout_pad))
 
 
-# id(weight) -> (weakref to it, its version counter, the packed copy): a weight is packed on first use and the
-# copy reused while the tensor lives and is not changed in place (an in-place change bumps _version).
+def is_packed(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is laid out as ``pack_weight`` lays it out, with the whole padded buffer in its storage
+    (the kernel reads the padding columns) and 16-byte aligned rows."""
+    cout, cin, kh, kw = weight.shape
+    cout_pad = weight.stride(1)
+    if weight.stride() != (1, cout_pad, kw * cin * cout_pad, cin * cout_pad) or cout_pad < cout:
+        return False
+    size = weight.element_size()
+    end = (weight.storage_offset() + kh * kw * cin * cout_pad) * size
+    return (cout_pad * size) % 16 == 0 and weight.data_ptr() % 16 == 0 and end <= weight.untyped_storage().nbytes()
+
+
+# id(weight) -> (weakref to it, its version counter, the packed copy): a weight not yet packed (e.g. one passed to
+# the public op) is packed on first use and the copy reused while the tensor lives unchanged (an in-place change
+# bumps _version).
 _packed: Dict[int, Tuple[weakref.ref, int, torch.Tensor]] = {}
 
 
 def packed_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``pack_weight(weight)``, computed once per weight tensor and version."""
+    """``weight`` itself when it is packed, else ``pack_weight(weight)``, computed once per tensor and version."""
+    if is_packed(weight):
+        return weight
     entry = _packed.get(id(weight))
     if entry is not None and entry[0]() is weight and entry[1] == weight._version:
         return entry[2]
@@ -256,7 +277,7 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     args = (x, packed, bias if bias is not None else packed, residual if residual is not None else x, y,
             m, h, w, ho, wo, *x.stride(), bias.stride(0) if bias is not None else 0,
             *(residual.stride() if residual is not None else (0, 0, 0, 0)), *y.stride())
-    flags = dict(CIN=cin, COUT=cout, COUT_PAD=packed.shape[1], KH=k, STRIDE=int(stride), PADDING=int(padding),
+    flags = dict(CIN=cin, COUT=cout, COUT_PAD=packed.stride(1), KH=k, STRIDE=int(stride), PADDING=int(padding),
                  HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, RELU=bool(relu), NHWC=nhwc,
                  INT64=needs_int64(*(t for t in (x, packed, y, residual) if t is not None)),
                  DOT_PRECISION=conv_dot_precision(x.dtype))

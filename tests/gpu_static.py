@@ -27,6 +27,8 @@ import re
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from typing import Any, Callable, Dict, List, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,24 +237,32 @@ def collect(full: bool = False) -> Dict[str, Any]:
     """Everything the static gates check, for W18's calls, and the wall time.
 
     Default (CI): conv in fp16 on every HRNet-branch shape (channels 18/36/72/144 in and out) and in bf16 and
-    fp32 on ``BF16_SAMPLE``; multires_fuse in fp16 on every fusion call; every config each call can launch with. ``full``:
-    every conv shape of the forward (stem, transitions and head too), fp16 and bf16, multires_fuse in both, and
-    the int64-index variants (reported, not gated)."""
+    fp32 on ``BF16_SAMPLE``; multires_fuse in fp16 on every fusion call; every config each call can launch
+    with. ``full``: every conv shape of the forward (stem, transitions and head too) in fp16, bf16 and fp32,
+    multires_fuse in fp16 and bf16, and the int64-index variants (reported, not gated)."""
     begin = time.perf_counter()
     convs, fuses = w18_calls()
-    cache: Dict = {}
     if full:
-        records = (conv_records(convs, DTYPES + ("fp32",), True, cache)
-                   + fuse_records(fuses, DTYPES, True, cache))
+        jobs = [(conv_records, convs, ("fp16",)), (conv_records, convs, ("bf16", "fp32")),
+                (fuse_records, fuses, DTYPES)]
     else:
         branch = [s for s in convs if s["cin"] in BRANCH_CHANNELS and s["cout"] in BRANCH_CHANNELS]
         sample = [s for s in branch if (s["cin"], s["cout"], s["k"], s["stride"], s["residual"]) in BF16_SAMPLE]
-        records = (conv_records(branch, ("fp16",), False, cache)
-                   + conv_records(sample, ("bf16", "fp32"), False, cache)
-                   + fuse_records(fuses, ("fp16",), False, cache))
-    compiles = sum(1 for per_kernel in cache.values() for k in per_kernel if isinstance(k, tuple))
-    return dict(arch=f"sm_{ARCH}", full=full, records=records, compiles=compiles,
-                wall_s=round(time.perf_counter() - begin, 1))
+        jobs = [(conv_records, branch, ("fp16",)), (conv_records, sample, ("bf16", "fp32")),
+                (fuse_records, fuses, ("fp16",))]
+    # Two processes (the CI machine has two cores); each job's variants are distinct, so nothing compiles twice.
+    with ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1), mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(_job, [(fn.__name__, calls, dtypes, full) for fn, calls, dtypes in jobs]))
+    return dict(arch=f"sm_{ARCH}", full=full, records=[r for records, _ in results for r in records],
+                compiles=sum(n for _, n in results), wall_s=round(time.perf_counter() - begin, 1))
+
+
+def _job(spec) -> Tuple[List[Dict], int]:
+    """One worker's share: (records, distinct compiles)."""
+    name, calls, dtypes, int64 = spec
+    cache: Dict = {}
+    records = globals()[name](calls, dtypes, int64, cache)
+    return records, sum(1 for per_kernel in cache.values() for k in per_kernel if isinstance(k, tuple))
 
 
 def format_table(result: Dict[str, Any]) -> str:

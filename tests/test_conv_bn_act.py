@@ -171,31 +171,42 @@ def test_triton_candidates_fit_the_channels():
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("shape", ((18, 18, 3, 3), (144, 72, 1, 1), (36, 3, 3, 3)))
 def test_triton_packed_weight_layout(shape, dtype):
-    """pack_weight: row (kh * KW + kw) * Cin + cin holds w[:, cin, kh, kw], Cout zero-padded to 16 bytes."""
-    from hrnet_fast_kernels.conv_bn_act import pack_weight
+    """pack_weight: a [Cout, Cin, k, k] view equal to the weight, over a K-major buffer whose row
+    (kh * KW + kw) * Cin + cin holds w[:, cin, kh, kw], Cout zero-padded to 16 bytes."""
+    from hrnet_fast_kernels.conv_bn_act import is_packed, pack_weight, packed_weight
     torch.manual_seed(0)
     w = torch.randn(*shape).to(dtype)
     cout, cin, kh, kw = shape
     packed = pack_weight(w.to(memory_format=torch.channels_last))
-    assert packed.is_contiguous() and (packed.shape[1] * packed.element_size()) % 16 == 0
-    assert packed.shape[0] == kh * kw * cin and cout <= packed.shape[1] < cout + 16 // packed.element_size() + 1
+    assert torch.equal(packed, w) and is_packed(packed) and not is_packed(w)
+    assert packed_weight(packed) is packed  # the launcher reads it as it is
+    cout_pad = packed.stride(1)
+    assert (cout_pad * packed.element_size()) % 16 == 0 and cout <= cout_pad
+    buffer = torch.empty(0, dtype=dtype).set_(packed.untyped_storage()).view(kh * kw * cin, cout_pad)
     for i, j, c in ((0, 0, 0), (kh - 1, kw - 1, cin - 1), (kh // 2, 0, cin // 2)):
-        assert torch.equal(packed[(i * kw + j) * cin + c, :cout], w[:, c, i, j])
-    assert not packed[:, cout:].any()
+        assert torch.equal(buffer[(i * kw + j) * cin + c, :cout], w[:, c, i, j])
+    assert not buffer[:, cout:].any()
 
 
-def test_triton_weight_packed_once_per_version():
-    """A weight is packed on first use and reused until it changes in place; a dead weight's copy is dropped."""
-    from hrnet_fast_kernels import conv_bn_act as kernel
-    w = torch.randn(36, 18, 3, 3)
-    first = kernel.packed_weight(w)
-    assert kernel.packed_weight(w) is first
-    w.mul_(2)
-    second = kernel.packed_weight(w)
-    assert second is not first and torch.equal(second[:, :36], 2 * first[:, :36])
-    key = id(w)
-    del w
-    assert key not in kernel._packed
+def test_triton_packed_strides_need_the_whole_buffer():
+    """A tensor with the packed strides but a storage ending before the padding is not read as packed."""
+    from hrnet_fast_kernels.conv_bn_act import is_packed
+    storage = torch.zeros(9 * 18 * 24 - 6)  # one row's padding short
+    view = storage.as_strided((18, 18, 3, 3), (1, 24, 3 * 18 * 24, 18 * 24))
+    assert not is_packed(view)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_weight_on_every_backend(backend):
+    """The packed form is an ordinary (strided) weight to every backend, so a converted model can hand it to
+    whichever backend runs the call."""
+    from hrnet_fast_kernels.conv_bn_act import pack_weight
+    device = backend_device(backend, "conv_bn_act")
+    torch.manual_seed(0)
+    x, weight, bias, residual = inputs((3, 18, 36, 13, 17, 3, 2, 1, False, True), torch.float32, device,
+                                       "channels_last")
+    y = ops.conv_bn_act(x, pack_weight(weight), bias, stride=2, padding=1, relu=True, backend=backend)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=2, padding=1, relu=True)
 
 
 @pytest.mark.parametrize("residual_layout", ("nchw", "channels_last"))

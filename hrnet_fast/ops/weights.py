@@ -4,7 +4,7 @@ A converted model stores each folded conv weight once, dense in the activations'
 (``stored_weight``): cuDNN and ATen read a weight whose layout differs from the input's only after copying it,
 which on a GPU is one extra kernel per conv and per call (on HRNet-W18 with channels_last activations, every
 3x3 weight: about 270 copies a forward, captured into CUDA graphs too). Each backend may want more than that
-(oneDNN's blocked layout on CPU); ``preparer(backend)`` returns the function that builds its form:
+(oneDNN's blocked layout on CPU, the Triton conv's K-major buffer padded to 16 bytes); ``preparer(backend)`` returns the function that builds its form:
 
     prepare(weight, *, stride, padding, channels_last, x_shape) -> Tensor or None
 
@@ -33,8 +33,7 @@ def stored_weight(weight: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def dense_in_activation_layout(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
                                x_shape: Sequence[int]) -> Optional[torch.Tensor]:
     """The stored weight when it is already dense in the activations' layout (None), else such a copy: what
-    cuDNN / ATen convolutions read without a per-call copy (``cuda``, ``torch``; ``triton`` packs any layout
-    K-major itself, once per weight tensor)."""
+    cuDNN / ATen convolutions read without a per-call copy (``cuda``, ``torch``)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return None if weight.is_contiguous(memory_format=fmt) else weight.contiguous(memory_format=fmt)
 
@@ -45,7 +44,15 @@ def preparer(backend: str) -> Preparer:
     if backend == "cpu":
         from . import cpu_conv
         return cpu_conv.prepare_weight
+    if backend == "triton":
+        return _triton_packed
     return dense_in_activation_layout
+
+
+def _triton_packed(weight: torch.Tensor, **_) -> torch.Tensor:
+    """The Triton conv's K-major, 16-byte padded form (a [Cout, Cin, k, k] view the kernel reads directly)."""
+    from hrnet_fast_kernels.conv_bn_act import pack_weight
+    return pack_weight(weight)
 
 
 def signature(t: torch.Tensor) -> Tuple:
