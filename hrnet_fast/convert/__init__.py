@@ -22,7 +22,7 @@ from ..models import check_input_size
 from ..ops.backends import BACKENDS, select
 from ..ops.library import output_memory_format
 from .cuda_graph import GraphCache
-from .fused import FoldedConv, FusedBlock, FusedChain, FusedConvBNAct, FusedHRFuse, FusedHRModule
+from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, FusedHRFuse
 from .fx_fuse import fuse_graph
 from .report import FusionReport
 from .rewrite import Rewriter, find_hrnet, rewrite_hrnet
@@ -30,7 +30,6 @@ from .rewrite import Rewriter, find_hrnet, rewrite_hrnet
 __all__ = ["convert", "ConvertedModel", "FusionReport"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_FUSED = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)
 _NEUTRAL = (nn.Identity, nn.ReLU, nn.Dropout, nn.Flatten)
 
 
@@ -74,7 +73,7 @@ class ConvertedModel(nn.Module):
         self.in_chans = in_chans
         self.hrnet = hrnet
         self.report = report
-        self.graphs = GraphCache(self._run) if cuda_graph else None
+        self.graphs = GraphCache(self._run, module=inner) if cuda_graph else None
         super().train(False)
 
     def fusion_report(self) -> FusionReport:
@@ -107,7 +106,7 @@ class ConvertedModel(nn.Module):
             _check_options(probe.device, self.dtype, self.backend, self.graphs is not None)
         out = super()._apply(fn, recurse)
         if moved and self.graphs is not None:
-            self.graphs = GraphCache(self._run, self.graphs.max_graphs)  # graphs hold the old device's memory
+            self.graphs.clear()  # graphs hold the old device's memory: free it now rather than at the next call
         return out
 
     def __getstate__(self):
@@ -120,7 +119,7 @@ class ConvertedModel(nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         if isinstance(self.graphs, int):
-            self.graphs = GraphCache(self._run, self.graphs)
+            self.graphs = GraphCache(self._run, self.graphs, module=self.inner)
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this hook first
         raise RuntimeError(_NO_TORCHSCRIPT)
@@ -194,7 +193,7 @@ def _first_conv_in_chans(module: nn.Module) -> Optional[int]:
 def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
     """Lists leaf modules the rewrite did not absorb (a conv or BN here is a missed fusion)."""
     def walk(m: nn.Module, path: str) -> None:
-        if isinstance(m, _FUSED) or isinstance(m, _NEUTRAL):
+        if isinstance(m, FUSED_MODULES) or isinstance(m, _NEUTRAL):
             return
         children = list(m.named_children())
         if not children:
@@ -237,10 +236,18 @@ def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Opt
                 m.requested_backend = backend
     if channels_last is not None:
         target.channels_last = channels_last
+        _store_weights(target.inner, channels_last)
     target.keep_channels_last = keep_channels_last
     if cuda_graph != (target.graphs is not None):
-        target.graphs = GraphCache(target._run) if cuda_graph else None
+        target.graphs = GraphCache(target._run, module=target.inner) if cuda_graph else None
     return target
+
+
+def _store_weights(inner: nn.Module, channels_last: bool) -> None:
+    """Stores every conv weight once in the activations' layout, the one the backends read without a copy."""
+    for m in inner.modules():
+        if isinstance(m, (FusedConvBNAct, FoldedConv)):
+            m.set_activation_layout(channels_last)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -289,8 +296,9 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     target = model if inplace else copy.deepcopy(model)
     report = FusionReport()
     with torch.no_grad():
-        hrnet = rewrite_hrnet(target, dtype, backend, report)
-        inner: nn.Module = target
+        rewritten = rewrite_hrnet(target, dtype, backend, report)
+        hrnet = rewritten is not None
+        inner: nn.Module = rewritten if hrnet else target
         if not hrnet:
             try:
                 inner = fuse_graph(target, dtype, backend, report)
@@ -299,8 +307,14 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
                                                   f"were fused")
                 Rewriter(dtype, backend, report).children("", target)
     inner.to(dtype).eval().requires_grad_(False)
+    channels_last = True if channels_last is None else channels_last
+    _store_weights(inner, channels_last)
     _report_leftovers(inner, report)
     net = find_hrnet(inner)[1]
     in_chans = _first_conv_in_chans(net if net is not None else inner)
-    return ConvertedModel(inner, dtype, True if channels_last is None else channels_last, in_chans, hrnet, report,
-                          cuda_graph, backend, keep_channels_last)
+    # HRNets that upsample by nearest neighbour take only sizes whose branches halve exactly; bilinear (segmentation)
+    # ones take any size.
+    nearest = hrnet and any(getattr(m, "mode", None) == "nearest" for m in inner.modules()
+                            if isinstance(m, (FusedHRFuse, nn.Upsample)))
+    return ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
+                          keep_channels_last)
