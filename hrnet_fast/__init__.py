@@ -11,11 +11,11 @@ from .convert import convert
 from .ops import backend_info
 from .profile import Profile, profile
 from .registry import create_model, list_models, resolve_name
+from .warmup import warmup
 
 __version__ = "0.1.0"
 __all__ = [
     "HighResolutionNet", "PoseHighResolutionNet", "SegHighResolutionNet", "create_model", "list_models", "resolve_name", "check_input_size", "calibrate_bn",
     "load_checkpoint", "CheckpointError", "LoadReport", "to_mmpretrain", "to_mmpose", "to_mmseg", "to_paddle",
-    "profile", "Profile",
-    "convert", "backend_info",
+    "profile", "Profile", "convert", "backend_info", "warmup",
 ]

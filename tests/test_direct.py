@@ -44,14 +44,20 @@ def fuse_inputs(dtype=torch.float32, layout=torch.contiguous_format, n=2):
     return mk(n, 18, 16, 24), [mk(n, 18, 8, 12), mk(n, 18, 2, 3)], [mk(n, 18, 16, 24), mk(n, 18, 16, 24)]
 
 
+MODES = (("nearest", False), ("bilinear", False), ("bilinear", True))
+
+
+@pytest.mark.parametrize("mode, align_corners", MODES, ids=("nearest", "bilinear", "bilinear-align_corners"))
 @pytest.mark.parametrize("layout", (torch.contiguous_format, torch.channels_last), ids=("nchw", "channels_last"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_same_bits_as_the_registered_op(entry, dtype, layout):
+def test_same_bits_as_the_registered_op(entry, dtype, layout, mode, align_corners):
     x, low, same = fuse_inputs(dtype, layout)
+    if mode == "bilinear":
+        low.append(torch.randn(2, 18, 7, 13).to(dtype).contiguous(memory_format=layout))  # ragged: any size <= x's
     for relu in (True, False):
-        out = entry(x, low, same, relu, "nearest", False)
+        out = entry(x, low, same, relu, mode, align_corners)
         assert out is not None, "plain CPU tensors must take the direct path"
-        expected = torch.ops.hrnet_fast.multires_fuse(x, low, same, relu, "nearest", False, "cpu")
+        expected = torch.ops.hrnet_fast.multires_fuse(x, low, same, relu, mode, align_corners, "cpu")
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         assert out.is_contiguous(memory_format=layout)
         assert out.dtype == dtype
@@ -103,6 +109,27 @@ def test_declines_input_the_op_rejects(entry, bad, error):
     assert entry(x, low, same, True, "nearest", False) is None
     with pytest.raises(error):
         ops.multires_fuse(x, low, same)
+
+
+@pytest.mark.parametrize("mode, align_corners, error", [
+    ("bicubic", False, ValueError),        # a mode the op does not take
+    ("nearest", True, ValueError),         # align_corners only with bilinear
+    ("bilinear", 1, TypeError),            # align_corners not a bool
+    (b"bilinear", False, ValueError),      # mode not a str
+], ids=("unknown mode", "align_corners with nearest", "align_corners not a bool", "mode not a str"))
+def test_declines_modes_the_op_rejects(entry, mode, align_corners, error):
+    x, low, same = fuse_inputs()
+    assert entry(x, low, same, True, mode, align_corners) is None
+    with pytest.raises(error):
+        ops.multires_fuse(x, low, same, mode=mode, align_corners=align_corners)
+
+
+def test_declines_bilinear_input_larger_than_x(entry):
+    x, low, same = fuse_inputs()
+    low[0] = torch.randn(2, 18, 17, 3)
+    assert entry(x, low, same, True, "bilinear", False) is None
+    with pytest.raises(ValueError, match=r"low_res\[0\] is 17x3 and x is 16x24"):
+        ops.multires_fuse(x, low, same, mode="bilinear")
 
 
 def test_declines_what_needs_autograd(entry):
@@ -172,6 +199,9 @@ def test_cpu_and_default_backends_go_direct(entry):
         out = direct.multires_fuse(x, low, same, True, backend)
         assert out is not None
         torch.testing.assert_close(out, multires_fuse_ref(x, low, same), rtol=0, atol=0)
+        out = direct.multires_fuse(x, low, same, True, backend, mode="bilinear", align_corners=True)
+        assert out is not None
+        torch.testing.assert_close(out, multires_fuse_ref(x, low, same, mode="bilinear", align_corners=True))
 
 
 def test_inputs_requiring_grad_work_under_no_grad():

@@ -3,10 +3,11 @@
 // Eager PyTorch materialises every upsampled tensor and every partial sum (two full-size passes per term); this
 // reads each input once and writes the output once, reading low-res inputs in place: nearest, output (h, w) takes
 // low_res[j][h >> s_j, w >> s_j]; bilinear, it blends the four low-res pixels of its row and column taps
-// (csrc/bilinear.h, precomputed per output row and column). The output's flat range is split over OpenMP threads (at::parallel_for) and
-// summed in fp32 in the reference's order (x, low_res..., same_res...), so fp32 nearest results equal the eager
-// composition bit for bit (bilinear ones to rounding: the taps are blended in another order) and fp16/bf16 round once instead of after every add. The loops (cpu/fuse_kernel.h)
-// are compiled for the baseline ISA and for AVX2 + F16C, chosen once at run time.
+// (csrc/bilinear.h, precomputed per output row and column). The output's flat range is split over OpenMP threads
+// (at::parallel_for) and summed in fp32 in the reference's order (x, low_res..., same_res...), so fp32 nearest
+// results equal the eager composition bit for bit (bilinear ones to rounding: the taps are blended in another
+// order) and fp16/bf16 round once instead of after every add. The loops (cpu/fuse_kernel.h) are compiled for the
+// baseline ISA and for AVX2 + F16C, chosen once at run time.
 #include "bilinear.h"
 #include "dispatch.h"
 #include "ops.h"
@@ -63,7 +64,7 @@ struct FuseView {
   const int32_t* low_index[kMaxTerms];  // nearest NCHW: plane position -> low-res plane position (make_tables)
   TapView row_taps[kMaxTerms];          // bilinear: per output row (H entries)
   TapView col_taps[kMaxTerms];          // bilinear: per output column (W entries)
-  int64_t zbuf_size;                    // NCHW: floats of low-res rows one piece can touch (>= W)
+  int64_t zbuf_size;                    // NCHW: floats of low-res rows one piece can touch (>= W + 8)
   const T* same[kMaxTerms];             // like x
   T* out;                               // like x
   int n_low, n_same;
@@ -147,7 +148,8 @@ FuseView<T> make_view(const FuseArgs& a, const Tables& tables) {
   v.channels_last = a.channels_last;
   v.relu = a.relu;
   // A piece of kChunk positions spans at most kChunk / W + 2 rows, so at most that many / f + 2 low-res rows of
-  // W / f values: kChunk + 4 W bounds it for every f.
+  // W / f values: kChunk + 4 W bounds it for every f. It also holds a bilinear row blend (at most W values, read
+  // up to 8 past the end).
   v.zbuf_size = kChunk + 4 * v.W;
   return v;
 }

@@ -77,7 +77,7 @@ class ConvertedModel(nn.Module):
         self.in_chans = in_chans
         self.hrnet = hrnet
         self.report = report
-        self.graphs = GraphCache(self._run) if cuda_graph else None
+        self.graphs = GraphCache(self._run, module=inner) if cuda_graph else None
         super().train(False)
 
     def fusion_report(self) -> FusionReport:
@@ -110,7 +110,7 @@ class ConvertedModel(nn.Module):
             _check_options(probe.device, self.dtype, self.backend, self.graphs is not None)
         out = super()._apply(fn, recurse)
         if moved and self.graphs is not None:
-            self.graphs = GraphCache(self._run, self.graphs.max_graphs)  # graphs hold the old device's memory
+            self.graphs.clear()  # graphs hold the old device's memory: free it now rather than at the next call
         return out
 
     def __getstate__(self):
@@ -123,7 +123,7 @@ class ConvertedModel(nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         if isinstance(self.graphs, int):
-            self.graphs = GraphCache(self._run, self.graphs)
+            self.graphs = GraphCache(self._run, self.graphs, module=self.inner)
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this hook first
         raise RuntimeError(_NO_TORCHSCRIPT)
@@ -240,10 +240,18 @@ def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Opt
                 m.requested_backend = backend
     if channels_last is not None:
         target.channels_last = channels_last
+        _store_weights(target.inner, channels_last)
     target.keep_channels_last = keep_channels_last
     if cuda_graph != (target.graphs is not None):
-        target.graphs = GraphCache(target._run) if cuda_graph else None
+        target.graphs = GraphCache(target._run, module=target.inner) if cuda_graph else None
     return target
+
+
+def _store_weights(inner: nn.Module, channels_last: bool) -> None:
+    """Stores every conv weight once in the activations' layout, the one the backends read without a copy."""
+    for m in inner.modules():
+        if isinstance(m, (FusedConvBNAct, FoldedConv)):
+            m.set_activation_layout(channels_last)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -303,6 +311,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
                                                   f"were fused")
                 Rewriter(dtype, backend, report).children("", target)
     inner.to(dtype).eval().requires_grad_(False)
+    channels_last = True if channels_last is None else channels_last
+    _store_weights(inner, channels_last)
     _report_leftovers(inner, report)
     net = find_hrnet(inner)[1]
     in_chans = _first_conv_in_chans(net if net is not None else inner)
@@ -310,5 +320,5 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     # ones take any size.
     nearest = hrnet and any(getattr(m, "mode", None) == "nearest" for m in inner.modules()
                             if isinstance(m, (FusedHRFuse, nn.Upsample)))
-    return ConvertedModel(inner, dtype, True if channels_last is None else channels_last, in_chans, nearest, report,
-                          cuda_graph, backend, keep_channels_last)
+    return ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
+                          keep_channels_last)
