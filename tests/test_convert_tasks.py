@@ -72,6 +72,18 @@ def test_segmentation_dispatches_no_concat_and_no_upsample():
     assert converted["hrnet_fast.multires_fuse.default"] == fusions + 1
 
 
+def test_converted_segmentation_exports_to_the_fused_ops_only():
+    """torch.export sees the fused ops' fake kernels: the graph is conv_bn_act and multires_fuse calls only."""
+    fast = hrnet_fast.convert(calibrated(hrnet_fast.create_model("seg_hrnetv2_w18_small")))
+    x = image(72, 40).contiguous(memory_format=torch.channels_last)
+    exported = torch.export.export(fast.inner, (x,))
+    assert {str(n.target) for n in exported.graph.nodes if n.op == "call_function"} == {
+        "hrnet_fast.conv_bn_act.default", "hrnet_fast.multires_fuse.default"}
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), fast(x), rtol=0, atol=0)
+    assert fast.num_classes == 19
+
+
 def test_segmentation_head_is_split_by_branch():
     model = calibrated(hrnet_fast.create_model("seg_hrnetv2_w18_small"))
     head = hrnet_fast.convert(model).inner.head

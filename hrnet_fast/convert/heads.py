@@ -13,7 +13,7 @@ fused head runs each W_i at its branch's own resolution (4x, 16x, 64x fewer pixe
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,9 @@ import torch.nn as nn
 from ..ops.folding import fold_bn
 from .fused import FoldedConv, FusedBlock, FusedChain, FusedConvBNAct, FusedHRFuse, FusedHRModule, fuse, make_conv
 from .fx_fuse import fuse_graph
+
+if TYPE_CHECKING:
+    from .rewrite import Rewriter
 
 FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)
 
@@ -51,6 +54,7 @@ class FusedSegmentation(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.num_classes = getattr(backbone, "num_classes", None)  # read through ConvertedModel as on the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.backbone.check_input(x)
@@ -62,7 +66,7 @@ def _is_conv1x1(m: nn.Module) -> bool:
         and m.padding in ((0, 0), "valid") and m.dilation == (1, 1)
 
 
-def segmentation_head(rw, net: nn.Module) -> Optional[FusedSegHead]:
+def segmentation_head(rw: "Rewriter", net: nn.Module) -> Optional[FusedSegHead]:
     """The fused head of an HRNetV2 segmentation model (ours: ``features``, ``head_resize`` and ``last_layer`` =
     Sequential(1x1 conv, BN, ReLU, 1x1 conv) over the concatenated branches), taken out of ``net``; None when
     ``net`` has no such head."""
@@ -98,7 +102,7 @@ def _contains(m: nn.Module, kinds) -> bool:
     return any(isinstance(s, kinds) for s in m.modules())
 
 
-def fuse_rest(rw, path: str, m: nn.Module) -> None:
+def fuse_rest(rw: "Rewriter", path: str, m: nn.Module) -> None:
     """Fuses what the HRNet rules left under ``m`` (a head around the backbone): every plain ``nn.Sequential`` by
     its conv (-> BN) (-> ReLU) runs, other modules with convs through torch.fx when they hold no fused part, a
     bare conv (a pose head's 1x1 conv to heatmaps) as a fused conv with its bias."""
@@ -110,7 +114,7 @@ def fuse_rest(rw, path: str, m: nn.Module) -> None:
                 setattr(m, name, new)
 
 
-def _fused(rw, path: str, m: nn.Module) -> nn.Module:
+def _fused(rw: "Rewriter", path: str, m: nn.Module) -> nn.Module:
     """The replacement of one module left by the HRNet rules (``m`` itself, rewritten inside, where it has none)."""
     if isinstance(m, FUSED_MODULES) or not _contains(m, nn.Conv2d):
         return m
@@ -134,7 +138,7 @@ def _fused(rw, path: str, m: nn.Module) -> nn.Module:
     return m
 
 
-def _sequential_runs(rw, path: str, seq: nn.Sequential) -> nn.Sequential:
+def _sequential_runs(rw: "Rewriter", path: str, seq: nn.Sequential) -> nn.Sequential:
     """``seq`` with each conv (-> BN) (-> ReLU) run replaced by one fused conv (nn.Sequential applies its modules
     in order, so the runs are the data flow); other modules kept, and fused inside where they have convs."""
     mods = list(seq)
