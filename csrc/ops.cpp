@@ -105,18 +105,19 @@ at::MemoryFormat check_conv(const at::Tensor& x, const at::Tensor& weight, const
 }
 
 using ConvKernel = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                  const std::optional<at::Tensor>&, int64_t, int64_t, bool, at::MemoryFormat);
+                                  const std::optional<at::Tensor>&, int64_t, int64_t, bool, bool, at::MemoryFormat);
 
 // Validates, lays every tensor out in x's memory format and runs `kernel`.
 template <c10::DeviceType device, ConvKernel kernel>
 at::Tensor conv_bn_act(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu) {
+                       const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
+                       bool library_fused) {
   const at::MemoryFormat format = check_conv(x, weight, bias, residual, stride, padding, device);
   std::optional<at::Tensor> dense_bias, dense_residual;
   if (bias.has_value()) dense_bias = bias->contiguous();
   if (residual.has_value()) dense_residual = residual->contiguous(format);
   return kernel(x.contiguous(format), weight.contiguous(format), dense_bias, dense_residual, stride, padding, relu,
-                format);
+                library_fused, format);
 }
 
 template <c10::DeviceType device, void (*kernel)(const FuseArgs&)>
@@ -174,8 +175,10 @@ FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorLis
 }  // namespace hrnet_fast
 
 TORCH_LIBRARY(hrnet_fast_C, m) {
-  m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int stride, int padding, bool relu) "
-        "-> Tensor");
+  // library_fused: run the device's fused conv + bias (+ add) + ReLU library op where there is one (cuDNN on CUDA);
+  // false: the convolution, then this library's epilogue kernel (what the CPU kernel always does).
+  m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int stride, int padding, bool relu, "
+        "bool library_fused=True) -> Tensor");
   m.def("multires_fuse(Tensor x, Tensor[] low_res, Tensor[] same_res, bool relu, str mode, bool align_corners) "
         "-> Tensor");
 }

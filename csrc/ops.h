@@ -50,17 +50,18 @@ FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorLis
 void multires_fuse_cpu(const FuseArgs& args);
 
 // relu?(conv2d(x, weight) + bias + residual) with x, weight and residual dense in `format`; returns [N, Cout, Ho, Wo]
-// in `format`.
+// in `format`. `library_fused`: use the device library's fused conv+bias(+add)+ReLU where it has one (cuDNN; the
+// CPU kernel has none and ignores it).
 at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
-                           at::MemoryFormat format);
+                           bool library_fused, at::MemoryFormat format);
 
 #ifdef HRNET_FAST_WITH_CUDA
 void multires_fuse_cuda(const FuseArgs& args);
 
 at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
-                            at::MemoryFormat format);
+                            bool library_fused, at::MemoryFormat format);
 #endif
 
 }  // namespace hrnet_fast

@@ -1,16 +1,16 @@
 """cpu_conv: conv_bn_act on CPU (oneDNN's fused post-op convolution, or ATen's convolution + in-place epilogue),
-unpacked and prepacked, against the float64 reference on awkward shapes, dtypes and layouts; which path runs;
-float16 without oneDNN float16."""
+unpacked and prepacked, against the float64 reference on awkward shapes, dtypes and layouts, on this CPU's
+paths and on those of CPUs with and without native float16/bfloat16; which path runs."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from cpu_paths import PATHS, REDUCED, take_path
 from hrnet_fast.ops import cpu_conv
 from hrnet_fast.ops.reference import conv_bn_act_ref
 from tolerance import assert_matches_reference
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("nchw", "channels_last", "strided")
 
 # (N, Cin, Cout, H, W, k, stride, padding)
@@ -54,11 +54,17 @@ def expected_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+# float32 takes one path on every CPU; float16/bfloat16 also take the paths of a CPU that computes them natively
+# and of one that does not (cpu_paths.take_path), on the shapes below 50x50 (eager float16 is slow on CPU).
+GRID = [(dtype, path, case) for dtype in (torch.float32,) + REDUCED for path in PATHS for case in CASES
+        if path == "machine" or (dtype != torch.float32 and case[3] * case[4] < 2500)]
+
+
 @pytest.mark.parametrize("packed", (False, True), ids=("unpacked", "packed"))
-@pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_matches_reference(dtype, layout, case, packed):
+@pytest.mark.parametrize("dtype,path,case", GRID, ids=[f"{str(d)[6:]}-{p}-{case_id(c)}" for d, p, c in GRID])
+def test_matches_reference(monkeypatch, dtype, path, case, layout, packed):
+    take_path(monkeypatch, path)
     torch.manual_seed(0)
     stride, padding = case[6], case[7]
     for residual, relu in ((True, True), (False, True), (True, False), (False, False)):

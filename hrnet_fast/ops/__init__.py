@@ -14,11 +14,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import cpu_conv, direct, library  # noqa: F401  library registers torch.ops.hrnet_fast.*
+from . import cpu_conv, direct, library, onnx_translation  # noqa: F401  library registers torch.ops.hrnet_fast.*
 from .backends import BACKENDS, backend_info, resolve
 from .checks import check_conv_bn_act, check_multires_fuse
 from .folding import fold_bn, fold_bn_weights
 from .reference import conv_bn_act_ref, multires_fuse_ref
+
+onnx_translation.register_when_exporter_loads()  # torch.onnx.export(..., dynamo=True) finds the ops' translations
 
 __all__ = ["conv_bn_act", "multires_fuse", "fold_bn", "fold_bn_weights", "conv_bn_act_ref", "multires_fuse_ref",
            "backend_info", "BACKENDS"]

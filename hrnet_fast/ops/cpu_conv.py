@@ -20,10 +20,16 @@ Which path runs (chosen from HRNet-W18 conv shapes at batch 1, one thread, on an
 Both paths are at least as fast as eager conv + BatchNorm + ReLU: they run the same convolution with BN folded
 and fewer passes over the output.
 
-float16: oneDNN's float16 convolution needs AVX512-FP16 or AVX-NE-CONVERT. Without them (``availability``
-says so) float16 inputs are widened to float32, computed as float32 and rounded once to float16: about 10x
-faster than ATen's float16 CPU convolution and at least as accurate. bfloat16 runs natively (oneDNN uses
-AVX512-BF16 where present); both accumulate in float32.
+Reduced precision (the epilogue contract: bias, residual and ReLU applied to the float32 accumulator, one
+rounding at the end). Where oneDNN computes a dtype natively (``native_compute``: bfloat16 with AVX512/AMX,
+float16 with AVX512-FP16 or AVX-NE-CONVERT, as ``cpu_features.native_dtypes()`` reports), the oneDNN path runs in
+that dtype with bias, residual and ReLU as post-ops on the float32 accumulator. Every other combination computes
+in float32 and rounds once: a dtype oneDNN does not compute natively (about 10x faster than ATen's reduced-precision
+CPU convolution, and as accurate), and a reduced-precision convolution with a residual that oneDNN's post-ops do
+not take (ATen's path, NCHW input, a one-channel or 1x1 residual), because ATen's reduced-precision convolution
+rounds its result before the residual is added (float16: a conv of 8e4 becomes inf before a residual of -6e4). Without a residual,
+ATen's reduced-precision convolution is exact to the contract: bias is added in its accumulator and ReLU commutes
+with rounding. So the answer is the same on every CPU, up to float32 summation order.
 """
 from __future__ import annotations
 
@@ -35,6 +41,11 @@ import torch
 import torch.nn.functional as F
 
 
+# oneDNN's fused post-op convolution and weight packing (``_convolution_pointwise``, its ``.binary`` variant,
+# ``_reorder_convolution_weight``), named once so tests can stand in for a dtype this CPU cannot run natively.
+ONEDNN = torch.ops.mkldnn
+
+
 @functools.lru_cache(maxsize=None)
 def _onednn_ops() -> bool:
     """Whether this torch ships oneDNN and its fused post-op convolution ops."""
@@ -42,8 +53,16 @@ def _onednn_ops() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _onednn_float16() -> bool:
-    return _onednn_ops() and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+def _native_reduced(dtype: torch.dtype) -> bool:
+    from .. import cpu_features
+    return bool(cpu_features.native_dtypes()[{torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]])
+
+
+def native_compute(dtype: torch.dtype) -> bool:
+    """Whether oneDNN computes convolutions in ``dtype`` natively in this process (float32 always; bfloat16 and
+    float16 as ``cpu_features.native_dtypes()`` says, which follows ``ONEDNN_MAX_CPU_ISA``). Every path choice
+    reads the machine through this one function, so tests replace it to take another CPU's path here."""
+    return dtype == torch.float32 or (_onednn_ops() and _native_reduced(dtype))
 
 
 def availability() -> Tuple[bool, str]:
@@ -52,13 +71,15 @@ def availability() -> Tuple[bool, str]:
         return True, ("torch has no oneDNN fused convolution here: ATen convolution + in-place epilogue for every "
                       "shape")
     note = "oneDNN fused post-op convolution for 3x3 channels_last, ATen convolution + in-place epilogue otherwise"
-    if not _onednn_float16():
-        note += "; float16 is computed in float32 (oneDNN float16 needs AVX512-FP16 or AVX-NE-CONVERT, absent here)"
+    widened = [name for name, dt in (("bfloat16", torch.bfloat16), ("float16", torch.float16))
+               if not native_compute(dt)]
+    if widened:
+        note += f"; {' and '.join(widened)} computed in float32 (oneDNN does not compute it natively on this CPU)"
     return True, note
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype == torch.float16 and not _onednn_float16() else dtype
+    return dtype if native_compute(dtype) else torch.float32
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -97,8 +118,15 @@ def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequen
     if not _packable(weight):
         return None
     w = weight.detach().to(_compute_dtype(weight.dtype)).contiguous()
-    return torch.ops.mkldnn._reorder_convolution_weight(w, [padding, padding], [stride, stride], [1, 1], 1,
+    return ONEDNN._reorder_convolution_weight(w, [padding, padding], [stride, stride], [1, 1], 1,
                                                         list(x_shape))
+
+
+def prepare_weight(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
+                   x_shape: Sequence[int]) -> Optional[torch.Tensor]:
+    """The cpu backend's form of a converted model's weight (``hrnet_fast.ops.weights``): packed for oneDNN
+    where it runs the conv (channels_last activations, ``pack_weight``), else None (the dense weight as is)."""
+    return pack_weight(weight, stride, padding, x_shape) if channels_last else None
 
 
 # Packed copies of dense weights seen by ``conv_bn_act``: id(weight) -> (weakref, (version, stride, padding,
@@ -134,15 +162,20 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         if weight.dtype != compute:
             raise TypeError(f"the weight was packed for {weight.dtype} but x ({x.dtype}) computes in {compute}")
         onednn = channels_last
-        if not onednn:
-            weight = weight.to_dense()  # a packed weight met an input oneDNN does not take (NCHW): plain path
     else:
-        if channels_last and weight.dtype == compute and _packable(weight) and not torch.compiler.is_compiling():
-            packed = _packed_for(weight, stride, padding, x.shape)
-            weight = weight if packed is None else packed
-        onednn = weight.is_mkldnn or _uses_onednn(channels_last, weight.shape[-1])
-        if weight.dtype != compute:
-            weight = weight.to(compute)
+        onednn = _uses_onednn(channels_last, weight.shape[-1]) or (
+            channels_last and _packable(weight) and not torch.compiler.is_compiling())
+    if residual is not None and compute != torch.float32 and not (onednn and sum_post_op_takes(residual)):
+        # Outside oneDNN's post-ops the convolution would be rounded to x's dtype before the residual is added.
+        compute, onednn = torch.float32, False
+    if weight.is_mkldnn and not onednn:
+        weight = weight.to_dense()  # a packed weight met an input oneDNN does not take here: plain path
+    elif onednn and not weight.is_mkldnn and _packable(weight) and _compute_dtype(weight.dtype) == compute and \
+            not torch.compiler.is_compiling():
+        packed = _packed_for(weight, stride, padding, x.shape)
+        weight = weight if packed is None else packed
+    if weight.dtype != compute:
+        weight = weight.to(compute)
     if bias is not None and (bias.dtype != compute or not bias.is_contiguous()):
         bias = bias.to(compute).contiguous()  # oneDNN reads the bias as dense memory
     return _run(x, weight, bias, stride, padding, residual, relu, channels_last, onednn)
@@ -176,17 +209,24 @@ def onednn_fused(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     [Cout] or None. Converted models call this directly for their packed 3x3 convs (per-call Python cost
     matters at ~270 convs a forward); everything else goes through ``conv_bn_act``.
     """
-    pad, strides, dilation = [padding, padding], [stride, stride], [1, 1]
-    # The sum post-op needs the residual unambiguously channels_last: oneDNN cannot create its memory for one
-    # output channel or a 1x1 output map (whose strides read as NCHW too). Those add separately.
-    if residual is not None and residual.shape[1] > 1 and residual.shape[2] * residual.shape[3] > 1:
-        residual = residual.contiguous(memory_format=torch.channels_last)
-        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, pad, strides, dilation, 1,
-                                                              "add", None, "relu" if relu else None, [], None)
-    activation = "relu" if relu and residual is None else "none"
-    y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, strides, dilation, 1, activation, [], None)
-    if residual is not None:
+    if residual is not None and not sum_post_op_takes(residual):
+        if x.dtype != torch.float32:  # a separate add would follow a rounded convolution: float32 instead
+            return conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu)
+        y = ONEDNN._convolution_pointwise(x, weight, bias, [padding, padding], [stride, stride], [1, 1],
+                                                    1, "none", [], None)
         y.add_(residual)
-        if relu:
-            y.relu_()
-    return y
+        return y.relu_() if relu else y
+    pad, strides, dilation = [padding, padding], [stride, stride], [1, 1]
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+        return ONEDNN._convolution_pointwise.binary(x, residual, weight, bias, pad, strides, dilation, 1,
+                                                              "add", None, "relu" if relu else None, [], None)
+    return ONEDNN._convolution_pointwise(x, weight, bias, pad, strides, dilation, 1,
+                                                   "relu" if relu else "none", [], None)
+
+
+def sum_post_op_takes(residual: torch.Tensor) -> bool:
+    """Whether oneDNN's sum post-op can read ``residual`` [N, Cout, Ho, Wo]: it needs the residual unambiguously
+    channels_last, and cannot create that memory for one output channel or a 1x1 output map (whose strides read
+    as NCHW too)."""
+    return residual.shape[1] > 1 and residual.shape[2] * residual.shape[3] > 1
