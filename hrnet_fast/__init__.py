@@ -5,6 +5,7 @@
     fast = hrnet_fast.convert(model, dtype=torch.float16)
 """
 from .models import HighResolutionNet, check_input_size
+from . import cpu_features
 from .calibrate import calibrate_bn
 from .checkpoints import CheckpointError, LoadReport, load_checkpoint, to_mmpretrain, to_paddle
 from .convert import convert
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "HighResolutionNet", "create_model", "list_models", "resolve_name", "check_input_size", "calibrate_bn",
     "load_checkpoint", "CheckpointError", "LoadReport", "to_mmpretrain", "to_paddle", "profile", "Profile",
-    "convert", "backend_info",
+    "convert", "backend_info", "cpu_features",
 ]
