@@ -28,9 +28,9 @@ that dtype with bias, residual and ReLU as post-ops on the float32 accumulator. 
 in float32 and rounds once: a dtype oneDNN does not compute natively (about 10x faster than ATen's reduced-precision
 CPU convolution, and as accurate), and a reduced-precision convolution with a residual that oneDNN's post-ops do
 not take (ATen's path, NCHW input, a one-channel or 1x1 residual), because ATen's reduced-precision convolution
-rounds its result before the residual is added (float16: a conv of 8e4 becomes inf before a residual of -6e4). Without a residual,
-ATen's reduced-precision convolution is exact to the contract: bias is added in its accumulator and ReLU commutes
-with rounding. So the answer is the same on every CPU, up to float32 summation order.
+rounds its result before the residual is added (float16: a conv of 8e4 becomes inf before a residual of -6e4).
+Without a residual, ATen's reduced-precision convolution is exact to the contract: bias is added in its
+accumulator and ReLU commutes with rounding. So the answer is the same on every CPU, up to float32 summation order.
 """
 from __future__ import annotations
 
