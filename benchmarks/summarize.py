@@ -107,6 +107,22 @@ def _cell(record: Optional[Dict]) -> str:
     return text
 
 
+def runtime_facts(data: Dict) -> List[str]:
+    """What the run's CPU and runtimes chose for themselves: natively run precisions, OpenVINO's precision."""
+    lines = []
+    native = data["environment"].get("cpu_native_dtypes")
+    if native is not None and data["environment"]["device"] == "cpu":
+        found = [f"{short} ({native[f'{name}_how']})" for name, short in (("bfloat16", "bf16"), ("float16", "fp16"))
+                 if native[name]]
+        lines.append(f"Native reduced precisions on this CPU: {', '.join(found) or 'none'}.")
+    for model, info in data["models"].items():
+        for dtype, impls in info.get("implementation_info", {}).items():
+            for impl, facts in impls.items():
+                text = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in facts.items())
+                lines.append(f"{model} {dtype.upper()} {impl}: {text}.")
+    return lines
+
+
 def dispatch_table(data: Dict) -> str:
     """Ops dispatched and activation MB written per forward, reference vs converted."""
     lines = [_row(["Models", "Precision", "Ops (reference)", "Ops (converted)", "Written MB (reference)",
@@ -192,7 +208,9 @@ def summarize(runs: List[Tuple[str, Dict]]) -> str:
                     f"triton {env['triton']}, CPU {env['cpu_model']} ({env['torch_threads']} threads), "
                     f"input {h}x{w}, 1-minute load average {_load(env, 'before')} before and "
                     f"{_load(env, 'after')} after.", "",
-                    latency_table(data), "", "Per forward at batch 1:", "", dispatch_table(data), ""]
+                    latency_table(data), ""]
+            facts = runtime_facts(data)
+            out += ([*facts, ""] if facts else []) + ["Per forward at batch 1:", "", dispatch_table(data), ""]
     return "\n".join(out)
 
 

@@ -39,11 +39,14 @@ void check_like_x(const char* op, const std::string& name, const at::Tensor& t, 
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
+void check_batch_and_channels(const char* op, const std::string& name, const at::Tensor& z, const at::Tensor& x) {
+  TORCH_CHECK(z.size(0) == x.size(0) && z.size(1) == x.size(1), op, ": ", name, " has shape ", z.sizes(),
+              "; batch and channels must match x ", x.sizes());
+}
+
 // log2 of the nearest-upsampling factor that brings z ([N, C, h, w]) to x ([N, C, H, W]), or a readable error.
 int upsample_shift(const char* op, const std::string& name, const at::Tensor& z, const at::Tensor& x) {
   const int64_t H = x.size(2), W = x.size(3), h = z.size(2), w = z.size(3);
-  TORCH_CHECK(z.size(0) == x.size(0) && z.size(1) == x.size(1), op, ": ", name, " has shape ", z.sizes(),
-              "; batch and channels must match x ", x.sizes());
   const bool divides = h > 0 && w > 0 && H % h == 0 && W % w == 0 && H / h == W / w;
   const int64_t factor = divides ? H / h : 0;
   TORCH_CHECK(factor > 0 && (factor & (factor - 1)) == 0, op, ": ", name, " is ", h, "x", w, " and x is ", H, "x",
@@ -51,6 +54,20 @@ int upsample_shift(const char* op, const std::string& name, const at::Tensor& z,
   int shift = 0;
   while ((int64_t{1} << shift) < factor) ++shift;
   return shift;
+}
+
+// Bilinear upsampling takes any z ([N, C, h, w]) no larger than x ([N, C, H, W]) and not empty.
+void check_bilinear_size(const char* op, const std::string& name, const at::Tensor& z, const at::Tensor& x) {
+  const int64_t H = x.size(2), W = x.size(3), h = z.size(2), w = z.size(3);
+  TORCH_CHECK(h > 0 && w > 0 && h <= H && w <= W, op, ": ", name, " is ", h, "x", w, " and x is ", H, "x", W,
+              "; bilinear low_res inputs must be non-empty and no larger than x in either dimension");
+}
+
+Upsample parse_mode(const char* op, c10::string_view mode, bool align_corners) {
+  TORCH_CHECK(mode == "nearest" || mode == "bilinear", op, ": mode must be 'nearest' or 'bilinear', got '",
+              std::string(mode), "'");
+  TORCH_CHECK(!align_corners || mode == "bilinear", op, ": align_corners=True only applies to mode='bilinear'");
+  return mode == "bilinear" ? Upsample::kBilinear : Upsample::kNearest;
 }
 
 // Checks a conv_bn_act call; returns the memory format of its output (and of the dense inputs kernels get).
@@ -88,23 +105,25 @@ at::MemoryFormat check_conv(const at::Tensor& x, const at::Tensor& weight, const
 }
 
 using ConvKernel = at::Tensor (*)(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                  const std::optional<at::Tensor>&, int64_t, int64_t, bool, at::MemoryFormat);
+                                  const std::optional<at::Tensor>&, int64_t, int64_t, bool, bool, at::MemoryFormat);
 
 // Validates, lays every tensor out in x's memory format and runs `kernel`.
 template <c10::DeviceType device, ConvKernel kernel>
 at::Tensor conv_bn_act(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu) {
+                       const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
+                       bool library_fused) {
   const at::MemoryFormat format = check_conv(x, weight, bias, residual, stride, padding, device);
   std::optional<at::Tensor> dense_bias, dense_residual;
   if (bias.has_value()) dense_bias = bias->contiguous();
   if (residual.has_value()) dense_residual = residual->contiguous(format);
   return kernel(x.contiguous(format), weight.contiguous(format), dense_bias, dense_residual, stride, padding, relu,
-                format);
+                library_fused, format);
 }
 
 template <c10::DeviceType device, void (*kernel)(const FuseArgs&)>
-at::Tensor multires_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorList same_res, bool relu) {
-  FuseArgs args = prepare_fuse(x, low_res, same_res, relu, device);
+at::Tensor multires_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorList same_res, bool relu,
+                         c10::string_view mode, bool align_corners) {
+  FuseArgs args = prepare_fuse(x, low_res, same_res, relu, mode, align_corners, device);
   if (args.out.numel() > 0) kernel(args);
   return args.out;
 }
@@ -112,8 +131,9 @@ at::Tensor multires_fuse(const at::Tensor& x, at::TensorList low_res, at::Tensor
 }  // namespace
 
 FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorList same_res, bool relu,
-                      c10::DeviceType device) {
+                      c10::string_view mode, bool align_corners, c10::DeviceType device) {
   constexpr const char* op = "hrnet_fast_C::multires_fuse";
+  const Upsample upsample = parse_mode(op, mode, align_corners);
   check_float_4d(op, "x", x, device);
   TORCH_CHECK(low_res.size() <= kMaxTerms && same_res.size() <= kMaxTerms, op, ": takes at most ", kMaxTerms,
               " low_res and ", kMaxTerms, " same_res inputs, got ", low_res.size(), " and ", same_res.size());
@@ -123,6 +143,8 @@ FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorLis
   const at::MemoryFormat format = output_format(x);
   args.channels_last = format == at::MemoryFormat::ChannelsLast;
   args.relu = relu;
+  args.mode = upsample;
+  args.align_corners = align_corners;
   // Kernels index dense tensors, so strided views are copied into the output's format first (a no-op for
   // tensors already laid out that way).
   args.x = x.contiguous(format);
@@ -130,7 +152,12 @@ FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorLis
     const std::string name = "low_res[" + std::to_string(j) + "]";
     check_float_4d(op, name, low_res[j], device);
     check_like_x(op, name, low_res[j], x);
-    args.low_shift.push_back(upsample_shift(op, name, low_res[j], x));
+    check_batch_and_channels(op, name, low_res[j], x);
+    if (upsample == Upsample::kNearest) {
+      args.low_shift.push_back(upsample_shift(op, name, low_res[j], x));
+    } else {
+      check_bilinear_size(op, name, low_res[j], x);
+    }
     args.low_res.push_back(low_res[j].contiguous(format));
   }
   for (size_t k = 0; k < same_res.size(); ++k) {
@@ -148,9 +175,12 @@ FuseArgs prepare_fuse(const at::Tensor& x, at::TensorList low_res, at::TensorLis
 }  // namespace hrnet_fast
 
 TORCH_LIBRARY(hrnet_fast_C, m) {
-  m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int stride, int padding, bool relu) "
+  // library_fused: run the device's fused conv + bias (+ add) + ReLU library op where there is one (cuDNN on CUDA);
+  // false: the convolution, then this library's epilogue kernel (what the CPU kernel always does).
+  m.def("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int stride, int padding, bool relu, "
+        "bool library_fused=True) -> Tensor");
+  m.def("multires_fuse(Tensor x, Tensor[] low_res, Tensor[] same_res, bool relu, str mode, bool align_corners) "
         "-> Tensor");
-  m.def("multires_fuse(Tensor x, Tensor[] low_res, Tensor[] same_res, bool relu) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hrnet_fast_C, CPU, m) {

@@ -18,10 +18,20 @@ COMMANDS = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("hrnet_fast")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrnet-fast",
         description="Fast HRNet inference: fused kernels, convert(), and the tools to check speed and accuracy.")
+    parser.add_argument("--version", action="version", version=f"hrnet-fast {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, summary) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
@@ -33,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    if args.command is None:  # argparse's convention for a missing argument: usage and the error on stderr
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: a command is required: {', '.join(COMMANDS)} (--help says what each does)",
+              file=sys.stderr)
         return 2
     return int(importlib.import_module(args._module).main(args) or 0)
 

@@ -272,6 +272,18 @@ def load_samples(data: str, labels: Optional[str], num_classes: int) -> tuple[Li
     return samples, folder_classes
 
 
+def checkpoint_advice(error: Exception, num_classes: int) -> str:
+    """A checkpoint error in this command's terms: the mismatch, one problem a line, and the flag that fixes it
+    (``--num-classes``) instead of the Python API's advice."""
+    details = getattr(error, "details", None)
+    if details is None:
+        return str(error)
+    classes = getattr(error, "num_classes", None)
+    if classes is not None and classes != num_classes:
+        details += f"\n  The checkpoint has {classes} classes: pass --num-classes {classes}."
+    return details
+
+
 def build_reference(model_name: str, checkpoint: str, num_classes: int, device: torch.device) -> nn.Module:
     """The reference model with the checkpoint's weights, in eval mode on ``device``."""
     from .checkpoints import CheckpointError, load_checkpoint
@@ -286,9 +298,8 @@ def build_reference(model_name: str, checkpoint: str, num_classes: int, device: 
     try:
         load_checkpoint(model, checkpoint, strict=True)
     except (CheckpointError, OSError, pickle.UnpicklingError) as e:
-        detail = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line on stderr
-        raise UserError(f"cannot load {checkpoint} into {resolve_name(model_name)} "
-                        f"(num_classes={num_classes}): {detail}") from None
+        raise UserError(f"cannot load {checkpoint} into {resolve_name(model_name)} (--num-classes {num_classes}): "
+                        f"{checkpoint_advice(e, num_classes)}") from None
     return model.eval().to(device)
 
 

@@ -11,6 +11,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print backend_info() and cpu_features.native_dtypes() as JSON")
 
 
+def extension_summary() -> str:
+    """Whether the compiled extension is loaded, and whether (and for which GPUs) it holds CUDA kernels."""
+    from .ops import extension
+    mod = extension.module()
+    if mod is None:
+        return f"not loaded ({extension.loaded()[1]})"
+    archs = extension.fatbin_archs(mod.__file__)
+    cuda = (f"CUDA kernels compiled for {', '.join(archs)}" if archs else
+            "CPU kernels only (built without the CUDA kernels)")
+    return f"{mod.__file__}: {cuda}"
+
+
 def main(args: argparse.Namespace) -> int:
     from . import cpu_features
     from .ops import backend_info
@@ -21,6 +33,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     print(cpu_features.summary())
+    print(f"compiled extension: {extension_summary()}")
     for name, entry in info.items():
         print(f"  {name:7s} {'live' if entry['live'] else 'not live'}"
               f"{'' if entry['live'] else ': ' + str(entry['reason'])}")

@@ -1,13 +1,18 @@
 """Model names, their stage layouts, and ``create_model``.
 
 The layouts are the published HRNet-Image-Classification configs (also timm's ``cfg_cls``): a Bottleneck
-stage 1 and BasicBlock stages 2-4 with branch widths C, 2C, 4C, 8C.
+stage 1 and BasicBlock stages 2-4 with branch widths C, 2C, 4C, 8C. The pose models
+(deep-high-resolution-net.pytorch's ``w32/w48`` experiments) and the HRNetV2 segmentation models
+(HRNet-Semantic-Segmentation's ``seg_hrnet_w18/w32/w48`` and ``w18_small_v1/v2``) use the same layouts.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .models import HighResolutionNet
+import torch.nn as nn
+
+from .models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet
 
 
 def _stage(modules: int, blocks: Sequence[int], channels: Sequence[int], block: str = "BASIC") -> Dict:
@@ -15,7 +20,7 @@ def _stage(modules: int, blocks: Sequence[int], channels: Sequence[int], block: 
                 num_blocks=tuple(blocks), num_channels=tuple(channels))
 
 
-def _full(width: int) -> Dict:
+def full_config(width: int) -> Dict:
     """W18…W64: stage modules 1/1/4/3, four blocks per branch, branch widths C·(1, 2, 4, 8)."""
     c = [width * 2 ** i for i in range(4)]
     return dict(stem_width=64,
@@ -36,10 +41,16 @@ CONFIGS: Dict[str, Dict] = {
                                stage2=_stage(1, (2, 2), (18, 36)),
                                stage3=_stage(3, (2, 2, 2), (18, 36, 72)),
                                stage4=_stage(2, (2, 2, 2, 2), (18, 36, 72, 144))),
-    **{f"hrnet_w{w}": _full(w) for w in (18, 30, 32, 40, 44, 48, 64)},
+    **{f"hrnet_w{w}": full_config(w) for w in (18, 30, 32, 40, 44, 48, 64)},
 }
 # The ssld (PaddleClas distilled) weights use the W18/W48 layouts with bias-free head convs.
 SSLD = {"hrnet_w18_ssld": "hrnet_w18", "hrnet_w48_ssld": "hrnet_w48"}
+
+# Pose and segmentation models -> the classification layout they share.
+POSE = {"pose_hrnet_w32": "hrnet_w32", "pose_hrnet_w48": "hrnet_w48"}
+SEGMENTATION = {"seg_hrnetv2_w18_small": "hrnet_w18_small", "seg_hrnetv2_w18_small_v2": "hrnet_w18_small_v2",
+                "seg_hrnetv2_w18": "hrnet_w18", "seg_hrnetv2_w32": "hrnet_w32", "seg_hrnetv2_w48": "hrnet_w48"}
+TASK_DEFAULT_CLASSES = {"classification": 1000, "pose": 17, "segmentation": 19}
 
 ALIASES: Dict[str, str] = {}
 for _w in (18, 30, 32, 40, 44, 48, 64):
@@ -49,37 +60,141 @@ ALIASES["hrnet-w18 (ssld)"] = "hrnet_w18_ssld"
 ALIASES["hrnet-w48 (ssld)"] = "hrnet_w48_ssld"
 ALIASES["hrnet_w18_c_ssld"] = "hrnet_w18_ssld"
 ALIASES["hrnet_w48_c_ssld"] = "hrnet_w48_ssld"
+for _w in (32, 48):
+    ALIASES[f"pose_hrnet_w{_w}_256x192"] = ALIASES[f"pose_hrnet_w{_w}_384x288"] = f"pose_hrnet_w{_w}"
+for _w in (18, 32, 48):
+    ALIASES[f"seg_hrnet_w{_w}"] = ALIASES[f"hrnetv2_w{_w}"] = f"seg_hrnetv2_w{_w}"
+ALIASES["seg_hrnet_w18_small_v1"] = ALIASES["seg_hrnetv2_w18_small_v1"] = "seg_hrnetv2_w18_small"
+ALIASES["seg_hrnet_w18_small_v2"] = "seg_hrnetv2_w18_small_v2"
 
 
-def list_models() -> List[str]:
-    """The canonical model names (timm's), small to large."""
-    return list(CONFIGS)[:2] + [f"hrnet_w{w}" for w in (18, 30, 32, 40, 44, 48, 64)] + list(SSLD)
+def task_of(name: str) -> str:
+    """"classification", "pose" or "segmentation" for a canonical model name."""
+    return "pose" if name in POSE else "segmentation" if name in SEGMENTATION else "classification"
+
+
+def layout_of(name: str) -> Dict:
+    """The stage layout of a canonical model name."""
+    return CONFIGS[SSLD.get(name) or POSE.get(name) or SEGMENTATION.get(name) or name]
+
+
+# timm's published weights per variant (timm.models.hrnet.default_cfgs), default tag first: pretrained=True
+# fetches them through timm, which knows where each lives (the Hugging Face hub, timm/<name>.<tag>).
+PRETRAINED_TAGS: Dict[str, Tuple[str, ...]] = {
+    "hrnet_w18_small": ("gluon_in1k", "ms_in1k"),
+    "hrnet_w18_small_v2": ("gluon_in1k", "ms_in1k"),
+    "hrnet_w18": ("ms_aug_in1k", "ms_in1k"),
+    **{f"hrnet_w{w}": ("ms_in1k",) for w in (30, 32, 40, 44, 48, 64)},
+    "hrnet_w18_ssld": ("paddle_in1k",),
+    "hrnet_w48_ssld": ("paddle_in1k",),
+}
+
+
+def list_models(task: Optional[str] = None) -> List[str]:
+    """The canonical model names, small to large: classification (timm's names), then pose, then segmentation;
+    ``task`` ("classification", "pose", "segmentation") keeps one task's."""
+    if task is not None and task not in TASK_DEFAULT_CLASSES:
+        raise ValueError(f"unknown task {task!r}; one of {', '.join(TASK_DEFAULT_CLASSES)}")
+    names = (list(CONFIGS)[:2] + [f"hrnet_w{w}" for w in (18, 30, 32, 40, 44, 48, 64)] + list(SSLD)
+             + list(POSE) + list(SEGMENTATION))
+    return [n for n in names if task is None or task_of(n) == task]
+
+
+def parse_name(name: str) -> Tuple[str, Optional[str]]:
+    """(canonical name, timm pretrained tag or None) for a model name in any accepted spelling: the canonical
+    names, short forms (``w18``, ``w18_small_v2``, ``w48_ssld``), the seed tables' names (``HRNet_W18_C``,
+    ``HRNet-W18``, ``HRNet-W48 (ssld)``) and timm's tagged names (``hrnet_w18.ms_aug_in1k``); case-insensitive.
+    ValueError listing the valid names otherwise."""
+    text = str(name).strip().lower()
+    key, _, tag = text.partition(".")
+    if re.fullmatch(r"w\d+(_\w+)?", key):
+        key = f"hrnet_{key}"
+    key = ALIASES.get(key, key)
+    if key not in CONFIGS and key not in SSLD and key not in POSE and key not in SEGMENTATION:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())} (short forms such "
+                         f"as 'w18', the seed tables' names such as 'HRNet_W18_C' and 'HRNet-W18', aliases such as "
+                         f"'seg_hrnet_w48', and timm's tagged names such as 'hrnet_w18.ms_aug_in1k' are accepted "
+                         f"too)")
+    if not tag:
+        return key, None
+    if tag not in PRETRAINED_TAGS.get(key, ()):
+        tags = PRETRAINED_TAGS.get(key, ())
+        raise ValueError(f"{name!r}: {key} has no pretrained tag {tag!r}; " + (
+            f"its tags: {', '.join(key + '.' + t for t in tags)}" if tags else
+            "timm publishes no weights for it (load a checkpoint file with hrnet_fast.load_checkpoint)"))
+    return key, tag
 
 
 def resolve_name(name: str) -> str:
-    """Canonical name for ``name`` or one of its aliases (case-insensitive); ValueError listing the valid
-    names otherwise."""
-    key = str(name).strip().lower()
-    key = ALIASES.get(key, key)
-    if key in CONFIGS or key in SSLD:
-        return key
-    raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())} "
-                     f"(aliases such as 'HRNet_W18_C' and 'HRNet-W18' are accepted too)")
+    """The canonical name for ``name`` in any spelling ``parse_name`` accepts."""
+    return parse_name(name)[0]
 
 
-def create_model(name: str, num_classes: int = 1000, features_only: bool = False,
+def _features_filter(state_dict: Dict, model: HighResolutionNet) -> Dict:
+    """timm's state dict without the entries a features_only model has no modules for (as timm drops them)."""
+    own = model.state_dict()
+    return {k: v for k, v in state_dict.items() if k in own or not model.features_only}
+
+
+def load_pretrained(model: HighResolutionNet, name: str, tag: Optional[str] = None,
+                    pretrained_cfg_overlay: Optional[Dict] = None) -> None:
+    """Loads timm's published weights for ``name`` (``tag``: which of them; None: timm's default) through timm's
+    own machinery: its pretrained config, download and hub cache, classifier and input-channel adaptation.
+    ``pretrained_cfg_overlay=dict(file=PATH)`` loads a local copy instead, as in ``timm.create_model``. Sets
+    ``model.pretrained_cfg`` (and ``default_cfg``) as timm does."""
+    try:
+        from timm.models import load_pretrained as timm_load_pretrained, resolve_pretrained_cfg
+    except ImportError as e:
+        raise ImportError(f"pretrained=True fetches the published weights through timm, which is not installed "
+                          f"(pip install timm); or load a file with hrnet_fast.load_checkpoint ({e})") from e
+    variant = name if tag is None else f"{name}.{tag}"
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
+    timm_load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
+                         filter_fn=_features_filter, strict=True)
+    model.pretrained_cfg = model.default_cfg = cfg
+
+
+def create_model(name: str, num_classes: Optional[int] = None, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, feature_location: str = "incre",
-                 in_chans: int = 3) -> HighResolutionNet:
-    """Builds a reference HRNet by name, with freshly initialised weights.
+                 in_chans: int = 3, align_corners: Optional[bool] = None, pretrained: bool = False,
+                 pretrained_cfg_overlay: Optional[Dict] = None) -> nn.Module:
+    """Builds a reference HRNet by name (any spelling ``parse_name`` accepts), freshly initialised or, with
+    ``pretrained=True`` (classification models), with timm's published weights (``load_pretrained``; a tagged
+    name picks which).
 
-    ``features_only=True`` returns the multi-scale feature maps (stem, then the four branches; the incre-module
-    outputs by default, or the raw branch outputs with ``feature_location=""``), as timm does.
+    ``num_classes`` defaults to the task's: 1000 ImageNet classes, 17 COCO joints (pose), 19 Cityscapes classes
+    (segmentation). ``features_only=True`` (classification models) returns the multi-scale feature maps (stem,
+    then the four branches; the incre-module outputs by default, or the raw branch outputs with
+    ``feature_location=""``), as timm does. ``align_corners`` (segmentation models) sets every bilinear resize's
+    corner alignment: True (default) as the official repository, False as mmsegmentation.
     """
-    key = resolve_name(name)
+    key, tag = parse_name(name)
+    task = task_of(key)
+    if num_classes is None:
+        num_classes = TASK_DEFAULT_CLASSES[task]
+    if task != "classification" and (features_only or out_indices is not None or feature_location != "incre"):
+        raise ValueError(f"features_only, out_indices and feature_location apply to classification models; "
+                         f"{key} is a {task} model")
+    if task != "segmentation" and align_corners is not None:
+        raise ValueError(f"align_corners applies to segmentation models (bilinear resizing); {key} is a {task} "
+                         f"model, whose fusions upsample by nearest neighbour")
+    if pretrained and task != "classification":
+        raise ValueError(f"pretrained=True fetches timm's ImageNet weights, which exist for classification models "
+                         f"only; load a {task} checkpoint into {key} with hrnet_fast.load_checkpoint")
+    if pretrained_cfg_overlay is not None and not pretrained:
+        raise ValueError("pretrained_cfg_overlay only applies with pretrained=True")
+    cfg = layout_of(key)
+    if task == "pose":
+        return PoseHighResolutionNet(cfg, num_joints=num_classes, in_chans=in_chans)
+    if task == "segmentation":
+        return SegHighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans,
+                                    align_corners=True if align_corners is None else align_corners)
     if out_indices is not None and not isinstance(out_indices, (list, tuple, range)):
         raise TypeError(f"out_indices must be a sequence of feature indices within 0..4, e.g. (1, 2, 3, 4); "
                         f"got {out_indices!r}")
-    cfg = CONFIGS[SSLD.get(key, key)]
-    return HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
-                             features_only=features_only, feature_location=feature_location,
-                             out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))
+    model = HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
+                              features_only=features_only, feature_location=feature_location,
+                              out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))
+    if pretrained:
+        load_pretrained(model, key, tag, pretrained_cfg_overlay)
+    return model

@@ -5,6 +5,10 @@
   the latency of one forward, launch overhead included, as an inference server sees it.
 - Implementations run round-robin, one call each per round, with the starting one rotating: clock drift,
   thermal throttling and a neighbour's load hit all of them alike.
+- Each timed call follows an untimed call of the same implementation. Runtimes leave state behind that slows
+  whatever runs next: ONNX Runtime's thread pool keeps spinning after a call and slowed the implementation
+  timed after it by up to 40 % on a 2-core Xeon. The untimed call absorbs that, so each timed call starts from
+  its own steady state (its caches warm, its threads awake, the previous runtime's spinning over).
 - Rounds continue until every implementation has had ``min_time`` seconds and ``min_reps`` calls (or exactly
   ``reps`` calls), so fast cells get many reps and slow ones still finish.
 - Everything runs under ``torch.inference_mode``; results are the median and the 20th/80th percentiles.
@@ -70,7 +74,7 @@ class _CallTimer:
 
 def time_round_robin(fns: Mapping[str, Callable[[], object]], device: torch.device | str = "cpu", *,
                      warmup: int = 3, reps: Optional[int] = None, min_time: float = 1.0,
-                     min_reps: int = MIN_REPS, max_reps: int = MAX_REPS,
+                     min_reps: int = MIN_REPS, max_reps: int = MAX_REPS, rewarm: bool = True,
                      on_round: Optional[Callable[[], None]] = None) -> Dict[str, TimingStats]:
     """Latency of each zero-argument callable in ``fns``, measured interleaved.
 
@@ -81,6 +85,7 @@ def time_round_robin(fns: Mapping[str, Callable[[], object]], device: torch.devi
         reps: exact number of timed calls per callable; None to run until ``min_time``.
         min_time: seconds of timed calls each callable gets at least (when ``reps`` is None).
         min_reps / max_reps: bounds on the number of timed calls when ``reps`` is None.
+        rewarm: run each callable once untimed right before each of its timed calls.
         on_round: called after every round (e.g. to advance a progress bar).
     Returns:
         name -> TimingStats.
@@ -104,6 +109,8 @@ def time_round_robin(fns: Mapping[str, Callable[[], object]], device: torch.devi
         while not _done(samples, rounds, reps, min_time, min_reps, max_reps):
             start = rounds % len(names)  # rotate who goes first: no implementation always follows another
             for name in names[start:] + names[:start]:
+                if rewarm:
+                    fns[name]()
                 samples[name].append(timer(fns[name]))
             rounds += 1
             if on_round is not None:

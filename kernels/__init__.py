@@ -25,6 +25,13 @@ def max_offset(t: torch.Tensor) -> int:
     return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
 
 
+def conv_dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for a convolution in ``dtype``: float32 follows
+    ``torch.backends.cudnn.allow_tf32`` as an eager convolution does (TF32 when allowed, IEEE float32 otherwise), so
+    backends agree with eager PyTorch under the same flags; 16-bit inputs multiply exactly either way."""
+    return "ieee" if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32 else "tf32"
+
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether a kernel indexing these tensors must compute offsets in int64 to avoid int32 overflow."""
     return any(max(t.numel(), max_offset(t) + 1) >= INT32_LIMIT for t in tensors)

@@ -3,32 +3,50 @@
 Implicit GEMM, never materialising im2col:
     M = N * Ho * Wo (output pixels), N = Cout, K = KH * KW * Cin, ordered (kh, kw, cin) with cin fastest.
 Each program owns a BLOCK_M x BLOCK_N output tile and walks K in one loop over (tap, channel chunk): for each
-of the KH * KW taps it gathers the shifted input rows once (padding handled by a row mask), then steps along Cin
-in BLOCK_K chunks, each a ``tl.dot`` accumulating in fp32. The epilogue adds the bias, then the residual, then
+of the KH * KW taps it gathers the shifted input rows (padding handled by a row mask), then steps along Cin in
+BLOCK_K chunks, each a ``tl.dot`` accumulating in fp32. The epilogue adds the bias, then the residual, then
 applies ReLU, and stores once in x's memory format.
+
+Both operands load as vectors, so the loop software-pipelines (cp.async into shared memory on sm_80+):
+- Weights are read pre-packed K-major (``pack_weight``): row k = (kh * KW + kw) * Cin + cin holds Cout values,
+  contiguous and zero-padded to a multiple of 16 bytes. A weight tile is BLOCK_K rows of BLOCK_N consecutive
+  values: 16-byte loads whatever the channel counts. (Read straight from the [Cout, Cin, 3, 3] tensor, the same
+  tile strides by 9 elements in K and by 9 * Cin in N: one 2-byte load per element.) Converted models hand the
+  kernel weights packed once (``hrnet_fast.ops.weights``); any other weight is packed on its first use and the
+  copy reused while the tensor lives unchanged.
+- Activations are not copied or padded: the op takes and returns ordinary tensors. When x, the residual and the
+  output are dense channels_last (``NHWC``, what converted models run), a pixel's channels are contiguous and
+  the pixel's offset is computed as pixel_index * CIN with CIN a compile-time constant, so the compiler knows the
+  row alignment: 16-byte loads for Cin = 72 and 144, 8 bytes for 36, 4 bytes for 18 (a pixel of 18 fp16
+  channels is 36 bytes, so no wider access is aligned). Any other layout (NCHW, strided views) is read through
+  its strides, element by element, as before.
 
 Why K is (kh, kw, cin), masked per tap, rather than flat K padded to a multiple of 16:
 - HRNet's channel counts (3, 18, 36, 72, 144) are not multiples of 16, and tensor-core dots need K tiles of at
   least 16. Masking the last channel chunk of each tap (loads return 0 beyond Cin) keeps every tile legal
-  without padded copies of x or the weights.
-- With cin fastest, a channels_last input gives contiguous K loads (one pixel's channels); NCHW and strided
-  inputs are read through their strides, so no layout conversion is ever launched.
+  without padded copies of x.
+- With cin fastest, a channels_last input gives contiguous K loads (one pixel's channels).
 - The tap's input coordinates and padding mask depend only on (tap, output pixel), so they are computed per
   tap instead of per K element (a flat K index would need a division by Cin for every element).
-The cost is masked lanes in a tap's last chunk (Cin = 18 with BLOCK_K = 16 loads 32 channels for 18); the
-autotuner picks BLOCK_K per shape, and ``_prune`` drops tiles far larger than Cin or Cout.
+The cost is masked lanes in a tap's last chunk (Cin = 18 with BLOCK_K = 32 loads 32 channels for 18).
 
-Cin is a compile-time constant (a network has a handful of channel counts): the K loop's trip count is then
-known when compiling. The Triton 3.6 interpreter also needs that: with numpy >= 2.4 it cannot iterate over a
-runtime loop bound (triton-lang/triton#9171).
+Cin and Cout are compile-time constants (a network has a handful of channel counts): the K loop's trip count
+and the row alignments are then known when compiling. The Triton 3.6 interpreter also needs a constant loop
+bound: with numpy >= 2.4 it cannot iterate over a runtime one (triton-lang/triton#9171).
 
-fp32 inputs use IEEE fp32 dots (no TF32), so fp32 results match PyTorch's fp32 convolution to rounding.
+Launch configs: a short candidate list per shape class (``candidates``), timed once per tuning key and
+remembered on disk (``tuning.py``); every candidate compiles for sm_90 without register spills (checked in CI by
+tests/test_static_gpu.py).
+
+fp32 inputs follow ``torch.backends.cudnn.allow_tf32`` like PyTorch's own convolution (``conv_dot_precision``):
+TF32 dots when it allows them, IEEE fp32 dots (equal to PyTorch's fp32 convolution to rounding) when not.
 bfloat16 runs on GPUs only: the interpreter multiplies bfloat16 dot operands as raw integers, so it is refused
 there with an error rather than returning wrong numbers.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+import weakref
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -38,70 +56,83 @@ from triton import knobs
 from hrnet_fast.ops.checks import conv_out_shape
 from hrnet_fast.ops.library import output_memory_format
 
-from . import needs_int64
+from . import conv_dot_precision, needs_int64, tuning
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): from small tiles for 7x7 maps at batch 1 to large tiles
-# for the 56x56+ stages and large batches.
-_GPU_TILES = (
-    (32, 32, 16, 2, 3),
-    (64, 32, 16, 4, 3),
-    (64, 32, 32, 4, 3),
-    (64, 64, 32, 4, 3),
-    (128, 32, 32, 4, 3),
-    (128, 64, 32, 4, 3),
-    (128, 64, 64, 8, 3),
-    (64, 128, 32, 4, 3),
-    (128, 128, 32, 8, 3),
-)
-
+# Candidate tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per shape class, best guess first (the one
+# used without timing, e.g. during CUDA-graph capture). Small maps (7x7, 14x14 at small batch) want short M tiles
+# so enough programs fill the GPU; large maps want larger tiles. 128-row tiles run with 8 warps: with 4 warps the
+# fp16 128x32x32 tile needed 255 registers and spilled.
+_SMALL_M = 4096  # bucketed M up to this is the small class
+_TILES = {
+    "small": ((32, 32, 32, 2, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)),
+    "large": ((64, 64, 32, 4, 3), (128, 32, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 4, 3)),
+}
+_INTERPRETER_TILE = (128, 64, 32)  # the interpreter's cost grows with the number of programs, not tile size
 
 # triton.jit decides at decoration whether the kernel is interpreted; read the same knob once, here.
 _INTERPRETED = knobs.runtime.interpret
 
 
-def _configs() -> List[triton.Config]:
-    # The interpreter runs each program and loop step in Python, at a cost that grows with their number, not with
-    # the tile size: one large tile, and no benchmarking of alternatives.
+def m_bucket(m: int) -> int:
+    """Output pixels rounded up to a power of two: the tuning key's M, so nearby batch sizes share a choice."""
+    return triton.next_power_of_2(max(m, 1))
+
+
+def candidates(cin: int, cout: int, m: int) -> List[triton.Config]:
+    """The configs worth timing for a GEMM of M = m rows, N = cout, K chunks of cin: the shape class's tiles
+    with BLOCK_N and BLOCK_K clamped to the padded channel counts (larger ones only add masked lanes)."""
+    n_cap = max(16, triton.next_power_of_2(cout))
+    k_cap = max(16, triton.next_power_of_2(cin))
     if _INTERPRETED:
-        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32})]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
-            for m, n, k, warps, stages in _GPU_TILES]
+        bm, bn, bk = _INTERPRETER_TILE
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": min(bn, n_cap), "BLOCK_K": min(bk, k_cap)})]
+    tiles = _TILES["small" if m_bucket(m) <= _SMALL_M else "large"]
+    seen, out = set(), []
+    for bm, bn, bk, warps, stages in tiles:
+        tile = (bm, min(bn, n_cap), min(bk, k_cap), warps, stages)
+        if tile not in seen:
+            seen.add(tile)
+            out.append(triton.Config({"BLOCK_M": tile[0], "BLOCK_N": tile[1], "BLOCK_K": tile[2]},
+                                     num_warps=warps, num_stages=stages))
+    return out
 
 
-def _prune(configs: List[triton.Config], named_args: Dict, **kwargs) -> List[triton.Config]:
-    """Drops tiles whose K or N block exceeds the padded channel count: they only add masked lanes."""
-    cin_cap = max(16, triton.next_power_of_2(kwargs["CIN"]))
-    cout_cap = max(16, triton.next_power_of_2(named_args["Cout"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_K"] <= cin_cap and c.kwargs["BLOCK_N"] <= cout_cap]
-    return kept or configs[:1]
+def all_gpu_configs(cin: int, cout: int) -> List[triton.Config]:
+    """Every config ``candidates`` can return for these channel counts, over all M (for static checks)."""
+    seen, out = set(), []
+    for m in (1, 2 * _SMALL_M):
+        for c in candidates(cin, cout, m):
+            rec = (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
+            if rec not in seen:
+                seen.add(rec)
+                out.append(c)
+    return out
 
 
-# Tuned per GEMM shape: M = N * Ho * Wo (the batch included, since the best BLOCK_M depends on it), Cout, and
-# K = KH * KH * CIN; the stride changes the input access pattern. The autotuner adds the tensors' dtypes itself.
-@triton.autotune(configs=_configs(), key=["N", "CIN", "Cout", "H", "W", "KH", "STRIDE"],
-                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _conv_bn_act_kernel(
-    x_ptr,  # [N, Cin, H, W], strides sxn, sxc, sxh, sxw
-    w_ptr,  # [Cout, Cin, KH, KH] with BN folded in, strides swo, swi, swh, sww
-    b_ptr,  # [Cout], stride sb; aliases w_ptr (never read) when HAS_BIAS is False
-    r_ptr,  # [N, Cout, Ho, Wo], strides srn, src, srh, srw; aliases x_ptr (never read) when HAS_RESIDUAL is False
-    y_ptr,  # [N, Cout, Ho, Wo] output, strides syn, syc, syh, syw (x's memory format)
-    M, N, H, W, Cout, Ho, Wo,  # M = N * Ho * Wo; N only keys the autotuning
+    x_ptr,  # [N, CIN, H, W], strides sxn, sxc, sxh, sxw (dense NHWC when NHWC)
+    w_ptr,  # [KH * KH * CIN, COUT_PAD] packed weight (pack_weight), BN folded in
+    b_ptr,  # [COUT], stride sb; aliases w_ptr (never read) when HAS_BIAS is False
+    r_ptr,  # [N, COUT, Ho, Wo], strides srn, src, srh, srw; aliases x_ptr (never read) when HAS_RESIDUAL is False
+    y_ptr,  # [N, COUT, Ho, Wo] output, strides syn, syc, syh, syw (x's memory format; dense NHWC when NHWC)
+    M, H, W, Ho, Wo,  # M = N * Ho * Wo
     sxn, sxc, sxh, sxw,
-    swo, swi, swh, sww,
     sb,
     srn, src, srh, srw,
     syn, syc, syh, syw,
-    CIN: tl.constexpr,  # input channels: fixes the K loop's trip count at compile time
+    CIN: tl.constexpr,  # input channels: fixes the K loop's trip count and NHWC row alignment at compile time
+    COUT: tl.constexpr,  # output channels
+    COUT_PAD: tl.constexpr,  # packed weight row length: COUT rounded up to 16 bytes
     KH: tl.constexpr,  # kernel size (square), 1 or 3
     STRIDE: tl.constexpr,
     PADDING: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr,
+    NHWC: tl.constexpr,  # x, y and the residual are dense channels_last: index by pixel * channels
     INT64: tl.constexpr,  # some offset can reach 2**31: index in int64
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 inputs (conv_dot_precision)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -126,36 +157,98 @@ def _conv_bn_act_kernel(
 
     # Output channels (columns of the GEMM) of this tile.
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = rn < Cout
+    n_ok = rn < COUT
+    w_cols_ok = rn < COUT_PAD  # the packed weight's zero padding may be read: a multiple of 16 bytes stays vector
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     chunks: tl.constexpr = (CIN + BLOCK_K - 1) // BLOCK_K
     for kk in range(0, KH * KH * chunks):
         tap = kk // chunks
-        kh = tap // KH
-        kw = tap % KH
+        ih = ih0 + tap // KH
+        iw = iw0 + tap % KH
         ci = (kk % chunks) * BLOCK_K + rk
         k_ok = ci < CIN
-        ih = ih0 + kh
-        iw = iw0 + kw
         row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # zero padding
-        x_rows = n * sxn + ih * sxh + iw * sxw
-        a = tl.load(x_ptr + x_rows[:, None] + ci[None, :] * sxc, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + rn[None, :] * swo + ci[:, None] * swi + kh * swh + kw * sww,
-                    mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if NHWC:
+            x_offs = (((n * H + ih) * W + iw) * CIN)[:, None] + ci[None, :]
+        else:
+            x_offs = (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc
+        a = tl.load(x_ptr + x_offs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_offs = (tap * CIN + ci)[:, None] * COUT_PAD + rn[None, :]
+        b = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & w_cols_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     # Epilogue: bias -> +residual -> ReLU, one store.
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn * sb, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out_ok = m_ok[:, None] & n_ok[None, :]
+    if NHWC:
+        pix_offs = (rm * COUT)[:, None] + rn[None, :]  # output pixel rm's channels, contiguous
     if HAS_RESIDUAL:
-        r_offs = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
+        if NHWC:
+            r_offs = pix_offs
+        else:
+            r_offs = (n * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src
         acc += tl.load(r_ptr + r_offs, mask=out_ok, other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
-    y_offs = (n * syn + oh * syh + ow * syw)[:, None] + rn[None, :] * syc
+    if NHWC:
+        y_offs = pix_offs
+    else:
+        y_offs = (n * syn + oh * syh + ow * syw)[:, None] + rn[None, :] * syc
     tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The layout the kernel reads, as a [Cout, Cin, KH, KW] tensor: a strided view of a K-major buffer
+    [KH * KW * Cin, Cout_pad] (k = (kh * KW + kw) * Cin + cin, Cout zero-padded to a multiple of 16 bytes).
+
+    The view holds the weight's values, so every backend reads it as the weight it is; the Triton launcher
+    recognises the strides (``is_packed``) and reads the buffer directly. A pure function of the weight (one copy
+    kernel); any layout of ``weight`` is accepted. Converted models build it once per weight
+    (``hrnet_fast.ops.weights``)."""
+    cout, cin, kh, kw = weight.shape
+    per_16_bytes = 16 // weight.element_size()
+    cout_pad = -(-cout // per_16_bytes) * per_16_bytes
+    buffer = weight.new_zeros(kh * kw * cin, cout_pad)
+    buffer[:, :cout] = weight.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout)
+    return buffer.as_strided((cout, cin, kh, kw), (1, cout_pad, kw * cin * cout_pad, cin * cout_pad))
+
+
+def is_packed(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` is laid out as ``pack_weight`` lays it out, with the whole padded buffer in its storage
+    (the kernel reads the padding columns) and 16-byte aligned rows."""
+    cout, cin, kh, kw = weight.shape
+    cout_pad = weight.stride(1)
+    if weight.stride() != (1, cout_pad, kw * cin * cout_pad, cin * cout_pad) or cout_pad < cout:
+        return False
+    size = weight.element_size()
+    end = (weight.storage_offset() + kh * kw * cin * cout_pad) * size
+    return (cout_pad * size) % 16 == 0 and weight.data_ptr() % 16 == 0 and end <= weight.untyped_storage().nbytes()
+
+
+# id(weight) -> (weakref to it, its version counter, the packed copy): a weight not yet packed (e.g. one passed to
+# the public op) is packed on first use and the copy reused while the tensor lives unchanged (an in-place change
+# bumps _version).
+_packed: Dict[int, Tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def packed_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` itself when it is packed, else ``pack_weight(weight)``, computed once per tensor and version."""
+    if is_packed(weight):
+        return weight
+    entry = _packed.get(id(weight))
+    if entry is not None and entry[0]() is weight and entry[1] == weight._version:
+        return entry[2]
+    packed = pack_weight(weight)
+    ref = weakref.ref(weight, lambda _, k=id(weight): _packed.pop(k, None))
+    _packed[id(weight)] = (ref, weight._version, packed)
+    return packed
+
+
+def tuning_key(x: torch.Tensor, weight: torch.Tensor, stride: int, nhwc: bool, m: int) -> Tuple:
+    cout, cin, k, _ = weight.shape
+    return (str(x.dtype).replace("torch.", ""), "nhwc" if nhwc else "strided", cin, cout, k, stride, m_bucket(m))
 
 
 def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int, padding: int,
@@ -170,24 +263,29 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                                   "operands (it multiplies their raw bits as integers); run bfloat16 convolutions "
                                   "with the triton backend on a GPU, or use float32/float16 here")
     out_shape = conv_out_shape(x.shape, weight.shape, stride, padding)
-    y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    out_format = output_memory_format(x)
+    y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=out_format)
     if y.numel() == 0:
         return y
     n, cin, h, w = x.shape
     cout, _, k, _ = weight.shape
     _, _, ho, wo = out_shape
-    bias_arg = bias if bias is not None else weight
-    residual_arg = residual if residual is not None else x
+    nhwc = out_format == torch.channels_last and (
+        residual is None or residual.is_contiguous(memory_format=torch.channels_last))
+    packed = packed_weight(weight)
     m = n * ho * wo
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"]))  # noqa: E731
-    _conv_bn_act_kernel[grid](
-        x, weight, bias_arg, residual_arg, y,
-        m, n, h, w, cout, ho, wo,
-        *x.stride(), *weight.stride(), bias.stride(0) if bias is not None else 0,
-        *(residual.stride() if residual is not None else (0, 0, 0, 0)), *y.stride(),
-        CIN=cin, KH=k, STRIDE=int(stride), PADDING=int(padding), HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, RELU=bool(relu),
-        INT64=needs_int64(*(t for t in (x, weight, y, residual) if t is not None)),
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-    )
+    args = (x, packed, bias if bias is not None else packed, residual if residual is not None else x, y,
+            m, h, w, ho, wo, *x.stride(), bias.stride(0) if bias is not None else 0,
+            *(residual.stride() if residual is not None else (0, 0, 0, 0)), *y.stride())
+    flags = dict(CIN=cin, COUT=cout, COUT_PAD=packed.stride(1), KH=k, STRIDE=int(stride), PADDING=int(padding),
+                 HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, RELU=bool(relu), NHWC=nhwc,
+                 INT64=needs_int64(*(t for t in (x, packed, y, residual) if t is not None)),
+                 DOT_PRECISION=conv_dot_precision(x.dtype))
+
+    def run(config: triton.Config) -> None:
+        grid = (triton.cdiv(m, config.kwargs["BLOCK_M"]), triton.cdiv(cout, config.kwargs["BLOCK_N"]))
+        _conv_bn_act_kernel[grid](*args, **flags, **config.all_kwargs())
+
+    configs = candidates(cin, cout, m)
+    run(tuning.pick("conv_bn_act", tuning_key(x, weight, stride, nhwc, m), configs, run, x.device))
     return y

@@ -1,10 +1,11 @@
-"""Triton kernel for ``multires_fuse``: ``relu(x + sum_j up_nearest(low_res[j]) + sum_k same_res[k])`` in one pass.
+"""Triton kernel for ``multires_fuse``: ``relu(x + sum_j up(low_res[j]) + sum_k same_res[k])`` in one pass.
 
 The op is memory-bound, so the kernel reads every input once and writes the output once:
 - Each program covers BLOCK consecutive elements of the output in the output's own memory order (NCHW, or NHWC
   when x is channels_last), so stores are contiguous; (n, c, h, w) are recovered from the flat index.
-- A low-resolution input z_j with factor f_j = 2**s_j is read in place at (n, c, h >> s_j, w >> s_j): nearest
-  upsampling by an integer factor is exactly that index map, and no upsampled copy is ever materialised.
+- A low-resolution input z_j is read in place, never upsampled into memory. Nearest, with factor f_j = 2**s_j:
+  at (n, c, h >> s_j, w >> s_j), exactly that index map. Bilinear: the four pixels of F.interpolate's taps
+  (PyTorch's fp32 index and weight formulas, csrc/bilinear.h) blended in fp32.
 - Every input is addressed through its own strides, so NCHW, channels_last, mixed layouts and strided views are
   read without copies.
 - The number of low_res and same_res inputs are constexprs: one compiled variant per count, no dead loads.
@@ -36,10 +37,49 @@ def _configs() -> List[triton.Config]:
 
 
 @triton.jit
-def _load_low(ptr, n, c, h, w, sn, sc, sh, sw, shift, mask):
+def _load_nearest(ptr, n, c, h, w, sn, sc, sh, sw, shift, mask):
     """One low-resolution input at (n, c, h >> shift, w >> shift), as fp32."""
     offs = n * sn + c * sc + (h >> shift) * sh + (w >> shift) * sw
     return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _linear_taps(d, size_in, size_out, scale, ALIGN_CORNERS: tl.constexpr):
+    """F.interpolate's bilinear taps of output indices d along one dimension: (i0, i1, l0, l1), as PyTorch computes
+    them in fp32 (csrc/bilinear.h); a dimension whose size does not change is copied."""
+    df = d.to(tl.float32)
+    if ALIGN_CORNERS:
+        src = scale * df
+    else:
+        src = tl.maximum(scale * (df + 0.5) - 0.5, 0.0)
+    i0 = tl.minimum(tl.floor(src).to(d.dtype), size_in - 1)
+    l1 = tl.minimum(tl.maximum(src - i0.to(tl.float32), 0.0), 1.0)
+    i1 = i0 + (i0 < size_in - 1).to(d.dtype)
+    same = size_in == size_out
+    return tl.where(same, d, i0), tl.where(same, d, i1), tl.where(same, 1.0, 1.0 - l1), tl.where(same, 0.0, l1)
+
+
+@triton.jit
+def _load_bilinear(ptr, n, c, h, w, sn, sc, sh, sw, zh, zw, scale_h, scale_w, H, W, ALIGN_CORNERS: tl.constexpr,
+                   mask):
+    """One low-resolution input [N, C, zh, zw] bilinearly interpolated at output (n, c, h, w) of [N, C, H, W], fp32."""
+    h0, h1, lh0, lh1 = _linear_taps(h, zh, H, scale_h, ALIGN_CORNERS)
+    w0, w1, lw0, lw1 = _linear_taps(w, zw, W, scale_w, ALIGN_CORNERS)
+    base = ptr + n * sn + c * sc
+    top0 = tl.load(base + h0 * sh + w0 * sw, mask=mask, other=0.0).to(tl.float32)
+    top1 = tl.load(base + h0 * sh + w1 * sw, mask=mask, other=0.0).to(tl.float32)
+    bottom0 = tl.load(base + h1 * sh + w0 * sw, mask=mask, other=0.0).to(tl.float32)
+    bottom1 = tl.load(base + h1 * sh + w1 * sw, mask=mask, other=0.0).to(tl.float32)
+    return lh0 * (lw0 * top0 + lw1 * top1) + lh1 * (lw0 * bottom0 + lw1 * bottom1)
+
+
+@triton.jit
+def _load_low(ptr, n, c, h, w, sn, sc, sh, sw, shift, zh, zw, scale_h, scale_w, H, W, BILINEAR: tl.constexpr,
+              ALIGN_CORNERS: tl.constexpr, mask):
+    """One low-resolution input upsampled to output (n, c, h, w), as fp32."""
+    if BILINEAR:
+        return _load_bilinear(ptr, n, c, h, w, sn, sc, sh, sw, zh, zw, scale_h, scale_w, H, W, ALIGN_CORNERS, mask)
+    return _load_nearest(ptr, n, c, h, w, sn, sc, sh, sw, shift, mask)
 
 
 @triton.jit
@@ -48,19 +88,21 @@ def _load_same(ptr, n, c, h, w, sn, sc, sh, sw, mask):
     return tl.load(ptr + n * sn + c * sc + h * sh + w * sw, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.autotune(configs=_configs(), key=["total", "C", "H", "W", "N_LOW", "N_SAME", "CHANNELS_LAST"])
+@triton.autotune(configs=_configs(), key=["total", "C", "H", "W", "N_LOW", "N_SAME", "CHANNELS_LAST", "BILINEAR"])
 @triton.jit
 def _multires_fuse_kernel(
     y_ptr,  # [N, C, H, W] output, dense in NCHW order (NHWC order when CHANNELS_LAST)
     x_ptr,  # [N, C, H, W], strides sxn, sxc, sxh, sxw
-    z0_ptr, z1_ptr, z2_ptr, z3_ptr,  # low_res[j]: [N, C, H >> shift_j, W >> shift_j], strides sz{j}n..sz{j}w
+    # low_res[j]: [N, C, zh_j, zw_j], strides sz{j}n..sz{j}w; nearest: zh_j = H >> shift_j, zw_j = W >> shift_j;
+    # bilinear: zh_j <= H, zw_j <= W, scale_h{j} / scale_w{j} F.interpolate's fp32 source-index scales
+    z0_ptr, z1_ptr, z2_ptr, z3_ptr,
     d0_ptr, d1_ptr, d2_ptr, d3_ptr,  # same_res[k]: [N, C, H, W], strides sd{k}n..sd{k}w
     total, C, H, W,  # total = N * C * H * W
     sxn, sxc, sxh, sxw,
-    sz0n, sz0c, sz0h, sz0w, shift0,
-    sz1n, sz1c, sz1h, sz1w, shift1,
-    sz2n, sz2c, sz2h, sz2w, shift2,
-    sz3n, sz3c, sz3h, sz3w, shift3,
+    sz0n, sz0c, sz0h, sz0w, shift0, zh0, zw0, scale_h0, scale_w0,
+    sz1n, sz1c, sz1h, sz1w, shift1, zh1, zw1, scale_h1, scale_w1,
+    sz2n, sz2c, sz2h, sz2w, shift2, zh2, zw2, scale_h2, scale_w2,
+    sz3n, sz3c, sz3h, sz3w, shift3, zh3, zw3, scale_h3, scale_w3,
     sd0n, sd0c, sd0h, sd0w,
     sd1n, sd1c, sd1h, sd1w,
     sd2n, sd2c, sd2h, sd2w,
@@ -69,6 +111,8 @@ def _multires_fuse_kernel(
     N_SAME: tl.constexpr,  # how many d slots are real
     RELU: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,  # the output's memory order
+    BILINEAR: tl.constexpr,  # mode="bilinear" (else nearest)
+    ALIGN_CORNERS: tl.constexpr,  # bilinear's align_corners
     INT64: tl.constexpr,  # some offset can reach 2**31: index in int64
     BLOCK: tl.constexpr,
 ):
@@ -94,13 +138,17 @@ def _multires_fuse_kernel(
 
     acc = _load_same(x_ptr, n, c, h, w, sxn, sxc, sxh, sxw, mask)
     if N_LOW > 0:
-        acc += _load_low(z0_ptr, n, c, h, w, sz0n, sz0c, sz0h, sz0w, shift0, mask)
+        acc += _load_low(z0_ptr, n, c, h, w, sz0n, sz0c, sz0h, sz0w, shift0, zh0, zw0, scale_h0,
+                         scale_w0, H, W, BILINEAR, ALIGN_CORNERS, mask)
     if N_LOW > 1:
-        acc += _load_low(z1_ptr, n, c, h, w, sz1n, sz1c, sz1h, sz1w, shift1, mask)
+        acc += _load_low(z1_ptr, n, c, h, w, sz1n, sz1c, sz1h, sz1w, shift1, zh1, zw1, scale_h1,
+                         scale_w1, H, W, BILINEAR, ALIGN_CORNERS, mask)
     if N_LOW > 2:
-        acc += _load_low(z2_ptr, n, c, h, w, sz2n, sz2c, sz2h, sz2w, shift2, mask)
+        acc += _load_low(z2_ptr, n, c, h, w, sz2n, sz2c, sz2h, sz2w, shift2, zh2, zw2, scale_h2,
+                         scale_w2, H, W, BILINEAR, ALIGN_CORNERS, mask)
     if N_LOW > 3:
-        acc += _load_low(z3_ptr, n, c, h, w, sz3n, sz3c, sz3h, sz3w, shift3, mask)
+        acc += _load_low(z3_ptr, n, c, h, w, sz3n, sz3c, sz3h, sz3w, shift3, zh3, zw3, scale_h3,
+                         scale_w3, H, W, BILINEAR, ALIGN_CORNERS, mask)
     if N_SAME > 0:
         acc += _load_same(d0_ptr, n, c, h, w, sd0n, sd0c, sd0h, sd0w, mask)
     if N_SAME > 1:
@@ -114,9 +162,18 @@ def _multires_fuse_kernel(
     tl.store(y_ptr + idx, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def linear_scale(size_in: int, size_out: int, align_corners: bool) -> float:
+    """F.interpolate's bilinear source-index scale along one dimension, in fp32 as PyTorch computes it."""
+    if align_corners:
+        if size_out <= 1:
+            return 0.0
+        size_in, size_out = size_in - 1, size_out - 1
+    return (torch.tensor(size_in, dtype=torch.float32) / size_out).item()
+
+
 def multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], *,
-                  relu: bool) -> torch.Tensor:
-    """``relu(x + sum_j up_nearest(low_res[j]) + sum_k same_res[k])`` on validated inputs (see checks.py).
+                  relu: bool, mode: str = "nearest", align_corners: bool = False) -> torch.Tensor:
+    """``relu(x + sum_j up(low_res[j]) + sum_k same_res[k])`` on validated inputs (see checks.py).
 
     Returns a new tensor in x's dtype and memory format; an empty x gives an empty output without a launch.
     """
@@ -124,14 +181,17 @@ def multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[t
     if y.numel() == 0:
         return y
     _, c, h, w = x.shape
+    bilinear = mode == "bilinear"
     # Unused slots alias x with zero strides; N_LOW / N_SAME keep the kernel from reading them.
     low_args, same_args = [], []
     low_ptrs = list(low_res) + [x] * (MAX_TERMS - len(low_res))
     same_ptrs = list(same_res) + [x] * (MAX_TERMS - len(same_res))
     for z in low_res:
-        shift = (h // z.shape[2]).bit_length() - 1  # factor is a power of two (checked)
-        low_args += [*z.stride(), shift]
-    low_args += [0] * (5 * (MAX_TERMS - len(low_res)))
+        zh, zw = z.shape[2], z.shape[3]
+        shift = 0 if bilinear else (h // zh).bit_length() - 1  # nearest: the factor is a power of two (checked)
+        scales = (linear_scale(zh, h, align_corners), linear_scale(zw, w, align_corners)) if bilinear else (1.0, 1.0)
+        low_args += [*z.stride(), shift, zh, zw, *scales]
+    low_args += [0, 0, 0, 0, 0, 1, 1, 1.0, 1.0] * (MAX_TERMS - len(low_res))
     for d in same_res:
         same_args += list(d.stride())
     same_args += [0] * (4 * (MAX_TERMS - len(same_res)))
@@ -141,7 +201,7 @@ def multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[t
     _multires_fuse_kernel[grid](
         y, x, *low_ptrs, *same_ptrs, total, c, h, w, *x.stride(), *low_args, *same_args,
         N_LOW=len(low_res), N_SAME=len(same_res), RELU=bool(relu),
-        CHANNELS_LAST=output_memory_format(x) == torch.channels_last,
-        INT64=needs_int64(y, x, *low_res, *same_res),
+        CHANNELS_LAST=output_memory_format(x) == torch.channels_last, BILINEAR=bilinear,
+        ALIGN_CORNERS=bool(align_corners), INT64=needs_int64(y, x, *low_res, *same_res),
     )
     return y

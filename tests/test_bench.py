@@ -12,12 +12,13 @@ import torch
 
 import hrnet_fast
 from hrnet_fast import bench, cli
+from hrnet_fast import timing
 from hrnet_fast.timing import TimingStats, time_round_robin
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--models", "w18_small", "--input-size", "64", "--batch", "1,2", "--reps", "3", "--warmup", "1",
-             "--peers", "channels_last,onnxruntime", "--device", "cpu"]
-IMPLS = ["reference", "converted", "channels_last", "onnxruntime"]
+             "--peers", "channels_last,onnxruntime,openvino", "--device", "cpu", "--dtype", "fp32"]
+IMPLS = ["reference", "converted", "channels_last", "onnxruntime", "openvino_fp32", "openvino_default"]
 NUMBER = r"\d+\.\d+"
 
 
@@ -130,6 +131,31 @@ def test_converted_outputs_agree_with_the_reference(tiny_run):
     assert errors["converted"] < 1e-5
 
 
+def test_openvino_runs_at_fp32_and_at_its_default_precision(tiny_run):
+    stdout, data, _ = tiny_run
+    info = data["models"]["hrnet_w18_small"]["implementation_info"]["fp32"]
+    # fp32 is forced; the default is whatever OpenVINO chose on this CPU (bf16 with AMX or AVX512-BF16, else f32).
+    assert info["openvino_fp32"] == {"inference_precision": "f32"}
+    default = info["openvino_default"]["inference_precision"]
+    assert default in ("f32", "bf16", "f16")
+    assert f"hrnet_w18_small: inference precision {default} (as its runtime reports it)" in stdout
+    errors = data["models"]["hrnet_w18_small"]["rel_error_vs_reference"]["fp32"]
+    assert errors["openvino_fp32"] < 1e-4  # fp32 kernels of another library: rounding only
+    # A reduced-precision run drifts by its rounding (bf16: 8 mantissa bits) over ~100 layers; a wrong graph
+    # would be off by O(1).
+    assert errors["openvino_default"] < (1e-4 if default == "f32" else 0.1)
+    assert data["environment"]["openvino"] is not None
+
+
+def test_report_says_which_precisions_the_cpu_runs_natively(tiny_run):
+    stdout, data, _ = tiny_run
+    native = data["environment"]["cpu_native_dtypes"]
+    line = next(line for line in stdout.splitlines() if line.startswith("CPU precisions: "))
+    for name, short in (("bfloat16", "bf16"), ("float16", "fp16")):
+        assert (f"{short} native (" in line) == native[name]
+        assert (f"{short} not native" in line) == (not native[name])
+
+
 def test_plot_is_a_png(tiny_run):
     _, _, png = tiny_run
     import matplotlib.image
@@ -139,18 +165,27 @@ def test_plot_is_a_png(tiny_run):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--models", "w17"], "unknown model 'w17'"),
+    (["--models", "w17"], "unknown model name 'w17'"),
     (["--batch", "1,x"], "bad batch list '1,x'"),
     (["--batch", "0"], "bad batch list '0'"),
     (["--dtype", "fp8"], "unknown precision 'fp8'"),
     (["--peers", "tensorrt"], "unknown peer 'tensorrt'"),
-    (["--input-size", "100"], "HRNet cannot take a 100x100 input"),
 ])
 def test_bad_options_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_input_size_is_checked_per_model(capsys):
+    """Nearest-upsampling models need sizes whose branches halve exactly; segmentation models take any size."""
+    assert cli.main(["bench", "--input-size", "100"]) == 2
+    assert "HRNet cannot take a 100x100 input" in capsys.readouterr().err
+    assert cli.main(["bench", "--models", "seg_hrnetv2_w18_small,w18", "--input-size", "100"]) == 2
+    assert "HRNet cannot take a 100x100 input" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["bench", "--models", "seg_hrnetv2_w18_small", "--input-size", "100"])
+    assert bench.resolve_settings(args).input_size == (100, 100)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -163,7 +198,7 @@ def test_bad_options_are_usage_errors(capsys, argv, message):
 ])
 def test_impossible_settings_fail_before_any_work(capsys, monkeypatch, argv, message):
     # This CPU's fp16/bf16 support must not decide the outcome: fp16 reads as unsupported, bf16 as supported.
-    monkeypatch.setattr(bench, "cpu_supports", lambda dtype: dtype != "fp16")
+    monkeypatch.setattr(bench.settings, "cpu_supports", lambda dtype: dtype != "fp16")
     assert cli.main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hrnet-fast bench: error: ") and message in err
@@ -177,13 +212,37 @@ def test_model_names_accept_short_full_and_seed_spellings():
     assert bench.parse_peers("all") == ["all"]
 
 
+@pytest.mark.parametrize("bf16_native,dtypes", [(True, ["fp32", "bf16"]), (False, ["fp32"])])
+def test_cpu_default_precisions_are_fp32_and_bf16_where_native(monkeypatch, bf16_native, dtypes):
+    monkeypatch.setattr(bench.settings, "cpu_supports", lambda dtype: dtype == "fp32" or bf16_native)
+    args = cli.build_parser().parse_args(["bench", "--device", "cpu"])
+    assert bench.resolve_settings(args).dtypes == dtypes
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_cpu_support_follows_cpu_features(monkeypatch, bf16):
+    from hrnet_fast import cpu_features
+    monkeypatch.setattr(cpu_features, "native_dtypes", lambda: {"float32": True, "bfloat16": bf16, "float16": False})
+    assert [bench.cpu_supports(d) for d in ("fp32", "bf16", "fp16")] == [True, bf16, False]
+
+
+def test_openvino_peer_needs_fp32_on_the_cpu(capsys, monkeypatch):
+    monkeypatch.setattr(bench.settings, "cpu_supports", lambda dtype: True)
+    assert cli.main(["bench", "--device", "cpu", "--dtype", "bf16", "--peers", "openvino"]) == 2
+    assert "the openvino peer runs in fp32 only" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["bench", "--device", "cpu", "--dtype", "fp32,bf16", "--peers", "openvino"])
+    settings = bench.resolve_settings(args)
+    assert settings.implementations == ["reference", "converted", "openvino_fp32", "openvino_default"]
+    assert [settings.runs("openvino_default", d) for d in ("fp32", "bf16")] == [True, False]
+
+
 @pytest.mark.parametrize("argv,peers", [
-    (["--device", "cpu", "--peers", "all"], ["channels_last", "compile", "onnxruntime"]),
+    (["--device", "cpu", "--peers", "all"], ["channels_last", "compile", "onnxruntime", "openvino"]),
     (["--device", "cpu", "--peers", "all", "--dtype", "bf16"], ["channels_last", "compile"]),
     (["--device", "cpu", "--peers", "compile,channels_last"], ["compile", "channels_last"]),
 ])
 def test_all_peers_means_those_that_run_here(monkeypatch, argv, peers):
-    monkeypatch.setattr(bench, "cpu_supports", lambda dtype: True)
+    monkeypatch.setattr(bench.settings, "cpu_supports", lambda dtype: True)
     args = cli.build_parser().parse_args(["bench", *argv])
     assert bench.resolve_settings(args).peers == peers
 
@@ -206,15 +265,32 @@ def test_timing_stats_percentiles_of_known_samples():
 def test_round_robin_interleaves_and_rotates_the_first_call():
     calls: List[str] = []
     fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
-    stats = time_round_robin(fns, "cpu", warmup=1, reps=3)
+    stats = time_round_robin(fns, "cpu", warmup=1, reps=3, rewarm=False)
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert {name: s.reps for name, s in stats.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_each_timed_call_follows_an_untimed_call_of_the_same_implementation(monkeypatch):
+    calls: List[str] = []
+    real_timer = timing._CallTimer.__call__
+
+    def marking_timer(self, fn):
+        calls.append("timed:")  # the next recorded call is the one being timed
+        return real_timer(self, fn)
+
+    monkeypatch.setattr(timing._CallTimer, "__call__", marking_timer)
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    stats = time_round_robin(fns, "cpu", warmup=1, reps=3)
+    rounds = ["abc", "bca", "cab"]  # the first implementation rotates each round
+    expected = list("abc") + [call for order in rounds for n in order for call in (n, "timed:", n)]
+    assert calls == expected
     assert {name: s.reps for name, s in stats.items()} == {"a": 3, "b": 3, "c": 3}
 
 
 def test_round_robin_without_reps_runs_at_least_min_reps():
     calls: List[str] = []
     stats = time_round_robin({"only": lambda: calls.append("x")}, "cpu", warmup=0, min_time=0.0, min_reps=4)
-    assert len(calls) == 4 and stats["only"].reps == 4
+    assert len(calls) == 2 * 4 and stats["only"].reps == 4  # each timed call follows an untimed one
 
 
 def test_round_robin_rejects_bad_arguments():

@@ -99,6 +99,20 @@ def test_summary_puts_measurements_beside_the_seed_figures(tmp_path):
     assert "| hrnet_w18 | FP32 | 1471 | 400 | 232.6 | 80.0 |" in text
 
 
+def test_summary_says_what_the_cpu_and_runtimes_chose(tmp_path):
+    summarize = _summarize_module()
+    result = _result(200.0, 80.0)
+    result["environment"]["cpu_native_dtypes"] = {"bfloat16": True, "bfloat16_how": "AMX-BF16", "float16": False,
+                                                  "float16_how": None}
+    result["models"]["hrnet_w18"]["implementation_info"] = {
+        "fp32": {"openvino_default": {"inference_precision": "bf16"}}}
+    (tmp_path / "cpu-test-w18.json").write_text(json.dumps(result))
+    assert summarize.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "Native reduced precisions on this CPU: bf16 (AMX-BF16)." in text
+    assert "hrnet_w18 FP32 openvino_default: inference precision bf16." in text
+
+
 def test_summary_rejects_foreign_json(tmp_path):
     summarize = _summarize_module()
     (tmp_path / "other.json").write_text(json.dumps({"benchmarks": []}))

@@ -396,3 +396,39 @@ def test_torch_file_with_python_objects_is_refused(tmp_path, capsys):
 def test_non_tensor_entry():
     with pytest.raises(CheckpointError, match="'conv1.weight' is a str, not a tensor"):
         load_checkpoint(create_model("hrnet_w18_small"), {"conv1.weight": "oops"})
+
+
+# -- loading into the wrong object ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["wrapper", "inplace"])
+def test_converted_model_is_refused_naming_the_order(small, how):
+    import copy
+    import hrnet_fast
+    target = copy.deepcopy(small)
+    fast = hrnet_fast.convert(target, inplace=how == "inplace")
+    with pytest.raises(CheckpointError, match=r"load the checkpoint before convert\(\)"):
+        load_checkpoint(fast if how == "wrapper" else target, small.state_dict())
+
+
+def test_resnet_state_dict_is_not_called_timm_format():
+    timm = pytest.importorskip("timm")
+    resnet = timm.create_model("resnet18").state_dict()
+    assert detect_format(resnet).name == "unknown"
+    with pytest.raises(CheckpointError, match="not HRNet's in any format") as err:
+        load_checkpoint(create_model("hrnet_w18_small"), resnet)
+    assert "timm format" not in str(err.value)
+    assert load_checkpoint(create_model("hrnet_w18_small"), resnet, strict=False).format == "unknown"
+
+
+def test_timm_checkpoint_still_detected_as_timm(small):
+    assert detect_format(small.state_dict()).name == "timm"
+    features = {k: v for k, v in small.state_dict().items() if k.startswith(("conv", "bn", "layer1", "transition1"))}
+    assert detect_format(features).name == "timm"
+
+
+def test_mismatch_error_keeps_details_apart_from_api_advice(small):
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(create_model("hrnet_w18_small", num_classes=10), small.state_dict())
+    e = err.value
+    assert e.num_classes == 1000 and "classifier.weight" in e.details
+    assert "strict=False" not in e.details and "strict=False" in str(e)

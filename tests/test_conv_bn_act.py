@@ -10,7 +10,7 @@ import torch
 import hrnet_fast.ops as ops
 from hrnet_fast.ops.backends import BACKENDS
 from hrnet_fast.ops.reference import conv_bn_act_ref
-from tolerance import assert_matches_reference, backend_device, compile_for_gpu, fail_if_a_backend_runs, zeros
+from tolerance import assert_matches_reference, backend_device, fail_if_a_backend_runs, zeros
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAYOUTS = ("nchw", "channels_last", "strided")
@@ -157,31 +157,68 @@ def test_triton_interpreter_refuses_bfloat16():
         ops.conv_bn_act(x, weight, backend="triton")
 
 
-def test_triton_tile_pruning():
-    """Autotuning only benchmarks tiles that fit the channel counts, and always keeps at least one."""
-    from hrnet_fast_kernels.conv_bn_act import _prune
-    import triton
-
-    configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": n, "BLOCK_K": k}) for n, k in ((32, 16), (64, 32),
-                                                                                       (128, 64))]
-    kept = _prune(configs, {"Cout": 18}, CIN=3)
-    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(32, 16)]
-    kept = _prune(configs, {"Cout": 144}, CIN=72)
-    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) for c in kept] == [(32, 16), (64, 32), (128, 64)]
-    assert _prune(configs[1:], {"Cout": 8}, CIN=8) == configs[1:2]
+def test_triton_candidates_fit_the_channels():
+    """Tuning only times tiles that fit the channel counts (BLOCK_N/BLOCK_K clamped to the padded counts), a
+    short list per shape class, and the interpreter gets exactly one."""
+    from hrnet_fast_kernels.conv_bn_act import _TILES, candidates
+    configs = candidates(3, 18, 49)
+    assert configs and all(c.kwargs["BLOCK_K"] == 16 and c.kwargs["BLOCK_N"] <= 32 for c in configs)
+    assert len(configs) <= max(len(t) for t in _TILES.values())
+    configs = candidates(144, 144, 32 * 56 * 56)
+    assert all(c.kwargs["BLOCK_K"] <= 256 and c.kwargs["BLOCK_N"] <= 256 for c in configs)
 
 
-def test_triton_kernel_compiles_for_gpus():
-    """The GPU code path, which the interpreter does not compile: every autotuning tile in fp16 for sm_90, and
-    fp32 (IEEE dots) and bf16 for sm_80 and sm_90, down to cubins."""
-    flags = dict(CIN=18, KH=3, STRIDE=2, PADDING=1, HAS_BIAS=True, HAS_RESIDUAL=True, RELU=True, INT64=False)
-    compile_for_gpu("hrnet_fast_kernels.conv_bn_act", "_conv_bn_act_kernel", [
-        dict(dtype="fp16", constexprs={**flags, "DOT_PRECISION": "tf32"}, archs=[90], all_configs=True),
-        dict(dtype="fp32", constexprs={**flags, "DOT_PRECISION": "ieee", "CIN": 3}, archs=[80, 90],
-             all_configs=False),
-        dict(dtype="bf16", constexprs={**flags, "DOT_PRECISION": "tf32", "KH": 1, "PADDING": 0, "INT64": True,
-                                       "HAS_BIAS": False, "HAS_RESIDUAL": False}, archs=[80, 90], all_configs=False),
-    ])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("shape", ((18, 18, 3, 3), (144, 72, 1, 1), (36, 3, 3, 3)))
+def test_triton_packed_weight_layout(shape, dtype):
+    """pack_weight: a [Cout, Cin, k, k] view equal to the weight, over a K-major buffer whose row
+    (kh * KW + kw) * Cin + cin holds w[:, cin, kh, kw], Cout zero-padded to 16 bytes."""
+    from hrnet_fast_kernels.conv_bn_act import is_packed, pack_weight, packed_weight
+    torch.manual_seed(0)
+    w = torch.randn(*shape).to(dtype)
+    cout, cin, kh, kw = shape
+    packed = pack_weight(w.to(memory_format=torch.channels_last))
+    assert torch.equal(packed, w) and is_packed(packed) and not is_packed(w)
+    assert packed_weight(packed) is packed  # the launcher reads it as it is
+    cout_pad = packed.stride(1)
+    assert (cout_pad * packed.element_size()) % 16 == 0 and cout <= cout_pad
+    buffer = torch.empty(0, dtype=dtype).set_(packed.untyped_storage()).view(kh * kw * cin, cout_pad)
+    for i, j, c in ((0, 0, 0), (kh - 1, kw - 1, cin - 1), (kh // 2, 0, cin // 2)):
+        assert torch.equal(buffer[(i * kw + j) * cin + c, :cout], w[:, c, i, j])
+    assert not buffer[:, cout:].any()
+
+
+def test_triton_packed_strides_need_the_whole_buffer():
+    """A tensor with the packed strides but a storage ending before the padding is not read as packed."""
+    from hrnet_fast_kernels.conv_bn_act import is_packed
+    storage = torch.zeros(9 * 18 * 24 - 6)  # one row's padding short
+    view = storage.as_strided((18, 18, 3, 3), (1, 24, 3 * 18 * 24, 18 * 24))
+    assert not is_packed(view)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_weight_on_every_backend(backend):
+    """The packed form is an ordinary (strided) weight to every backend, so a converted model can hand it to
+    whichever backend runs the call."""
+    from hrnet_fast_kernels.conv_bn_act import pack_weight
+    device = backend_device(backend, "conv_bn_act")
+    torch.manual_seed(0)
+    x, weight, bias, residual = inputs((3, 18, 36, 13, 17, 3, 2, 1, False, True), torch.float32, device,
+                                       "channels_last")
+    y = ops.conv_bn_act(x, pack_weight(weight), bias, stride=2, padding=1, relu=True, backend=backend)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=2, padding=1, relu=True)
+
+
+@pytest.mark.parametrize("residual_layout", ("nchw", "channels_last"))
+def test_triton_channels_last_with_mixed_residual(residual_layout):
+    """channels_last x with an NCHW residual leaves the dense-NHWC path; both give the reference."""
+    device = backend_device("triton", "conv_bn_act")
+    torch.manual_seed(0)
+    x, weight, bias, _ = inputs((3, 18, 18, 7, 7, 3, 1, 1, False, True), torch.float16, device, "channels_last")
+    residual = make((3, 18, 7, 7), torch.float16, device, residual_layout)
+    y = ops.conv_bn_act(x, weight, bias, stride=1, padding=1, residual=residual, relu=True, backend="triton")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, residual=residual, relu=True)
 
 
 # name: (x, weight, bias, stride, padding, residual), error, message fragment

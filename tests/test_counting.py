@@ -60,7 +60,7 @@ def test_custom_op_counts_once_without_its_insides():
     x, z = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)
     with torch.no_grad(), DispatchCounter() as counter:
         # The torch backend composes upsample + add + ReLU inside the op; the counter sees only the op.
-        torch.ops.hrnet_fast.multires_fuse(x, [z], [], True, "torch")
+        torch.ops.hrnet_fast.multires_fuse(x, [z], [], True, "nearest", False, "torch")
     assert dict(counter.counts.by_op) == {"hrnet_fast.multires_fuse.default": 1}
     assert counter.counts.bytes_written == 2 * 4 * 8 * 8 * FP32
 

@@ -44,14 +44,20 @@ def fuse_inputs(dtype=torch.float32, layout=torch.contiguous_format, n=2):
     return mk(n, 18, 16, 24), [mk(n, 18, 8, 12), mk(n, 18, 2, 3)], [mk(n, 18, 16, 24), mk(n, 18, 16, 24)]
 
 
+MODES = (("nearest", False), ("bilinear", False), ("bilinear", True))
+
+
+@pytest.mark.parametrize("mode, align_corners", MODES, ids=("nearest", "bilinear", "bilinear-align_corners"))
 @pytest.mark.parametrize("layout", (torch.contiguous_format, torch.channels_last), ids=("nchw", "channels_last"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_same_bits_as_the_registered_op(entry, dtype, layout):
+def test_same_bits_as_the_registered_op(entry, dtype, layout, mode, align_corners):
     x, low, same = fuse_inputs(dtype, layout)
+    if mode == "bilinear":
+        low.append(torch.randn(2, 18, 7, 13).to(dtype).contiguous(memory_format=layout))  # ragged: any size <= x's
     for relu in (True, False):
-        out = entry(x, low, same, relu)
+        out = entry(x, low, same, relu, mode, align_corners)
         assert out is not None, "plain CPU tensors must take the direct path"
-        expected = torch.ops.hrnet_fast.multires_fuse(x, low, same, relu, "cpu")
+        expected = torch.ops.hrnet_fast.multires_fuse(x, low, same, relu, mode, align_corners, "cpu")
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         assert out.is_contiguous(memory_format=layout)
         assert out.dtype == dtype
@@ -61,22 +67,22 @@ def test_public_op_result_and_tuples(entry):
     x, low, same = fuse_inputs()
     out = ops.multires_fuse(x, tuple(low), tuple(same))
     torch.testing.assert_close(out, multires_fuse_ref(x, low, same), rtol=0, atol=0)
-    assert entry(x, tuple(low), tuple(same), True) is not None
+    assert entry(x, tuple(low), tuple(same), True, "nearest", False) is not None
 
 
 def test_runs_in_inference_mode_and_under_no_grad(entry):
     with torch.inference_mode():
         x, low, same = fuse_inputs()
-        assert entry(x, low, same, True) is not None
+        assert entry(x, low, same, True, "nearest", False) is not None
     x, low, same = fuse_inputs()
     x.requires_grad_()
     with torch.no_grad():
-        assert entry(x, low, same, True) is not None
+        assert entry(x, low, same, True, "nearest", False) is not None
 
 
 def test_empty_batch(entry):
     x, low, same = fuse_inputs(n=0)
-    out = entry(x, low, same, True)
+    out = entry(x, low, same, True, "nearest", False)
     assert out is not None and out.shape == x.shape
 
 
@@ -100,15 +106,36 @@ def test_declines_input_the_op_rejects(entry, bad, error):
         same[0] = same[0].to("meta")
     else:
         same = same[0]
-    assert entry(x, low, same, True) is None
+    assert entry(x, low, same, True, "nearest", False) is None
     with pytest.raises(error):
         ops.multires_fuse(x, low, same)
+
+
+@pytest.mark.parametrize("mode, align_corners, error", [
+    ("bicubic", False, ValueError),        # a mode the op does not take
+    ("nearest", True, ValueError),         # align_corners only with bilinear
+    ("bilinear", 1, TypeError),            # align_corners not a bool
+    (b"bilinear", False, ValueError),      # mode not a str
+], ids=("unknown mode", "align_corners with nearest", "align_corners not a bool", "mode not a str"))
+def test_declines_modes_the_op_rejects(entry, mode, align_corners, error):
+    x, low, same = fuse_inputs()
+    assert entry(x, low, same, True, mode, align_corners) is None
+    with pytest.raises(error):
+        ops.multires_fuse(x, low, same, mode=mode, align_corners=align_corners)
+
+
+def test_declines_bilinear_input_larger_than_x(entry):
+    x, low, same = fuse_inputs()
+    low[0] = torch.randn(2, 18, 17, 3)
+    assert entry(x, low, same, True, "bilinear", False) is None
+    with pytest.raises(ValueError, match=r"low_res\[0\] is 17x3 and x is 16x24"):
+        ops.multires_fuse(x, low, same, mode="bilinear")
 
 
 def test_declines_what_needs_autograd(entry):
     x, low, same = fuse_inputs()
     low[1].requires_grad_()
-    assert entry(x, low, same, True) is None
+    assert entry(x, low, same, True, "nearest", False) is None
 
 
 def test_declines_subclasses_and_non_cpu_tensors(entry):
@@ -116,10 +143,11 @@ def test_declines_subclasses_and_non_cpu_tensors(entry):
 
     class Subclass(torch.Tensor):
         pass
-    assert entry(x.as_subclass(Subclass), low, same, True) is None
-    assert entry(x, [low[0].as_subclass(Subclass)], same, True) is None
-    assert entry(x.to("meta"), [z.to("meta") for z in low], [d.to("meta") for d in same], True) is None
-    assert entry(x.to_sparse(), [], [], True) is None
+    assert entry(x.as_subclass(Subclass), low, same, True, "nearest", False) is None
+    assert entry(x, [low[0].as_subclass(Subclass)], same, True, "nearest", False) is None
+    meta = [z.to("meta") for z in low], [d.to("meta") for d in same]
+    assert entry(x.to("meta"), *meta, True, "nearest", False) is None
+    assert entry(x.to_sparse(), [], [], True, "nearest", False) is None
 
 
 def test_declines_under_modes(entry):
@@ -133,10 +161,10 @@ def test_declines_under_modes(entry):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             return func(*args, **(kwargs or {}))
     with Passthrough():
-        assert entry(x, low, same, True) is None
+        assert entry(x, low, same, True, "nearest", False) is None
     with FunctionPassthrough():
-        assert entry(x, low, same, True) is None
-    assert entry(x, low, same, True) is not None
+        assert entry(x, low, same, True, "nearest", False) is None
+    assert entry(x, low, same, True, "nearest", False) is not None
 
 
 def test_dispatch_modes_see_the_registered_op():
@@ -152,7 +180,7 @@ def test_declines_inside_vmap(entry):
     results = []
 
     def fn(xi):
-        results.append(entry(xi, [], [], True))
+        results.append(entry(xi, [], [], True, "nearest", False))
         return xi.relu()
     torch.vmap(fn)(x)
     assert results == [None]
@@ -171,6 +199,9 @@ def test_cpu_and_default_backends_go_direct(entry):
         out = direct.multires_fuse(x, low, same, True, backend)
         assert out is not None
         torch.testing.assert_close(out, multires_fuse_ref(x, low, same), rtol=0, atol=0)
+        out = direct.multires_fuse(x, low, same, True, backend, mode="bilinear", align_corners=True)
+        assert out is not None
+        torch.testing.assert_close(out, multires_fuse_ref(x, low, same, mode="bilinear", align_corners=True))
 
 
 def test_inputs_requiring_grad_work_under_no_grad():

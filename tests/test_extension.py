@@ -84,8 +84,9 @@ LAYOUTS = ("nchw", "channels_last", "strided")
 
 
 def case_id(case) -> str:
-    n, c, h, w, factors, n_same = case
-    return f"{n}x{c}x{h}x{w}-up{'.'.join(map(str, factors)) or 'none'}-same{n_same}"
+    n, c, h, w, low_sizes, n_same = case
+    low = ".".join(f"{s[0]}x{s[1]}" if isinstance(s, tuple) else str(s) for s in low_sizes)
+    return f"{n}x{c}x{h}x{w}-up{low or 'none'}-same{n_same}"
 
 
 def make(shape: Sequence[int], dtype: torch.dtype, layout: str, device: str = "cpu") -> torch.Tensor:
@@ -98,9 +99,11 @@ def make(shape: Sequence[int], dtype: torch.dtype, layout: str, device: str = "c
 
 
 def fuse_inputs(case, dtype, layout, device="cpu") -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
-    n, c, h, w, factors, n_same = case
+    """x, low_res, same_res of a case; low-res inputs given by their factors or, for bilinear cases, (h, w) sizes."""
+    n, c, h, w, low_sizes, n_same = case
     x = make((n, c, h, w), dtype, layout, device)
-    low = [make((n, c, h // f, w // f), dtype, layout, device) for f in factors]
+    low_sizes = [size if isinstance(size, tuple) else (h // size, w // size) for size in low_sizes]
+    low = [make((n, c, zh, zw), dtype, layout, device) for zh, zw in low_sizes]
     same = [make((n, c, h, w), dtype, layout, device) for _ in range(n_same)]
     return x, low, same
 
@@ -116,20 +119,39 @@ def expected_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-@pytest.mark.parametrize("case", FUSE_CASES, ids=case_id)
+# Bilinear: (N, C, H, W, low-res sizes, number of same-res inputs)
+BILINEAR_CASES = (
+    (0, 18, 8, 8, ((4, 4),), 1),                         # empty batch
+    (1, 3, 7, 7, ((7, 7), (3, 3), (1, 1)), 0),           # a size kept (copied), odd, one pixel
+    (3, 18, 13, 17, ((7, 9), (13, 4)), 2),               # ragged, one dimension kept
+    (1, 36, 64, 48, ((32, 24), (16, 12), (8, 6), (5, 3)), 4),  # 4 + 4 inputs, several parallel tasks
+    (2, 5, 40, 8, ((20, 4), (9, 3)), 0),                 # narrow rows: pieces span many rows
+    (1, 19, 1, 70, ((1, 33),), 1),                       # one output row (align_corners' 0 scale)
+    (2, 1, 16, 16, ((8, 8), (3, 5)), 1),                 # one channel: NCHW and NHWC are the same memory
+)
+# (mode, align_corners, case)
+MODE_CASES = [pytest.param("nearest", False, case, id=case_id(case)) for case in FUSE_CASES] + [
+    pytest.param("bilinear", align_corners, case, id=f"bilinear{'-align' if align_corners else ''}-" + case_id(case))
+    for case in BILINEAR_CASES for align_corners in (False, True)]
+
+
+@pytest.mark.parametrize("mode, align_corners, case", MODE_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cpu_multires_fuse_matches_reference(native, dtype, layout, case):
+def test_cpu_multires_fuse_matches_reference(native, dtype, layout, mode, align_corners, case):
     torch.manual_seed(0)
     x, low, same = fuse_inputs(case, dtype, layout)
     for relu in (True, False):
-        y = native.multires_fuse(x, low, same, relu)
+        y = native.multires_fuse(x, low, same, relu, mode, align_corners)
         assert y.dtype == dtype and y.shape == x.shape
         assert y.is_contiguous(memory_format=expected_format(x))
-        # fp32: bit for bit the eager composition; fp16/bf16: its fp32 value rounded once, which the tolerance
-        # rule (no worse than eager in that dtype) then also holds for.
-        torch.testing.assert_close(y, rounded_once(x, low, same, relu), rtol=0, atol=0)
-        assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=relu)
+        if mode == "nearest":
+            # fp32: bit for bit the eager composition; fp16/bf16: its fp32 value rounded once, which the tolerance
+            # rule (no worse than eager in that dtype) then also holds for. Bilinear blends its taps in another
+            # order than eager: equal to rounding.
+            torch.testing.assert_close(y, rounded_once(x, low, same, relu), rtol=0, atol=0)
+        assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=relu, mode=mode,
+                                 align_corners=align_corners)
 
 
 def test_cpu_multires_fuse_mixed_layouts(native):
@@ -138,33 +160,38 @@ def test_cpu_multires_fuse_mixed_layouts(native):
     x = make((2, 18, 16, 24), torch.float32, "channels_last")
     low = [make((2, 18, 8, 12), torch.float32, "nchw"), make((2, 18, 2, 3), torch.float32, "strided")]
     same = [make((2, 18, 16, 24), torch.float32, "strided")]
-    y = native.multires_fuse(x, low, same, True)
+    y = native.multires_fuse(x, low, same, True, "nearest", False)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, multires_fuse_ref(x, low, same), rtol=0, atol=0)
 
 
 def test_cpu_multires_fuse_keeps_nan_like_relu(native):
     x = torch.tensor([float("nan"), -1.0, 2.0, float("-inf")] * 5).view(1, 1, 4, 5)
-    torch.testing.assert_close(native.multires_fuse(x, [], [], True), torch.relu(x), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(native.multires_fuse(x, [], [], True, "nearest", False), torch.relu(x), rtol=0, atol=0,
+                               equal_nan=True)
 
 
-def test_cpu_multires_fuse_same_result_on_one_and_two_threads(native):
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("mode, low_sizes", (("nearest", (2, 4)), ("bilinear", ((17, 24), (9, 13)))))
+def test_cpu_multires_fuse_same_result_on_one_and_two_threads(native, mode, low_sizes, layout):
     torch.manual_seed(0)
-    x, low, same = fuse_inputs((3, 36, 32, 48, (2, 4), 2), torch.bfloat16, "channels_last")
+    x, low, same = fuse_inputs((3, 36, 32, 48, low_sizes, 2), torch.bfloat16, layout)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = native.multires_fuse(x, low, same, True)
+        one = native.multires_fuse(x, low, same, True, mode, False)
         torch.set_num_threads(2)
-        two = native.multires_fuse(x, low, same, True)
+        two = native.multires_fuse(x, low, same, True, mode, False)
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
 _BASELINE_SCRIPT = """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+from tolerance import assert_matches_reference
 from hrnet_fast.ops import extension
 from hrnet_fast.ops.reference import multires_fuse_ref
 assert extension.loaded()[0]
@@ -173,9 +200,13 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
     for fmt in (torch.contiguous_format, torch.channels_last):
         mk = lambda *s: torch.randn(*s).to(dtype).contiguous(memory_format=fmt)
         x, low, same = mk(2, 18, 24, 16), [mk(2, 18, 12, 8), mk(2, 18, 3, 2)], [mk(2, 18, 24, 16)]
-        y = torch.ops.hrnet_fast_C.multires_fuse(x, low, same, True)
+        y = torch.ops.hrnet_fast_C.multires_fuse(x, low, same, True, "nearest", False)
         ref = multires_fuse_ref(x.float(), [z.float() for z in low], [d.float() for d in same]).to(dtype)
         torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        low = [mk(2, 18, 13, 9), mk(2, 18, 5, 3)]
+        for align_corners in (False, True):
+            y = torch.ops.hrnet_fast_C.multires_fuse(x, low, same, True, "bilinear", align_corners)
+            assert_matches_reference(y, multires_fuse_ref, x, low, same, mode="bilinear", align_corners=align_corners)
 """
 
 
@@ -210,9 +241,9 @@ def test_cpu_conv_bn_act_matches_reference(native, dtype, layout):
 
 # --- the C++ boundary checks --------------------------------------------------------------------------------
 
-def _fuse_call(x=None, low=(), same=(), relu=True):
+def _fuse_call(x=None, low=(), same=(), relu=True, mode="nearest", align_corners=False):
     x = torch.randn(2, 4, 8, 8) if x is None else x
-    return lambda: torch.ops.hrnet_fast_C.multires_fuse(x, list(low), list(same), relu)
+    return lambda: torch.ops.hrnet_fast_C.multires_fuse(x, list(low), list(same), relu, mode, align_corners)
 
 
 FUSE_ERRORS = [
@@ -230,6 +261,15 @@ FUSE_ERRORS = [
      r"low_res\[0\] has shape \[2, 3, 4, 4\]; batch and channels must match x \[2, 4, 8, 8\]"),
     ("same_res shape", _fuse_call(same=[torch.randn(2, 4, 8, 7)]), r"same_res\[0\] has shape \[2, 4, 8, 7\]"),
     ("empty spatial", _fuse_call(torch.randn(2, 4, 0, 8)), r"x has an empty spatial size"),
+    ("unknown mode", _fuse_call(mode="bicubic"), r"mode must be 'nearest' or 'bilinear', got 'bicubic'"),
+    ("align_corners with nearest", _fuse_call(align_corners=True),
+     r"align_corners=True only applies to mode='bilinear'"),
+    ("bilinear larger than x", _fuse_call(low=[torch.randn(2, 4, 9, 4)], mode="bilinear"),
+     r"low_res\[0\] is 9x4 and x is 8x8; bilinear low_res inputs must be non-empty and no larger than x"),
+    ("bilinear empty", _fuse_call(low=[torch.randn(2, 4, 4, 0)], mode="bilinear", align_corners=True),
+     r"low_res\[0\] is 4x0 and x is 8x8; bilinear low_res inputs must be non-empty"),
+    ("bilinear channel mismatch", _fuse_call(low=[torch.randn(2, 3, 3, 5)], mode="bilinear"),
+     r"low_res\[0\] has shape \[2, 3, 3, 5\]; batch and channels must match x"),
 ]
 
 
@@ -304,16 +344,19 @@ def native_cuda(native):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", FUSE_CASES, ids=case_id)
+@pytest.mark.parametrize("mode, align_corners, case", MODE_CASES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_cuda_multires_fuse_matches_reference(native_cuda, dtype, layout, case):
+def test_cuda_multires_fuse_matches_reference(native_cuda, dtype, layout, mode, align_corners, case):
     torch.manual_seed(0)
     x, low, same = fuse_inputs(case, dtype, layout, device="cuda")
     for relu in (True, False):
-        y = native_cuda.multires_fuse(x, low, same, relu)
+        y = native_cuda.multires_fuse(x, low, same, relu, mode, align_corners)
         assert y.is_contiguous(memory_format=expected_format(x)) and y.device == x.device
-        torch.testing.assert_close(y, rounded_once(x, low, same, relu), rtol=0, atol=0)
+        if mode == "nearest":
+            torch.testing.assert_close(y, rounded_once(x, low, same, relu), rtol=0, atol=0)
+        assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=relu, mode=mode,
+                                 align_corners=align_corners)
 
 
 @pytest.mark.gpu
@@ -328,8 +371,12 @@ def test_cuda_multires_fuse_vector_widths(native_cuda, dtype, offset):
     view = lambda: torch.randn(numel + offset, device="cuda").to(dtype)[offset:].view(n, c, h, w)  # noqa: E731
     x, same = view(), [view(), view()]
     low = [torch.randn(n, c, 7, 7, device="cuda").to(dtype)]
-    y = native_cuda.multires_fuse(x, low, same, True)
+    y = native_cuda.multires_fuse(x, low, same, True, "nearest", False)
     torch.testing.assert_close(y, rounded_once(x, low, same, True), rtol=0, atol=0)
+    for align_corners in (False, True):
+        low = [torch.randn(n, c, 5, 9, device="cuda").to(dtype)]
+        y = native_cuda.multires_fuse(x, low, same, True, "bilinear", align_corners)
+        assert_matches_reference(y, multires_fuse_ref, x, low, same, mode="bilinear", align_corners=align_corners)
 
 
 @pytest.mark.gpu
@@ -362,4 +409,4 @@ def test_cuda_conv_bn_act_matches_reference(native_cuda, dtype, layout, cudnn):
 def test_cuda_rejects_inputs_on_two_devices(native_cuda):
     x = torch.randn(2, 4, 8, 8, device="cuda")
     with pytest.raises(RuntimeError, match=r"low_res\[0\] is on cpu but"):
-        native_cuda.multires_fuse(x, [torch.randn(2, 4, 4, 4)], [], True)
+        native_cuda.multires_fuse(x, [torch.randn(2, 4, 4, 4)], [], True, "nearest", False)

@@ -2,8 +2,9 @@
 NaN, Inf, fp16 overflow and denormal values.
 
 Each fuzz case draws batch (0..5), channels (1..160, any count), H and W (1..70, odd and even), the kernel size,
-stride, padding, residual, bias, ReLU, dtype, power-of-two scale factors (1/2/4/8, with sizes they divide) and,
-per input, a memory layout: contiguous, channels_last, a strided slice, the transpose of a tensor made the other
+stride, padding, residual, bias, ReLU, dtype, the upsampling mode (nearest with power-of-two scale factors 1/2/4/8 and
+sizes they divide, or bilinear with any low-res size up to x's and either align_corners) and, per input, a memory
+layout: contiguous, channels_last, a strided slice, the transpose of a tensor made the other
 way round (``t.transpose(2, 3)``, still an NCHW tensor in meaning), or a batch broadcast with stride 0. Every case
 either matches the float64 reference under the tolerance rule (tests/tolerance.py), with the documented output
 shape, dtype and memory format and a fresh output tensor, or raises the documented error, decided from the case
@@ -310,6 +311,13 @@ FUSE_DEFECTS: Dict[str, Tuple[type, str]] = {
     "too_many": (ValueError, r"multires_fuse takes at most 4 low_res and 4 same_res inputs, got \d+ and 5"),
     "empty": (ValueError, r"x has an empty spatial size \(0, \d+\)"),
 }
+# Where mode="bilinear" words a defect differently: a low-res input larger than x.
+BILINEAR_FUSE_DEFECTS = {
+    "factor": (ValueError, r"low_res\[0\] is .* bilinear low_res inputs must be non-empty and no larger than x"),
+}
+# Bilinear low-res sizes are drawn as ceil(size * r / LOW_RES_STEPS) for r in 1..LOW_RES_STEPS (r = LOW_RES_STEPS:
+# x's own size, copied).
+LOW_RES_STEPS = 16
 
 
 @dataclass
@@ -318,20 +326,32 @@ class FuseCase:
     c: int
     h: int
     w: int
-    factors: List[int]
+    factors: List[int]  # nearest: one per low_res term
     n_same: int
     relu: bool
     dtype: torch.dtype
     layouts: Dict[str, List[str]] = field(default_factory=dict)
     defect: Optional[str] = None
     seed: int = 0
+    mode: str = "nearest"
+    align_corners: bool = False
+    ratios: List[Tuple[int, int]] = field(default_factory=list)  # bilinear: (rh, rw) per low_res term
+
+    def low_size(self, j: int) -> Tuple[int, int]:
+        if self.mode == "bilinear":
+            rh, rw = self.ratios[j]
+            return -(-self.h * rh // LOW_RES_STEPS), -(-self.w * rw // LOW_RES_STEPS)
+        return self.h // self.factors[j], self.w // self.factors[j]
 
 
 @st.composite
 def fuse_cases(draw, limits: Limits) -> FuseCase:
+    mode = draw(st.sampled_from(("nearest", "bilinear")))
     factors = draw(st.lists(st.sampled_from(FACTORS), max_size=4))
+    ratio = st.integers(1, LOW_RES_STEPS)
+    ratios = [(draw(ratio), draw(ratio)) for _ in factors] if mode == "bilinear" else []
     n_same = draw(st.integers(0, 4))
-    big = max(factors, default=1)  # H and W are multiples of every factor
+    big = max(factors, default=1) if mode == "nearest" else 1  # nearest: H and W are multiples of every factor
     terms = len(factors) + n_same
     dims = dict(n=draw(st.integers(0, limits.batch)), c=draw(st.integers(1, limits.channels)),
                 hb=draw(st.integers(1, limits.size // big)), wb=draw(st.integers(1, limits.size // big)))
@@ -344,7 +364,8 @@ def fuse_cases(draw, limits: Limits) -> FuseCase:
                "same": [draw(st.sampled_from(LAYOUTS)) for _ in range(n_same)]}
     case = FuseCase(n=dims["n"], c=dims["c"], h=dims["hb"] * big, w=dims["wb"] * big, factors=factors,
                     n_same=n_same, relu=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)), layouts=layouts,
-                    seed=draw(st.integers(0, 2 ** 31 - 1)))
+                    seed=draw(st.integers(0, 2 ** 31 - 1)), mode=mode,
+                    align_corners=mode == "bilinear" and draw(st.booleans()), ratios=ratios)
     if draw(st.integers(0, 7)) == 7:
         case.defect = draw(st.sampled_from(sorted(FUSE_DEFECTS)))
     return case
@@ -355,8 +376,7 @@ def fuse_inputs(case: FuseCase, device: torch.device):
     gen = torch.Generator().manual_seed(case.seed)
     n, c, h, w, dtype, lay = case.n, case.c, case.h, case.w, case.dtype, case.layouts
     x = make_tensor((n, c, h, w), dtype, lay["x"][0], gen, device)
-    low = [make_tensor((n, c, h // f, w // f), dtype, layout, gen, device)
-           for f, layout in zip(case.factors, lay["low"])]
+    low = [make_tensor((n, c, *case.low_size(j)), dtype, layout, gen, device) for j, layout in enumerate(lay["low"])]
     same = [make_tensor((n, c, h, w), dtype, layout, gen, device) for layout in lay["same"]]
     d = case.defect
     if d in ("channels", "batch", "factor"):
@@ -379,18 +399,20 @@ def fuse_inputs(case: FuseCase, device: torch.device):
 
 def check_fuse_case(case: FuseCase, backend: str, device: torch.device) -> str:
     x, low, same = fuse_inputs(case, device)
+    kwargs = dict(relu=case.relu, mode=case.mode, align_corners=case.align_corners)
     if case.defect is not None:
-        error, pattern = FUSE_DEFECTS[case.defect]
+        defects = {**FUSE_DEFECTS, **BILINEAR_FUSE_DEFECTS} if case.mode == "bilinear" else FUSE_DEFECTS
+        error, pattern = defects[case.defect]
         with pytest.raises(error, match=pattern):
-            ops.multires_fuse(x, low, same, relu=case.relu, backend=backend)
+            ops.multires_fuse(x, low, same, backend=backend, **kwargs)
         return error.__name__
-    y = ops.multires_fuse(x, low, same, relu=case.relu, backend=backend)
+    y = ops.multires_fuse(x, low, same, backend=backend, **kwargs)
     assert isinstance(y, torch.Tensor)
     assert y.shape == (case.n, case.c, case.h, case.w) and y.dtype == case.dtype and y.device == x.device
     assert y.is_contiguous(memory_format=documented_format(x)), f"strides {y.stride()} for x strides {x.stride()}"
     assert_fresh_output(y, (x, *low, *same))
-    assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=case.relu)
-    return "matched"
+    assert_matches_reference(y, multires_fuse_ref, x, low, same, **kwargs)
+    return f"matched {case.mode}"
 
 
 # ---------------------------------------------------------------------------------------------------- runner
@@ -419,7 +441,7 @@ def run_fuzz(label: str, cases: st.SearchStrategy, check: Callable[..., str], ba
     record_property("fuzz_outcomes", dict(outcomes))
     record_property("fuzz_seconds", round(seconds, 1))
     print(f"\n{label}: {total} cases in {seconds:.1f} s; outcomes {dict(sorted(outcomes.items()))}")
-    assert outcomes["matched"] > 0, f"{label}: no case ran the op to completion"
+    assert any(o.startswith("matched") for o in outcomes), f"{label}: no case ran the op to completion"
 
 
 @pytest.mark.parametrize("backend, device_type", TARGETS)

@@ -27,6 +27,24 @@ CASES = (
 )
 
 
+# Bilinear: (N, C, H, W, low-res sizes (h, w), number of same-res inputs, relu)
+BILINEAR_CASES = (
+    (1, 18, 7, 7, ((7, 7), (4, 4), (1, 1)), 1, True),           # a size kept (copied), odd, a single pixel
+    (3, 18, 13, 17, ((7, 9),), 2, False),                       # ragged: 7x9 to 13x17
+    (3, 36, 16, 24, ((8, 12), (4, 6), (2, 3)), 1, True),        # integer factors 2, 4, 8 (HRNetV2's fusion)
+    (2, 5, 1, 9, ((1, 3), (1, 9)), 0, False),                   # output height 1 (align_corners' 0 scale)
+    (1, 4, 9, 1, ((5, 1),), 0, True),                           # output width 1
+)
+# 520x520 input (PASCAL-Context) at stride 4: 130x130 from 65, 33 and 17; run in fewer dtype x layout combinations
+# (the Triton interpreter takes seconds per call at this size).
+PASCAL_CONTEXT_CASE = (1, 3, 130, 130, ((65, 65), (33, 33), (17, 17)), 1, True)
+
+
+def bilinear_case_id(case) -> str:
+    n, c, h, w, sizes, n_same, relu = case
+    return f"{n}x{c}x{h}x{w}-from{'.'.join(f'{a}x{b}' for a, b in sizes)}-same{n_same}-{'relu' if relu else 'id'}"
+
+
 def case_id(case) -> str:
     n, c, h, w, factors, n_same, relu = case
     return f"{n}x{c}x{h}x{w}-up{'.'.join(map(str, factors)) or 'none'}-same{n_same}-{'relu' if relu else 'id'}"
@@ -47,11 +65,13 @@ def make(shape: Sequence[int], dtype: torch.dtype, device: torch.device, layout:
 
 def inputs(case, dtype: torch.dtype, device: torch.device, layout: str
            ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
-    """x, low_res, same_res for a case. 'mixed': x channels_last, low-res inputs NCHW, same-res inputs strided."""
-    n, c, h, w, factors, n_same, _ = case
+    """x, low_res, same_res for a case (low-res inputs given by factors, or by (h, w) sizes for bilinear cases).
+    'mixed': x channels_last, low-res inputs NCHW, same-res inputs strided."""
+    n, c, h, w, low_sizes, n_same, _ = case
     x_layout, low_layout, same_layout = ("channels_last", "nchw", "strided") if layout == "mixed" else (layout,) * 3
     x = make((n, c, h, w), dtype, device, x_layout)
-    low = [make((n, c, h // f, w // f), dtype, device, low_layout) for f in factors]
+    low_sizes = [size if isinstance(size, tuple) else (h // size, w // size) for size in low_sizes]
+    low = [make((n, c, zh, zw), dtype, device, low_layout) for zh, zw in low_sizes]
     same = [make((n, c, h, w), dtype, device, same_layout) for _ in range(n_same)]
     return x, low, same
 
@@ -74,6 +94,53 @@ def test_matches_reference(backend, dtype, layout, case):
     assert y.dtype == dtype and y.device == x.device
     assert y.is_contiguous(memory_format=expected_format(layout))
     assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=relu)
+
+
+@pytest.mark.parametrize("align_corners", (False, True), ids=("half_pixel", "align_corners"))
+@pytest.mark.parametrize("case", BILINEAR_CASES, ids=bilinear_case_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bilinear_matches_reference(backend, dtype, layout, case, align_corners):
+    """mode="bilinear" against F.interpolate(size=x's, mode="bilinear") + add + ReLU evaluated in float64."""
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    x, low, same = inputs(case, dtype, device, layout)
+    relu = case[-1]
+    y = ops.multires_fuse(x, low, same, relu=relu, mode="bilinear", align_corners=align_corners, backend=backend)
+    assert y.dtype == dtype and y.device == x.device
+    assert y.is_contiguous(memory_format=expected_format(layout))
+    assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=relu, mode="bilinear",
+                             align_corners=align_corners)
+
+
+@pytest.mark.parametrize("align_corners", (False, True), ids=("half_pixel", "align_corners"))
+@pytest.mark.parametrize("dtype, layout", ((torch.float32, "nchw"), (torch.float16, "channels_last"),
+                                           (torch.bfloat16, "mixed")), ids=("fp32-nchw", "fp16-cl", "bf16-mixed"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bilinear_arbitrary_sizes(backend, dtype, layout, align_corners):
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    x, low, same = inputs(PASCAL_CONTEXT_CASE, dtype, device, layout)
+    y = ops.multires_fuse(x, low, same, mode="bilinear", align_corners=align_corners, backend=backend)
+    assert y.is_contiguous(memory_format=expected_format(layout))
+    assert_matches_reference(y, multires_fuse_ref, x, low, same, mode="bilinear", align_corners=align_corners)
+
+
+@pytest.mark.parametrize("align_corners", (False, True), ids=("half_pixel", "align_corners"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bilinear_nan_and_inf_spread_like_eager(backend, align_corners):
+    """A NaN or Inf in a low-res pixel reaches exactly the output pixels whose taps read it, as in F.interpolate
+    (a zero weight times Inf is NaN there too)."""
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    x, z = torch.randn(1, 2, 13, 17, device=device), torch.randn(1, 2, 7, 9, device=device)
+    z[0, 0, 3, 4] = float("nan")
+    z[0, 1, 6, 0] = float("inf")
+    y = ops.multires_fuse(x, [z], relu=False, mode="bilinear", align_corners=align_corners, backend=backend)
+    expected = multires_fuse_ref(x, [z], relu=False, mode="bilinear", align_corners=align_corners)
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+    assert torch.equal(torch.isinf(y), torch.isinf(expected))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,10 +206,13 @@ def test_triton_kernel_compiles_for_gpus():
     """The GPU code path, which the interpreter does not compile: each dtype, both layouts and index widths, the
     largest and smallest input counts, for sm_80 and sm_90, down to cubins."""
     compile_for_gpu("hrnet_fast_kernels.multires_fuse", "_multires_fuse_kernel", [
-        dict(dtype=dtype, constexprs=dict(N_LOW=n_low, N_SAME=n_same, RELU=True, CHANNELS_LAST=cl, INT64=int64),
+        dict(dtype=dtype, constexprs=dict(N_LOW=n_low, N_SAME=n_same, RELU=True, CHANNELS_LAST=cl,
+                                          BILINEAR=bilinear, ALIGN_CORNERS=align, INT64=int64),
              archs=[80, 90], all_configs=False)
-        for dtype, n_low, n_same, cl, int64 in (("fp32", 4, 4, False, False), ("fp16", 0, 1, True, True),
-                                                ("bf16", 3, 0, True, False))
+        for dtype, n_low, n_same, cl, bilinear, align, int64 in (
+            ("fp32", 4, 4, False, False, False, False), ("fp16", 0, 1, True, False, False, True),
+            ("bf16", 3, 0, True, False, False, False), ("fp32", 4, 0, False, True, False, False),
+            ("fp16", 3, 1, True, True, True, True), ("bf16", 1, 0, False, True, True, False))
     ])
 
 
@@ -164,6 +234,16 @@ ERROR_CASES = {
     "not a tensor": (lambda: (zeros(1, 18, 8, 8), [[0.0]], []), TypeError, "must be a torch.Tensor"),
     "empty spatial size": (lambda: (zeros(1, 18, 0, 8), [], []), ValueError, "empty spatial size"),
 }
+# The same, for mode="bilinear" (with align_corners).
+BILINEAR_ERROR_CASES = {
+    "larger than x": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 18, 9, 4)], []), ValueError,
+                      r"low_res\[0\] is 9x4 and x is 8x8: bilinear low_res inputs must be non-empty and no larger"),
+    "empty low_res": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 18, 4, 0)], []), ValueError,
+                      r"low_res\[0\] is 4x0 and x is 8x8: bilinear low_res inputs must be non-empty"),
+    "wrong channels": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 36, 3, 5)], []), ValueError, "batch and channels"),
+    "dtype mix": (lambda: (zeros(1, 18, 8, 8), [zeros(1, 18, 3, 3, dtype=torch.bfloat16)], []), TypeError,
+                  "must share one dtype"),
+}
 
 
 @pytest.mark.parametrize("name", ERROR_CASES)
@@ -173,6 +253,33 @@ def test_invalid_inputs_raise_before_any_kernel(monkeypatch, name):
     fail_if_a_backend_runs(monkeypatch)
     with pytest.raises(error, match=match):
         ops.multires_fuse(x, low, same)
+
+
+@pytest.mark.parametrize("align_corners", (False, True), ids=("half_pixel", "align_corners"))
+@pytest.mark.parametrize("name", BILINEAR_ERROR_CASES)
+def test_invalid_bilinear_inputs_raise_before_any_kernel(monkeypatch, name, align_corners):
+    make_args, error, match = BILINEAR_ERROR_CASES[name]
+    x, low, same = make_args()
+    fail_if_a_backend_runs(monkeypatch)
+    with pytest.raises(error, match=match):
+        ops.multires_fuse(x, low, same, mode="bilinear", align_corners=align_corners)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(mode="bicubic"), ValueError, r"mode must be one of 'nearest', 'bilinear', got 'bicubic'"),
+    (dict(mode="nearest", align_corners=True), ValueError, r"align_corners=True only applies to mode='bilinear'"),
+    (dict(mode="bilinear", align_corners=1), TypeError, r"align_corners must be a bool, got int"),
+], ids=("unknown mode", "align_corners with nearest", "align_corners not a bool"))
+def test_invalid_mode_raises_before_any_kernel(monkeypatch, kwargs, error, match):
+    fail_if_a_backend_runs(monkeypatch)
+    with pytest.raises(error, match=match):
+        ops.multires_fuse(zeros(1, 18, 8, 8), [zeros(1, 18, 4, 4)], **kwargs)
+
+
+def test_nearest_error_points_to_bilinear():
+    """A size nearest cannot map (130 from 33) names the mode that can."""
+    with pytest.raises(ValueError, match=r"is 33x33 and x is 130x130: .*mode='bilinear' takes any size"):
+        ops.multires_fuse(zeros(1, 2, 130, 130), [zeros(1, 2, 33, 33)])
 
 
 @pytest.mark.gpu
@@ -191,23 +298,32 @@ def test_unknown_backend_is_an_error():
 # opcheck's default set: test_schema, test_autograd_registration, test_faketensor, test_aot_dispatch_static and
 # test_aot_dispatch_dynamic. The op has no autograd formula; test_autograd_registration checks it says so rather
 # than silently returning a result without a grad_fn, and the aot_dispatch tests run the inference graph.
+MODES = (("nearest", False), ("bilinear", False), ("bilinear", True))
+MODE_IDS = ("nearest", "bilinear", "bilinear-align_corners")
+
+
+@pytest.mark.parametrize("mode, align_corners", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_opcheck(backend, layout):
+def test_opcheck(backend, layout, mode, align_corners):
     device = backend_device(backend, "multires_fuse")
     torch.manual_seed(0)
-    x, low, same = inputs((2, 18, 8, 12, (2, 4), 1, True), torch.float32, device, layout)
-    torch.library.opcheck(torch.ops.hrnet_fast.multires_fuse.default, (x, low, same, True, backend))
+    low_sizes = (2, 4) if mode == "nearest" else ((5, 7), (2, 3))
+    x, low, same = inputs((2, 18, 8, 12, low_sizes, 1, True), torch.float32, device, layout)
+    torch.library.opcheck(torch.ops.hrnet_fast.multires_fuse.default,
+                          (x, low, same, True, mode, align_corners, backend))
 
 
+@pytest.mark.parametrize("mode, align_corners", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("backend", ("torch", "cpu"))
-def test_torch_compile_fullgraph(backend):
+def test_torch_compile_fullgraph(backend, mode, align_corners):
     device = backend_device(backend, "multires_fuse")
     torch.manual_seed(0)
-    x, low, same = inputs((2, 18, 8, 12, (2,), 1, True), torch.float32, device, "channels_last")
+    low_sizes = (2,) if mode == "nearest" else ((3, 5),)
+    x, low, same = inputs((2, 18, 8, 12, low_sizes, 1, True), torch.float32, device, "channels_last")
 
     def fuse(x, z, d):
-        return ops.multires_fuse(x, [z], [d], backend=backend)
+        return ops.multires_fuse(x, [z], [d], mode=mode, align_corners=align_corners, backend=backend)
 
     torch._dynamo.reset()
     compiled = torch.compile(fuse, fullgraph=True)
@@ -228,3 +344,23 @@ def test_gpu_hrnet_shapes(backend, dtype, layout):
         y = ops.multires_fuse(x, low, same, relu=case[-1], backend=backend)
         assert y.is_contiguous(memory_format=expected_format(layout))
         assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=case[-1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ("nchw", "channels_last", "mixed"))
+@pytest.mark.parametrize("backend", ("triton", "cuda"))
+def test_gpu_bilinear_segmentation_shapes(backend, dtype, layout):
+    """Real compiles on HRNetV2-W18 segmentation fusions at 512x1024 (stride-4 branch 128x256 from 64x128, 32x64,
+    16x32), PASCAL-Context's 130/65/33/17 and a ragged 13x17 from 7x9, both align_corners values."""
+    device = backend_device(backend, "multires_fuse")
+    torch.manual_seed(0)
+    for case in ((2, 18, 128, 256, (2, 4, 8), 0, True), (2, 36, 64, 128, (2, 4), 1, True),
+                 (2, 18, 130, 130, ((65, 65), (33, 33), (17, 17)), 0, True), (3, 19, 13, 17, ((7, 9),), 1, False)):
+        x, low, same = inputs(case, dtype, device, layout)
+        for align_corners in (False, True):
+            y = ops.multires_fuse(x, low, same, relu=case[-1], mode="bilinear", align_corners=align_corners,
+                                  backend=backend)
+            assert y.is_contiguous(memory_format=expected_format(layout))
+            assert_matches_reference(y, multires_fuse_ref, x, low, same, relu=case[-1], mode="bilinear",
+                                     align_corners=align_corners)

@@ -10,7 +10,7 @@ namespace hrnet_fast {
 
 at::Tensor conv_bn_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
-                           at::MemoryFormat format) {
+                           bool /*library_fused: no fused library op on CPU*/, at::MemoryFormat format) {
   // ATen's fp16/bf16 convolution returns its result rounded to that dtype (natively on AVX512-FP16/AMX CPUs,
   // through its generic kernel elsewhere), so a residual added afterwards would follow a rounded convolution
   // (fp16: conv 8e4 -> inf before - 6e4). With a residual, reduced precision computes in fp32 and rounds once.

@@ -4,8 +4,10 @@
 // 8-lane code may be used). No include guard, on purpose; includes live in multires_fuse.cpp.
 //
 // A task walks a flat range of the output in pieces of at most kChunk positions and sums, per 8-lane vector in
-// registers and in fp32: x, each low_res term (read in place: through a per-plane gather table in NCHW, as the
-// contiguous channels of one low-res pixel in NHWC), each same_res term; then ReLU and one rounding store.
+// registers and in fp32: x, each low_res term (read in place: nearest through a per-plane gather table in NCHW, as
+// the contiguous channels of one low-res pixel in NHWC; bilinear as the fp32 blend of the four low-res pixels
+// around each output pixel, per piece into an L1 buffer in NCHW, directly from their channels in NHWC), each
+// same_res term; then ReLU and one rounding store.
 
 // --- scalar T <-> fp32 ---------------------------------------------------------------------------------------
 
@@ -152,6 +154,96 @@ HRNET_FAST_TARGET inline float low_res1(const T* z, int64_t t) {
   return to_float(z[t]);
 }
 
+// --- bilinear terms (taps: csrc/bilinear.h) -------------------------------------------------------------------
+
+// NHWC: the four low-res pixels around one output pixel, each pointing at the channel of the piece's first
+// position, and their weights.
+template <typename T>
+struct BilinearPixel {
+  const T *top0, *top1, *bottom0, *bottom1;  // rows i0 / i1 of the row taps, columns i0 / i1 of the column taps
+  float row0, row1, col0, col1;
+};
+
+#if HRNET_FAST_AVX2
+template <typename T>
+HRNET_FAST_TARGET inline __m256 low_res8(const BilinearPixel<T>& b, int64_t t) {
+  const __m256 col0 = _mm256_set1_ps(b.col0), col1 = _mm256_set1_ps(b.col1);
+  const __m256 top = _mm256_fmadd_ps(col1, load8(b.top1 + t), _mm256_mul_ps(col0, load8(b.top0 + t)));
+  const __m256 bottom = _mm256_fmadd_ps(col1, load8(b.bottom1 + t), _mm256_mul_ps(col0, load8(b.bottom0 + t)));
+  return _mm256_fmadd_ps(_mm256_set1_ps(b.row1), bottom, _mm256_mul_ps(_mm256_set1_ps(b.row0), top));
+}
+#endif
+
+template <typename T>
+HRNET_FAST_TARGET inline float low_res1(const BilinearPixel<T>& b, int64_t t) {
+  const float top = b.col0 * to_float(b.top0[t]) + b.col1 * to_float(b.top1[t]);
+  const float bottom = b.col0 * to_float(b.bottom0[t]) + b.col1 * to_float(b.bottom1[t]);
+  return b.row0 * top + b.row1 * bottom;
+}
+
+// dst[k] = l0 * r0[k] + l1 * r1[k] for k < n: two low-res rows blended, in fp32.
+template <typename T>
+HRNET_FAST_TARGET inline void blend_rows(const T* r0, const T* r1, float l0, float l1, float* dst, int64_t n) {
+  int64_t k = 0;
+#if HRNET_FAST_AVX2
+  const __m256 w0 = _mm256_set1_ps(l0), w1 = _mm256_set1_ps(l1);
+  for (; k + 8 <= n; k += 8) {
+    _mm256_storeu_ps(dst + k, _mm256_fmadd_ps(w1, load8(r1 + k), _mm256_mul_ps(w0, load8(r0 + k))));
+  }
+#endif
+  for (; k < n; ++k) dst[k] = l0 * to_float(r0[k]) + l1 * to_float(r1[k]);
+}
+
+// out[i] = l0[i] * blend[i0[i] - k0] + l1[i] * blend[i1[i] - k0] for i < n: the column taps of n consecutive output
+// columns applied to blended rows that start at low-res column k0. `blend` may be read up to 8 floats past its
+// last blended column.
+HRNET_FAST_TARGET inline void blend_columns(const float* blend, const TapView& cols, int64_t w, int32_t k0,
+                                            float* out, int64_t n) {
+  const int32_t *i0 = cols.i0 + w, *i1 = cols.i1 + w;
+  const float *l0 = cols.l0 + w, *l1 = cols.l1 + w;
+  int64_t i = 0;
+#if HRNET_FAST_AVX2
+  for (; i + 8 <= n; i += 8) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + i));
+    __m256 left, right;
+    // Taps only grow with the column: when the 8 columns read fewer than 8 blended values (any upsampling by
+    // more than 8/7), one load spread by two permutes replaces two gathers.
+    if (i1[i + 7] - i0[i] < 8) {
+      const __m256 window = _mm256_loadu_ps(blend + (i0[i] - k0));
+      const __m256i first = _mm256_set1_epi32(i0[i]);
+      left = _mm256_permutevar8x32_ps(window, _mm256_sub_epi32(a, first));
+      right = _mm256_permutevar8x32_ps(window, _mm256_sub_epi32(b, first));
+    } else {
+      const __m256i first = _mm256_set1_epi32(k0);
+      left = _mm256_i32gather_ps(blend, _mm256_sub_epi32(a, first), 4);
+      right = _mm256_i32gather_ps(blend, _mm256_sub_epi32(b, first), 4);
+    }
+    const __m256 weighted_left = _mm256_mul_ps(_mm256_loadu_ps(l0 + i), left);
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(_mm256_loadu_ps(l1 + i), right, weighted_left));
+  }
+#endif
+  for (; i < n; ++i) out[i] = l0[i] * blend[i0[i] - k0] + l1[i] * blend[i1[i] - k0];
+}
+
+// NCHW: bilinear term j at positions [p0, p0 + n) of plane `plane`, in fp32 into out[0, n). Per output row, the
+// two low-res rows it reads are blended over the columns it reads (contiguous loads), then each output column
+// blends its two columns of that. `blend` holds v.low_w[j] + 8 floats.
+template <typename T>
+HRNET_FAST_TARGET inline void bilinear_piece(const FuseView<T>& v, int j, int64_t plane, int64_t p0, int64_t n,
+                                             float* out, float* blend) {
+  const TapView &rows = v.row_taps[j], &cols = v.col_taps[j];
+  const int64_t zw = v.low_w[j];
+  const T* z = v.low[j] + plane * v.low_h[j] * zw;
+  for (int64_t done = 0; done < n;) {
+    const int64_t p = p0 + done, h = p / v.W, w = p % v.W, len = std::min(v.W - w, n - done);
+    const int32_t k0 = cols.i0[w], k1 = cols.i1[w + len - 1];  // taps only grow with w
+    blend_rows(z + rows.i0[h] * zw + k0, z + rows.i1[h] * zw + k0, rows.l0[h], rows.l1[h], blend, k1 - k0 + 1);
+    blend_columns(blend, cols, w, k0, out + done, len);
+    done += len;
+  }
+}
+
 // --- one task ------------------------------------------------------------------------------------------------
 
 // out[i] = T(relu?(x[i] + sum_j low[j](i) + same[0][i] + ... + same[NS-1][i])) over one piece of n positions,
@@ -185,9 +277,34 @@ HRNET_FAST_TARGET inline void fuse_piece(const T* x, const Low* low, int n_low, 
   }
 }
 
+// NHWC output positions [begin, end) as single pixels' channels: piece(b, n, low) with low[j] = term(j, image, h,
+// w, c0), the j-th low-res term's reader for pixel (image, h, w) from channel c0 on. Pixel coordinates advance
+// incrementally: no divisions per pixel.
+template <typename T, typename Piece, typename Term>
+HRNET_FAST_TARGET inline void nhwc_pieces(const FuseView<T>& v, int64_t begin, int64_t end, Piece&& piece,
+                                          Term&& term) {
+  decltype(term(0, int64_t{0}, int64_t{0}, int64_t{0}, int64_t{0})) low[kMaxTerms];
+  const int64_t pixel = begin / v.C;
+  int64_t c0 = begin % v.C, w = pixel % v.W, h = (pixel / v.W) % v.H, image = pixel / (v.W * v.H);
+  for (int64_t b = begin; b < end;) {
+    const int64_t n = std::min(end - b, v.C - c0);
+    for (int j = 0; j < v.n_low; ++j) low[j] = term(j, image, h, w, c0);
+    piece(b, n, low);
+    b += n;
+    c0 = 0;
+    if (++w == v.W) {
+      w = 0;
+      if (++h == v.H) {
+        h = 0;
+        ++image;
+      }
+    }
+  }
+}
+
 // Output positions [begin, end), in memory order, with NS same_res terms, in pieces: of at most kChunk positions
-// that never cross an NCHW plane (one gather window per term), or single NHWC pixels (each low-res term is then
-// one contiguous run of channels).
+// that never cross an NCHW plane (one gather window or bilinear buffer per term), or single NHWC pixels (each
+// low-res pixel read is then one contiguous run of channels).
 template <int NS, typename T>
 HRNET_FAST_TARGET void fuse_range_ns(const FuseView<T>& v, int64_t begin, int64_t end) {
   const T* same[kMaxTerms];
@@ -195,41 +312,49 @@ HRNET_FAST_TARGET void fuse_range_ns(const FuseView<T>& v, int64_t begin, int64_
     for (int k = 0; k < NS; ++k) same[k] = v.same[k] + b;
     fuse_piece<NS>(v.x + b, low, v.n_low, same, v.out + b, n, v.relu);
   };
-  if (v.n_low == 0) {
-    for (int64_t b = begin; b < end; b += kChunk) piece(b, std::min(kChunk, end - b), static_cast<const T**>(nullptr));
-  } else if (!v.channels_last) {
-    std::vector<float> zbuf(std::is_same_v<T, float> ? 0 : v.n_low * v.zbuf_size);
-    LowResWindow low[kMaxTerms];
-    const int64_t plane_len = v.H * v.W;
+  const int64_t plane_len = v.H * v.W;
+  // NCHW pieces: positions [b, b + n) of one plane, set up by prepare(plane, p0, n).
+  auto nchw_pieces = [&](auto&& prepare) HRNET_FAST_TARGET {
     for (int64_t b = begin; b < end;) {
       const int64_t plane = b / plane_len, p0 = b % plane_len;
       const int64_t n = std::min({kChunk, end - b, plane_len - p0});
-      for (int j = 0; j < v.n_low; ++j) low[j] = low_res_window(v, j, plane, p0, n, zbuf.data() + j * v.zbuf_size);
-      piece(b, n, low);
+      piece(b, n, prepare(plane, p0, n));
       b += n;
     }
-  } else {
-    // Pixel coordinates advance incrementally: no divisions per pixel.
-    const T* low[kMaxTerms];
-    const int64_t pixel = begin / v.C;
-    int64_t c0 = begin % v.C, w = pixel % v.W, h = (pixel / v.W) % v.H, image = pixel / (v.W * v.H);
-    for (int64_t b = begin; b < end;) {
-      const int64_t n = std::min(end - b, v.C - c0);
+  };
+  if (v.n_low == 0) {
+    for (int64_t b = begin; b < end; b += kChunk) piece(b, std::min(kChunk, end - b), static_cast<const T**>(nullptr));
+  } else if (v.bilinear && !v.channels_last) {
+    std::vector<float> buf(v.n_low * kChunk + v.zbuf_size);
+    const float* low[kMaxTerms];
+    nchw_pieces([&](int64_t plane, int64_t p0, int64_t n) HRNET_FAST_TARGET {
       for (int j = 0; j < v.n_low; ++j) {
-        const int s = v.low_shift[j];
-        low[j] = v.low[j] + ((image * v.low_h[j] + (h >> s)) * v.low_w[j] + (w >> s)) * v.C + c0;
+        bilinear_piece(v, j, plane, p0, n, buf.data() + j * kChunk, buf.data() + v.n_low * kChunk);
+        low[j] = buf.data() + j * kChunk;
       }
-      piece(b, n, low);
-      b += n;
-      c0 = 0;
-      if (++w == v.W) {
-        w = 0;
-        if (++h == v.H) {
-          h = 0;
-          ++image;
-        }
-      }
-    }
+      return low;
+    });
+  } else if (!v.channels_last) {
+    std::vector<float> zbuf(std::is_same_v<T, float> ? 0 : v.n_low * v.zbuf_size);
+    LowResWindow low[kMaxTerms];
+    nchw_pieces([&](int64_t plane, int64_t p0, int64_t n) HRNET_FAST_TARGET {
+      for (int j = 0; j < v.n_low; ++j) low[j] = low_res_window(v, j, plane, p0, n, zbuf.data() + j * v.zbuf_size);
+      return low;
+    });
+  } else if (v.bilinear) {
+    nhwc_pieces(v, begin, end, piece, [&](int j, int64_t image, int64_t h, int64_t w, int64_t c0) HRNET_FAST_TARGET {
+      const TapView &rows = v.row_taps[j], &cols = v.col_taps[j];
+      const int64_t zw = v.low_w[j], r0 = rows.i0[h] * zw, r1 = rows.i1[h] * zw;
+      const T* z = v.low[j] + image * v.low_h[j] * zw * v.C + c0;
+      return BilinearPixel<T>{z + (r0 + cols.i0[w]) * v.C, z + (r0 + cols.i1[w]) * v.C,
+                              z + (r1 + cols.i0[w]) * v.C, z + (r1 + cols.i1[w]) * v.C,
+                              rows.l0[h], rows.l1[h], cols.l0[w], cols.l1[w]};
+    });
+  } else {
+    nhwc_pieces(v, begin, end, piece, [&](int j, int64_t image, int64_t h, int64_t w, int64_t c0) HRNET_FAST_TARGET {
+      const int s = v.low_shift[j];
+      return v.low[j] + ((image * v.low_h[j] + (h >> s)) * v.low_w[j] + (w >> s)) * v.C + c0;
+    });
   }
 }
 

@@ -1,12 +1,15 @@
 // CUDA conv_bn_act: relu?(conv2d(x, weight) + bias + residual).
 //
-// With ReLU (every HRNet conv that is not a branch's last one) this is cuDNN's fused convolution + bias
-// (+ residual) + ReLU, reached through ATen: at::cudnn_convolution_relu / at::cudnn_convolution_add_relu run
-// one cuDNN fused operation (a conv-bias-add-activation graph) instead of a convolution followed by
-// element-wise kernels, and this is the baseline a hand-written implicit-GEMM kernel has to beat. ATen exposes
-// that fused operation only with ReLU, so without ReLU (or with cuDNN disabled) the conv runs through
+// With ReLU (every HRNet conv that is not a branch's last one) and `library_fused`, this is cuDNN's fused
+// convolution + bias (+ residual) + ReLU, reached through ATen: at::cudnn_convolution_relu /
+// at::cudnn_convolution_add_relu run one cuDNN fused operation (a conv-bias-add-activation graph) instead of a
+// convolution followed by element-wise kernels, and this is the baseline a hand-written implicit-GEMM kernel has
+// to beat. cuDNN has no engine for some problems (it throws); the caller decides per problem once and passes
+// `library_fused` = false for those (hrnet_fast/ops/cuda_conv.py). ATen exposes that fused operation only with
+// ReLU, so without ReLU, with cuDNN disabled or with `library_fused` false, the conv runs through
 // at::convolution without its bias, followed by one in-place epilogue kernel (bias + residual [+ ReLU]: the
-// multires_fuse kernel with a per-channel bias) instead of ATen's separate bias add and residual add.
+// multires_fuse kernel with a per-channel bias) instead of ATen's separate bias add and residual add. Every
+// launch goes to x's device and that device's current stream (the guard below; ATen and the epilogue read both).
 #include "ops.h"
 
 #include <ATen/Context.h>
@@ -19,10 +22,10 @@ namespace hrnet_fast {
 
 at::Tensor conv_bn_act_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, bool relu,
-                            at::MemoryFormat format) {
+                            bool library_fused, at::MemoryFormat format) {
   const c10::cuda::CUDAGuard guard(x.device());
   const std::vector<int64_t> strides{stride, stride}, paddings{padding, padding}, dilation{1, 1};
-  if (relu && at::globalContext().userEnabledCuDNN() && at::Context::hasCuDNN()) {
+  if (relu && library_fused && at::globalContext().userEnabledCuDNN() && at::Context::hasCuDNN()) {
     // Both pick channels_last output when x (and so weight) is channels_last; `format` keeps that explicit.
     at::Tensor y = residual.has_value()
                        ? at::cudnn_convolution_add_relu(x, weight, *residual, /*alpha=*/at::Scalar(1.0), bias, strides,

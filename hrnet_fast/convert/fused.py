@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..ops import cpu_conv, direct
 from ..ops.backends import resolve
 from ..ops.folding import fold_bn
+from ..ops.weights import PreparedWeight, stored_weight
 
 
 def supported_conv(conv: nn.Conv2d) -> Optional[str]:
@@ -37,7 +38,10 @@ def supported_conv(conv: nn.Conv2d) -> Optional[str]:
 class FusedConvBNAct(nn.Module):
     """``relu(conv(x) + b' + residual)`` with BN folded into the conv: one ``conv_bn_act`` call.
 
-    Buffers: ``weight`` [Cout, Cin, k, k] and ``bias`` [Cout], folded in fp32 then cast to ``dtype``.
+    Buffers: ``weight`` [Cout, Cin, k, k], dense in the activations' memory format (channels_last unless
+    ``set_activation_layout(False)``), and ``bias`` [Cout]; folded in fp32 then cast to ``dtype``. Each backend
+    gets the weight in the form it reads (``hrnet_fast.ops.weights``), built once and rebuilt only when the
+    stored weight changes, so no call copies or reorders it.
     """
 
     def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool, dtype: torch.dtype,
@@ -49,31 +53,32 @@ class FusedConvBNAct(nn.Module):
             w = conv.weight.detach().float()
             b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(conv.out_channels,
                                                                                      device=w.device)
-        self.register_buffer("weight", w.to(dtype).contiguous())
+        self.channels_last = True
+        self.register_buffer("weight", stored_weight(w.to(dtype), self.channels_last))
         self.register_buffer("bias", b.to(dtype).contiguous())
         self.stride = conv.stride[0]
         self.padding = conv.padding[0]
         self.relu = relu
         self.requested_backend = backend
-        self._packed: Optional[torch.Tensor] = None  # oneDNN-blocked weight for the cpu backend, built lazily
+        self._prepared = PreparedWeight()
+
+    def set_activation_layout(self, channels_last: bool) -> None:
+        """Stores the weight dense in the memory format the activations will have (what ``convert`` decides)."""
+        self.channels_last = channels_last
+        self.weight = stored_weight(self.weight, channels_last)
 
     def _apply(self, fn, recurse=True):
-        self._packed = None  # moved or cast: the packed copy no longer matches the buffers
+        self._prepared.clear()  # moved or cast: free the old device's copy now rather than at the next call
         return super()._apply(fn, recurse)
-
-    def __getstate__(self):
-        # The packed weight is an opaque oneDNN tensor that neither pickles nor deep-copies; it is rebuilt lazily.
-        return {**self.__dict__, "_packed": None}
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         backend = resolve("conv_bn_act", x.device.type, self.requested_backend)
         weight = self.weight
-        if backend == "cpu" and direct.plain_eager_call(x, residual):
-            # oneDNN reorders a dense weight into its blocked layout on every call; pack it once (3x3 only).
-            if self._packed is None:
-                packed = cpu_conv.pack_weight(self.weight, self.stride, self.padding, x.shape)
-                self._packed = self.weight if packed is None else packed
-            weight = self._packed
+        # Prepared forms (oneDNN tensors among them) only where the call runs eagerly on real tensors; traced
+        # and compiled calls read the stored weight, already in the activations' layout.
+        if direct.plain_eager_call(x, residual):
+            weight = self._prepared.get(backend, weight, stride=self.stride, padding=self.padding,
+                                        channels_last=self.channels_last, x_shape=x.shape)
             if weight.is_mkldnn and x.dtype == weight.dtype and x.is_contiguous(memory_format=torch.channels_last):
                 # The oneDNN primitive, called directly: the op layers add ~15 us a call to a ~40 us kernel.
                 return cpu_conv.onednn_fused(x, weight, self.bias, self.stride, self.padding, residual, self.relu)
@@ -102,6 +107,10 @@ class FoldedConv(nn.Module):
                 self.conv.bias.copy_(b)
         self.conv.requires_grad_(False)
         self.relu = relu
+
+    def set_activation_layout(self, channels_last: bool) -> None:
+        """Stores the weight dense in the activations' memory format, which cuDNN reads without a per-call copy."""
+        self.conv.weight = nn.Parameter(stored_weight(self.conv.weight, channels_last), requires_grad=False)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.conv(x)
@@ -144,11 +153,14 @@ class FusedHRFuse(nn.Module):
 
         y_i = relu(x_i + sum_{j>i} up(conv1x1_bn(x_j)) + sum_{j<i} chain_j(x_j))
 
-    The 1x1 conv+BN of an upsampled term runs at the low resolution (a per-pixel map commutes with nearest
-    upsampling), and ``multires_fuse`` reads its output in place instead of materialising the upsampled copy.
+    The 1x1 conv+BN of an upsampled term runs at the low resolution (a per-pixel map commutes with nearest and
+    bilinear upsampling alike), and ``multires_fuse`` reads its output in place instead of materialising the
+    upsampled copy. ``mode`` is "nearest" (classification, pose) or "bilinear" (segmentation: each term resized
+    to x_i's exact size, with ``align_corners``).
     """
 
-    def __init__(self, index: int, up: Dict[int, nn.Module], down: Dict[int, nn.Module], backend: Optional[str]):
+    def __init__(self, index: int, up: Dict[int, nn.Module], down: Dict[int, nn.Module], backend: Optional[str],
+                 mode: str = "nearest", align_corners: bool = False):
         super().__init__()
         self.index = index
         self.up_src = sorted(up)
@@ -156,16 +168,27 @@ class FusedHRFuse(nn.Module):
         self.up = nn.ModuleList(up[j] for j in self.up_src)
         self.down = nn.ModuleList(down[j] for j in self.down_src)
         self.requested_backend = backend
+        self.mode = mode
+        self.align_corners = align_corners
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
         low = [f(xs[j]) for f, j in zip(self.up, self.up_src)]
         same = [f(xs[j]) for f, j in zip(self.down, self.down_src)]
-        x = xs[self.index]
-        out = direct.multires_fuse(x, low, same, True, self.requested_backend)
-        if out is not None:
-            return out
-        return torch.ops.hrnet_fast.multires_fuse(x, low, same, True,
-                                                  resolve("multires_fuse", x.device.type, self.requested_backend))
+        return fuse(xs[self.index], low, same, self.mode, self.align_corners, self.requested_backend)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, mode={self.mode!r}" + (
+            f", align_corners={self.align_corners}" if self.mode == "bilinear" else "")
+
+
+def fuse(x: torch.Tensor, low: List[torch.Tensor], same: List[torch.Tensor], mode: str, align_corners: bool,
+         backend: Optional[str]) -> torch.Tensor:
+    """relu(x + sum up(low) + sum same) through the compiled CPU entry point where it applies, else the op."""
+    out = direct.multires_fuse(x, low, same, True, backend, mode=mode, align_corners=align_corners)
+    if out is not None:
+        return out
+    return torch.ops.hrnet_fast.multires_fuse(x, low, same, True, mode, align_corners,
+                                              resolve("multires_fuse", x.device.type, backend))
 
 
 class FusedHRModule(nn.Module):
@@ -181,3 +204,7 @@ class FusedHRModule(nn.Module):
         if not len(self.fuses):
             return xs
         return [fuse(xs) for fuse in self.fuses]
+
+
+# Every module the converter produces whose forward runs fused ops only.
+FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)

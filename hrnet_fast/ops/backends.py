@@ -85,6 +85,9 @@ def implementation(op: str, backend: str) -> Callable:
     if backend == "cpu" and op == "conv_bn_act":
         from . import cpu_conv
         return cpu_conv.conv_bn_act
+    if backend == "cuda" and op == "conv_bn_act":
+        from . import cuda_conv
+        return cuda_conv.conv_bn_act
     from . import extension
     return extension.native(op)
 

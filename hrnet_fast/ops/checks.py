@@ -62,7 +62,38 @@ def conv_out_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: int, 
     return (n, w_shape[0], (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1)
 
 
-def check_multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor], same_res: Sequence[torch.Tensor]) -> None:
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def check_upsample_mode(mode: str, align_corners: bool) -> None:
+    """mode is one multires_fuse implements; align_corners is only meaningful for bilinear (as in F.interpolate)."""
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, UPSAMPLE_MODES))}, got {mode!r}")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
+    if align_corners and mode != "bilinear":
+        raise ValueError(f"align_corners=True only applies to mode='bilinear', not mode={mode!r}")
+
+
+def _check_upsamplable(name: str, z: torch.Tensor, x: torch.Tensor, mode: str) -> None:
+    """z's spatial size is one ``mode`` can bring to x's: a power-of-two factor (nearest), at most x's (bilinear)."""
+    (h, w), (zh, zw) = x.shape[2:], z.shape[2:]
+    if mode == "bilinear":
+        if not (0 < zh <= h and 0 < zw <= w):
+            raise ValueError(f"{name} is {zh}x{zw} and x is {h}x{w}: bilinear low_res inputs must be non-empty and "
+                             f"no larger than x in either dimension")
+        return
+    ok = zh > 0 and zw > 0 and h % zh == 0 and w % zw == 0 and h // zh == w // zw
+    factor = h // zh if ok else 0
+    if not ok or factor & (factor - 1):
+        raise ValueError(f"{name} is {zh}x{zw} and x is {h}x{w}: low_res inputs must be smaller than x by one "
+                         f"power-of-two factor in both dimensions (mode='nearest'; mode='bilinear' takes any size "
+                         f"up to x's)")
+
+
+def check_multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor], same_res: Sequence[torch.Tensor],
+                        mode: str = "nearest", align_corners: bool = False) -> None:
+    check_upsample_mode(mode, align_corners)
     _check_float_4d("x", x)
     if len(low_res) > MAX_TERMS or len(same_res) > MAX_TERMS:
         raise ValueError(f"multires_fuse takes at most {MAX_TERMS} low_res and {MAX_TERMS} same_res inputs, got "
@@ -76,12 +107,7 @@ def check_multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor], same_r
         _check_like(name, z, x)
         if z.shape[0] != n or z.shape[1] != c:
             raise ValueError(f"{name} has shape {tuple(z.shape)}; batch and channels must match x {tuple(x.shape)}")
-        zh, zw = z.shape[2], z.shape[3]
-        ok = zh > 0 and zw > 0 and h % zh == 0 and w % zw == 0 and h // zh == w // zw
-        factor = h // zh if ok else 0
-        if not ok or factor & (factor - 1):
-            raise ValueError(f"{name} is {zh}x{zw} and x is {h}x{w}: low_res inputs must be smaller than x by one "
-                             f"power-of-two factor in both dimensions")
+        _check_upsamplable(name, z, x, mode)
     for i, d in enumerate(same_res):
         name = f"same_res[{i}]"
         _check_float_4d(name, d)

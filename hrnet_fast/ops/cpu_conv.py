@@ -135,6 +135,13 @@ def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequen
                                                         list(x_shape))
 
 
+def prepare_weight(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
+                   x_shape: Sequence[int]) -> Optional[torch.Tensor]:
+    """The cpu backend's form of a converted model's weight (``hrnet_fast.ops.weights``): packed for oneDNN
+    where it runs the conv (channels_last activations, ``pack_weight``), else None (the dense weight as is)."""
+    return pack_weight(weight, stride, padding, x_shape) if channels_last else None
+
+
 # Packed copies of dense weights seen by ``conv_bn_act``: id(weight) -> (weakref, (version, stride, padding,
 # x_shape[1:]), packed). An entry lives as long as its weight and is rebuilt when the weight changes in place.
 _packed_cache: Dict[int, Tuple[weakref.ref, Tuple, Optional[torch.Tensor]]] = {}

@@ -45,7 +45,8 @@ def plain_eager_call(*tensors: Optional[torch.Tensor]) -> bool:
 
 
 def multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor], same_res: Sequence[torch.Tensor], relu: bool,
-                  backend: Optional[str]) -> Optional[torch.Tensor]:
+                  backend: Optional[str], *, mode: str = "nearest", align_corners: bool = False
+                  ) -> Optional[torch.Tensor]:
     """``relu(x + sum up(low_res) + sum same_res)`` through the compiled CPU kernel, or None where the call must go
     through ``torch.ops.hrnet_fast.multires_fuse`` (see the module docstring)."""
     # Only what the C++ side cannot see: tracing, the backend asked for, and CPU input (so that a CUDA call never
@@ -54,4 +55,4 @@ def multires_fuse(x: torch.Tensor, low_res: Sequence[torch.Tensor], same_res: Se
             not x.is_cpu:
         return None
     entry = _cpu_entry()
-    return entry(x, low_res, same_res, relu) if entry is not None else None
+    return entry(x, low_res, same_res, relu, mode, align_corners) if entry is not None else None

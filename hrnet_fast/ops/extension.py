@@ -15,6 +15,7 @@ import functools
 import glob
 import os
 import shutil
+import struct
 import sys
 from types import ModuleType
 from typing import Callable, Dict, List, Optional, Tuple
@@ -166,7 +167,55 @@ def native(op: str) -> Callable:
     """The extension's ``op``, called with the reference signature (``reference.py``)."""
     if op not in OPS:
         raise ValueError(f"the extension has no op {op!r}; it has {', '.join(OPS)}")
+    ok, why = loaded()  # loads it: a graph deserialised in a fresh process reaches here before anything else did
+    if not ok:
+        raise RuntimeError(why)
     fn = getattr(getattr(torch.ops, LIBRARY), op)
     if op == "conv_bn_act":
         return lambda x, w, b, *, stride, padding, residual, relu: fn(x, w, b, residual, stride, padding, relu)
-    return lambda x, low_res, same_res, *, relu: fn(x, list(low_res), list(same_res), relu)
+    return lambda x, low_res, same_res, *, relu, mode, align_corners: fn(x, list(low_res), list(same_res), relu, mode,
+                                                                         align_corners)
+
+
+def _elf_section(data: bytes, name: str) -> Optional[bytes]:
+    """The bytes of section ``name`` of a 64-bit little-endian ELF file, or None."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return None
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = headers[shstrndx][4]
+    for name_off, _, _, _, offset, size in headers:
+        end = data.index(b"\0", names + name_off)
+        if data[names + name_off:end].decode() == name:
+            return data[offset:offset + size]
+    return None
+
+
+def fatbin_archs(path: str) -> List[str]:
+    """GPU code in a shared library's CUDA fat binaries: ``sm_XY`` for each compiled binary, ``compute_XY`` for
+    each PTX (which the driver compiles for newer GPUs). Empty when the library has no CUDA code.
+
+    Format (nvcc's fatbin, as cuobjdump reads it): containers start with magic 0xBA55ED50, a u16 version, a u16
+    header size and a u64 payload size; each entry has a u16 kind (1 PTX, 2 ELF), a u32 header size, a u64
+    payload size and the u32 architecture (e.g. 90) at byte 28.
+    """
+    with open(path, "rb") as f:
+        section = _elf_section(f.read(), ".nv_fatbin")
+    archs: List[str] = []
+    pos = 0
+    while section is not None and pos + 16 <= len(section):
+        magic, _, header, size = struct.unpack_from("<IHHQ", section, pos)
+        if magic != 0xBA55ED50:
+            pos += 8  # containers are 8-byte aligned
+            continue
+        entry, end = pos + header, pos + header + size
+        while entry + 32 <= end:
+            kind, _, entry_header, entry_size = struct.unpack_from("<HHIQ", section, entry)
+            arch, = struct.unpack_from("<I", section, entry + 28)
+            name = {1: f"compute_{arch}", 2: f"sm_{arch}"}.get(kind)
+            if name is not None and name not in archs:
+                archs.append(name)
+            entry += entry_header + entry_size
+        pos = end
+    return archs

@@ -6,7 +6,8 @@ only forwards to that backend's implementation (``run_conv_bn_act`` / ``run_mult
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import contextlib
+from typing import ContextManager, List, Optional
 
 import torch
 
@@ -29,20 +30,31 @@ def check_no_grad(op: str, *tensors: Optional[torch.Tensor]) -> None:
                            f"grad: call it under torch.no_grad() or torch.inference_mode(), or detach the inputs")
 
 
+def on_device(backend: str, x: torch.Tensor) -> ContextManager:
+    """Makes x's device current for a Triton launch, which goes to the current device and its current stream
+    (an illegal access for tensors on another GPU). The compiled CUDA kernels guard themselves (c10 CUDAGuard)
+    and ATen ops follow their tensors, so the other backends need nothing."""
+    if backend == "triton" and x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
 def run_conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     residual: Optional[torch.Tensor], stride: int, padding: int, relu: bool,
                     backend: str) -> torch.Tensor:
     check_no_grad("conv_bn_act", x, weight, bias, residual)
     impl = backends.implementation("conv_bn_act", backend)
-    out = impl(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu)
+    with on_device(backend, x):
+        out = impl(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu)
     return out.contiguous(memory_format=output_memory_format(x))
 
 
 def run_multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], relu: bool,
-                      backend: str) -> torch.Tensor:
+                      mode: str, align_corners: bool, backend: str) -> torch.Tensor:
     check_no_grad("multires_fuse", x, *low_res, *same_res)
     impl = backends.implementation("multires_fuse", backend)
-    out = impl(x, list(low_res), list(same_res), relu=relu)
+    with on_device(backend, x):
+        out = impl(x, list(low_res), list(same_res), relu=relu, mode=mode, align_corners=align_corners)
     return out.contiguous(memory_format=output_memory_format(x))
 
 
@@ -53,7 +65,8 @@ def run_multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: Li
 _lib = torch.library.Library("hrnet_fast", "DEF")
 _lib.define("conv_bn_act(Tensor x, Tensor weight, Tensor? bias, Tensor? residual, int stride, int padding, "
             "bool relu, str backend) -> Tensor")
-_lib.define("multires_fuse(Tensor x, Tensor[] low_res, Tensor[] same_res, bool relu, str backend) -> Tensor")
+_lib.define("multires_fuse(Tensor x, Tensor[] low_res, Tensor[] same_res, bool relu, str mode, bool align_corners, "
+            "str backend) -> Tensor")
 _lib.impl("conv_bn_act", run_conv_bn_act, "CompositeExplicitAutograd")
 _lib.impl("multires_fuse", run_multires_fuse, "CompositeExplicitAutograd")
 
@@ -65,5 +78,5 @@ def _(x, weight, bias, residual, stride, padding, relu, backend):
 
 
 @torch.library.register_fake("hrnet_fast::multires_fuse", lib=_lib)
-def _(x, low_res, same_res, relu, backend):
+def _(x, low_res, same_res, relu, mode, align_corners, backend):
     return torch.empty_like(x, memory_format=output_memory_format(x))

@@ -26,11 +26,16 @@ def upsample_factor(z: torch.Tensor, x: torch.Tensor) -> int:
 
 
 def multires_fuse_ref(x: torch.Tensor, low_res: Sequence[torch.Tensor] = (), same_res: Sequence[torch.Tensor] = (),
-                      *, relu: bool = True) -> torch.Tensor:
-    """relu(x + sum_j up_nearest(z_j) + sum_k d_k), each z_j smaller than x by an integer factor."""
+                      *, relu: bool = True, mode: str = "nearest", align_corners: bool = False) -> torch.Tensor:
+    """relu(x + sum_j up(z_j) + sum_k d_k), each z_j upsampled to x's size by ``F.interpolate``.
+
+    mode="nearest": each z_j smaller than x by a power-of-two factor. mode="bilinear": any z_j no larger than x,
+    ``F.interpolate(z_j, size=x.shape[-2:], mode="bilinear", align_corners=align_corners)``.
+    """
+    extra = {"align_corners": align_corners} if mode == "bilinear" else {}
     y = x
     for z in low_res:
-        y = y + F.interpolate(z, size=x.shape[-2:], mode="nearest")
+        y = y + F.interpolate(z, size=x.shape[-2:], mode=mode, **extra)
     for d in same_res:
         y = y + d
     if relu:

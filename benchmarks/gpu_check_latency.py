@@ -1,0 +1,54 @@
+"""gpu_check stage 'latency': the seed's latency table through ``python -m hrnet_fast bench --json``.
+
+On the GPU: HRNet-W18 and W48 at batch 1/8/32, FP32 and FP16, eager NCHW (the reference), eager channels_last,
+converted; then converted with CUDA graphs; then torch.compile with the time left. Each run gets a share of the
+stage's budget; the JSON keeps every run's figures (or why it did not finish). Smoke mode: W18-small at 64x64,
+batch 1, FP32, on the CPU, two timed calls."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from gpu_check_common import SMOKE, remaining, run_command, stage_main
+
+GPU_RUNS = [  # (name, extra arguments, share of the budget left when the run starts)
+    ("eager_and_converted", ["--models", "w18,w48", "--batch", "1,8,32", "--dtype", "fp32,fp16",
+                             "--peers", "channels_last", "--min-time", "0.5"], 0.5),
+    ("converted_cuda_graph", ["--models", "w18,w48", "--batch", "1,8,32", "--dtype", "fp32,fp16", "--cuda-graph",
+                              "--min-time", "0.5"], 0.7),
+    ("compile", ["--models", "w18", "--batch", "1,8,32", "--dtype", "fp16", "--peers", "compile",
+                 "--min-time", "0.5"], 1.0),
+]
+SMOKE_RUNS = [("eager_and_converted", ["--models", "w18_small", "--batch", "1", "--dtype", "fp32", "--device", "cpu",
+                                       "--input-size", "64", "--peers", "channels_last", "--reps", "2",
+                                       "--warmup", "0"], 1.0)]
+
+
+def body(args):
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # Triton's choices persist across the runs (they share tuning keys): later runs skip the timing.
+        env = {"HRNET_FAST_TUNING_CACHE": os.path.join(tmp, "tuning.json")}
+        for name, extra, share in (SMOKE_RUNS if SMOKE else GPU_RUNS):
+            budget = remaining(args) * share
+            if budget < 20:
+                runs[name] = {"skipped": f"{budget:.0f} s of the stage's budget left"}
+                continue
+            path = os.path.join(tmp, f"{name}.json")
+            run = run_command([sys.executable, "-m", "hrnet_fast", "bench", "--json", path] + extra, budget, env)
+            if run.get("rc") == 0:
+                del run["output_tail"]  # the bench JSON holds the figures
+            if os.path.exists(path):
+                with open(path) as f:
+                    run["bench"] = json.load(f)
+            runs[name] = run
+    out = {"runs": runs}
+    if runs["eager_and_converted"].get("rc") != 0:
+        out["status_override"] = "failed"
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main("latency", body))

@@ -1,0 +1,135 @@
+"""What a run prints (markdown in the seed's table layout) and writes (``--json``)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Sequence
+
+from .environment import command_line, equivalent_command
+from .peers import LABELS
+from .runner import CALIBRATION, COUNT_BATCH, Results
+
+
+def _ms(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":--:" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _facts(info: Dict[str, str]) -> str:
+    return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in info.items())
+
+
+def cpu_precision_line(env: Dict[str, Any]) -> str:
+    """Which reduced precisions this CPU runs natively (oneDNN), and on what instructions."""
+    native = env["cpu_native_dtypes"]
+    parts = []
+    for name, short in (("bfloat16", "bf16"), ("float16", "fp16")):
+        how = native.get(f"{name}_how")
+        parts.append(f"{short} native ({how})" if native[name] else f"{short} not native (no oneDNN {short} path)")
+    cap = native.get("onednn_isa_cap")
+    return (f"CPU precisions: {', '.join(parts)}; ATen vector level {native['capability']}"
+            + (f", oneDNN capped at {cap}." if cap else "."))
+
+
+def _latency_tables(results: Results) -> List[str]:
+    s = results.settings
+    out = []
+    batch_cols = [f"batch_size={b} (ms)" for b in s.batches]
+    for dtype in s.dtypes:
+        for impl in s.implementations:
+            if not s.runs(impl, dtype):
+                continue
+            rows = [[m] + [_ms(results.timings[(m, dtype, b, impl)].median_ms) for b in s.batches] for m in s.models]
+            out += [f"### {dtype.upper()}, {LABELS[impl]}", ""]
+            facts = [f"{m}: {_facts(results.info[(m, dtype, impl)])} (as its runtime reports it)"
+                     for m in s.models if (m, dtype, impl) in results.info]
+            out += ([*facts, ""] if facts else []) + [_table(["Models"] + batch_cols, rows), ""]
+    return out
+
+
+def _speedup_table(results: Results) -> List[str]:
+    s = results.settings
+    rows = []
+    for m in s.models:
+        for dtype in s.dtypes:
+            for impl in s.implementations[1:]:
+                if s.runs(impl, dtype):
+                    ratios = [results.speedup(m, dtype, b, impl) for b in s.batches]
+                    rows.append([m, dtype.upper(), impl] + [f"{r:.2f}x" for r in ratios])
+    return ["### Speed-up vs the reference at the same precision (ratio of medians, >1 is faster)", "",
+            _table(["Models", "Precision", "Implementation"] + [f"batch_size={b}" for b in s.batches], rows), ""]
+
+
+def _dispatch_table(results: Results) -> List[str]:
+    s = results.settings
+    rows = []
+    for m in s.models:
+        for dtype in s.dtypes:
+            ref, conv = results.counts[(m, dtype, "reference")], results.counts[(m, dtype, "converted")]
+            rows.append([m, dtype.upper(), str(ref.ops), str(conv.ops), f"{ref.ops / max(conv.ops, 1):.2f}x",
+                         f"{ref.bytes_written / 1e6:.1f}", f"{conv.bytes_written / 1e6:.1f}",
+                         f"{ref.bytes_written / max(conv.bytes_written, 1):.2f}x"])
+    return [f"### Per forward at batch {COUNT_BATCH}: ops dispatched and activation bytes written "
+            "(launch count and memory traffic on a GPU)", "",
+            _table(["Models", "Precision", "Ops (reference)", "Ops (converted)", "Fewer ops",
+                    "Written MB (reference)", "Written MB (converted)", "Fewer bytes"], rows), ""]
+
+
+def format_report(results: Results, env: Dict[str, Any]) -> str:
+    """The markdown the command prints: latency per precision and implementation (seed layout), speed-ups,
+    dispatch counts and bytes, params and FLOPs."""
+    s = results.settings
+    h, w = s.input_size
+    out = [f"## hrnet-fast bench: {env['device_name']} ({s.device}, CPU threads: {env['torch_threads']}), "
+           f"torch {env['torch']}, input {h}x{w}",
+           f"Median latency of {s.reps or f'>= {s.min_time:g} s of'} timed calls per cell, implementations "
+           f"interleaved, each timed call right after an untimed one of the same implementation; p20/p80 in --json."]
+    if s.device.type == "cpu":
+        out.append(cpu_precision_line(env))
+    out.append("")
+    out += _latency_tables(results) + _speedup_table(results) + _dispatch_table(results)
+    out += [f"### Params and FLOPs at {h}x{w}", ""]
+    rows = [[m, f"{p['params'] / 1e6:.2f}", f"{p['macs'] / 1e9:.3f}", f"{p['flops'] / 1e9:.3f}"]
+            for m, p in results.profiles.items()]
+    out += [_table(["Models", "Params (M)", "MACs (G)", "FLOPs (G, MMCls convention)"], rows), ""]
+    errors = [f"{m} {d} {i}: {e:.1e}" for (m, d, i), e in results.rel_error.items()]
+    out += [f"Relative L2 difference of outputs vs the reference at batch {s.batches[0]}: " + "; ".join(errors),
+            f"Wall time {results.wall_s:.0f} s."]
+    return "\n".join(out)
+
+
+def to_json(results: Results, env: Dict[str, Any]) -> Dict[str, Any]:
+    """Every figure of the run, with the environment and the command line."""
+    s = results.settings
+    records = []
+    for (m, dtype, batch, impl), t in results.timings.items():
+        records.append({"model": m, "dtype": dtype, "batch": batch, "implementation": impl, **t.as_dict(),
+                        "speedup_vs_reference": results.speedup(m, dtype, batch, impl)})
+    models = {}
+    for m in s.models:
+        counts = {dtype: {impl: results.counts[(m, dtype, impl)].as_dict() for impl in ("reference", "converted")}
+                  for dtype in s.dtypes}
+        errors = {dtype: {impl: e for (mm, d, impl), e in results.rel_error.items() if mm == m and d == dtype}
+                  for dtype in s.dtypes}
+        info = {dtype: {impl: facts for (mm, d, impl), facts in results.info.items() if mm == m and d == dtype}
+                for dtype in s.dtypes}
+        models[m] = {**results.profiles[m], "dispatch_per_forward": counts, "count_batch": COUNT_BATCH,
+                     "rel_error_vs_reference": errors, "implementation_info": info}
+    return {
+        "schema": "hrnet_fast.bench/1",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "equivalent_command": equivalent_command(s),
+        "environment": env,
+        "settings": {"models": s.models, "batches": s.batches, "dtypes": s.dtypes, "device": str(s.device),
+                     "input_size": list(s.input_size), "implementations": s.implementations,
+                     "cuda_graph": s.cuda_graph, "threads": s.threads, "warmup": s.warmup, "reps": s.reps,
+                     "min_time_s": s.min_time, "calibration": CALIBRATION},
+        "wall_s": results.wall_s,
+        "models": models,
+        "results": records,
+    }

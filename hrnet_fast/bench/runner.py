@@ -1,0 +1,127 @@
+"""Running a benchmark: the calibrated reference model, every implementation built from it per precision, and
+every (model, precision, batch) cell timed with all its implementations interleaved (``hrnet_fast.timing``)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..timing import TimingStats, time_round_robin
+from .compare import relative_error
+from .peers import DTYPES, Implementation, build_implementation
+from .settings import Settings
+
+CALIBRATION = {"steps": 2, "batch": 2}
+COUNT_BATCH = 1
+
+
+def reference_model(name: str, device: torch.device, input_size: Tuple[int, int]) -> nn.Module:
+    """The reference model ``name`` with random weights (seed 0) and BatchNorm calibrated on ``device`` (fast
+    where there is a GPU), returned on the CPU in eval mode."""
+    from ..calibrate import calibrate_bn
+    from ..registry import create_model
+    torch.manual_seed(0)
+    model = create_model(name).to(device)
+    calibrate_bn(model, input_size, steps=CALIBRATION["steps"], batch=CALIBRATION["batch"])
+    return model.cpu().eval()
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    settings: Settings
+    timings: Dict[Tuple[str, str, int, str], TimingStats] = field(default_factory=dict)  # (model, dtype, batch, impl)
+    rel_error: Dict[Tuple[str, str, str], float] = field(default_factory=dict)  # (model, dtype, impl) vs reference
+    counts: Dict[Tuple[str, str, str], Any] = field(default_factory=dict)  # (model, dtype, impl) -> DispatchCounts
+    info: Dict[Tuple[str, str, str], Dict[str, str]] = field(default_factory=dict)  # (model, dtype, impl) -> facts
+    profiles: Dict[str, Dict[str, float]] = field(default_factory=dict)  # model -> params/macs/flops
+    wall_s: float = 0.0
+
+    def speedup(self, model: str, dtype: str, batch: int, impl: str) -> Optional[float]:
+        ref = self.timings.get((model, dtype, batch, "reference"))
+        other = self.timings.get((model, dtype, batch, impl))
+        return None if ref is None or other is None else ref.median_ms / other.median_ms
+
+
+def _input(batch: int, settings: Settings, dtype: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 3, *settings.input_size, generator=gen)
+    return x.to(device=settings.device, dtype=DTYPES[dtype])
+
+
+def _count(results: Results, name: str, dtype: str, model: nn.Module, impls: Dict[str, Implementation]) -> None:
+    """Ops and activation bytes per steady-state forward at batch 1, reference vs converted (without CUDA graphs,
+    which replay every kernel from one launch and would hide them from the counter)."""
+    from ..counting import count_forward
+    s = results.settings
+    x = _input(COUNT_BATCH, s, dtype)
+    converted = impls["converted"]
+    if s.cuda_graph:
+        converted = build_implementation("converted", model, s.device, dtype, input_size=s.input_size)
+    for impl, runner in (("reference", impls["reference"]), ("converted", converted)):
+        with torch.no_grad():
+            runner.forward(runner.prepare(x))  # first-call work (CPU weight packing, autotuning) is not per forward
+        results.counts[(name, dtype, impl)] = count_forward(runner.forward, runner.prepare(x))
+
+
+def _profile(model: nn.Module, input_size: Tuple[int, int]) -> Dict[str, float]:
+    """Params, MACs and FLOPs (the MMClassification convention, see ``hrnet_fast.profile``)."""
+    from ..profile import profile
+    p = profile(model, input_size)
+    return {"params": float(p.params), "macs": float(p.macs), "flops": float(p.flops)}
+
+
+def run(settings: Settings, progress: Optional[Any] = None) -> Results:
+    """Times every (model, precision, batch) cell for every implementation; ``progress`` is a tqdm bar
+    advanced once per cell."""
+    results = Results(settings)
+    begin = time.perf_counter()
+    for name in settings.models:
+        _status(progress, f"{name}: calibrating BN")
+        model = reference_model(name, settings.device, settings.input_size)
+        results.profiles[name] = _profile(model, settings.input_size)
+        for dtype in settings.dtypes:
+            _status(progress, f"{name} {dtype}: building implementations")
+            impls = {impl: build_implementation(impl, model, settings.device, dtype, input_size=settings.input_size,
+                                                 cuda_graph=settings.cuda_graph)
+                     for impl in settings.implementations if settings.runs(impl, dtype)}
+            for impl, runner in impls.items():
+                if runner.info:
+                    results.info[(name, dtype, impl)] = dict(runner.info)
+            _count(results, name, dtype, model, impls)
+            for batch in settings.batches:
+                _status(progress, f"{name} {dtype} batch {batch}")
+                _time_cell(results, name, dtype, batch, impls)
+                if progress is not None:
+                    progress.update(1)
+            del impls
+            if settings.device.type == "cuda":
+                torch.cuda.empty_cache()
+    results.wall_s = time.perf_counter() - begin
+    return results
+
+
+def _time_cell(results: Results, name: str, dtype: str, batch: int, impls: Dict[str, Implementation]) -> None:
+    settings = results.settings
+    x = _input(batch, settings, dtype)
+    inputs = {impl: runner.prepare(x) for impl, runner in impls.items()}
+    if batch == settings.batches[0]:
+        with torch.inference_mode():
+            outs = {impl: runner.forward(inputs[impl]) for impl, runner in impls.items()}
+        for impl, out in outs.items():
+            if impl != "reference":
+                results.rel_error[(name, dtype, impl)] = relative_error(out, outs["reference"])
+    fns = {impl: (lambda r=runner, i=inputs[impl]: r.forward(i)) for impl, runner in impls.items()}
+    stats = time_round_robin(fns, settings.device, warmup=settings.warmup, reps=settings.reps,
+                             min_time=settings.min_time)
+    for impl, s in stats.items():
+        results.timings[(name, dtype, batch, impl)] = s
+
+
+def _status(progress: Optional[Any], text: str) -> None:
+    if progress is not None:
+        progress.set_description_str(text)

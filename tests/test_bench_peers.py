@@ -1,0 +1,47 @@
+"""The benchmark's implementations behind their one interface: runtimes that take any output structure, and the
+CPU's bf16 cells."""
+import pytest
+import torch
+
+from hrnet_fast import bench
+from hrnet_fast.bench.compare import flatten_outputs, relative_error
+from hrnet_fast.calibrate import calibrate_bn
+from hrnet_fast.registry import create_model
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def features_model():
+    """A model whose output is a list (the five feature maps), not logits."""
+    torch.manual_seed(0)
+    return calibrate_bn(create_model("hrnet_w18_small", features_only=True), SIZE, steps=2, batch=2)
+
+
+@pytest.mark.parametrize("impl", ["onnxruntime", "openvino_fp32"])
+def test_runtimes_return_every_output_of_a_multi_output_model(features_model, impl):
+    runner = bench.build_implementation(impl, features_model, "cpu", "fp32", input_size=SIZE)
+    x = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(1))  # batch 2: the batch is not fixed
+    with torch.no_grad():
+        ref = features_model(x)
+    out = runner.forward(runner.prepare(x))
+    assert len(flatten_outputs(out)) == len(ref) == 5
+    assert relative_error(out, ref) < 1e-4  # fp32 in another library's kernels: rounding only
+
+
+def test_every_peer_has_a_spec_and_a_label():
+    assert set(bench.PEERS) == {"channels_last", "compile", "onnxruntime", "openvino"}
+    assert bench.peer_implementations("openvino") == ["openvino_fp32", "openvino_default"]
+    for name, spec in bench.SPECS.items():
+        assert bench.LABELS[name] == spec.label and spec.name == name
+    with pytest.raises(ValueError, match="unknown implementation 'tensorrt'"):
+        bench.build_implementation("tensorrt", torch.nn.Identity(), "cpu", "fp32")
+
+
+def test_cpu_bf16_cells_time_the_converted_model_beside_eager():
+    settings = bench.Settings(models=["hrnet_w18_small"], batches=[1], dtypes=["bf16"], device=torch.device("cpu"),
+                              input_size=SIZE, peers=[], warmup=0, reps=1)
+    results = bench.run(settings)
+    assert set(results.timings) == {("hrnet_w18_small", "bf16", 1, impl) for impl in ("reference", "converted")}
+    # Both run in bf16 (8 mantissa bits) through ~100 layers, each rounding differently; a wrong model is O(1) off.
+    assert results.rel_error[("hrnet_w18_small", "bf16", "converted")] < 0.1
