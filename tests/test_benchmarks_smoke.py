@@ -45,8 +45,10 @@ def test_groups_put_reference_and_fused_side_by_side(suite_json):
         groups[b["group"]].add(b["params"].get("impl"))
     conv = [g for g in groups if g.startswith("conv_bn_act")]
     fuse = [g for g in groups if g.startswith("multires_fuse")]
+    bilinear = [g for g in fuse if g.startswith("multires_fuse bilinear")]
     model = [g for g in groups if g.startswith("hrnet_w18_small")]
-    assert len(conv) == 7 * 2 and len(fuse) == 4 and len(model) == 1  # 7 conv shapes x 2 layouts
+    # 7 conv shapes x 2 layouts; 4 nearest fusions; 3 segmentation fusions + the head's sum x 2 align_corners
+    assert len(conv) == 7 * 2 and len(fuse) - len(bilinear) == 4 and len(bilinear) == 4 * 2 and len(model) == 1
     for g in conv:
         assert groups[g] == {"eager conv+BN+ReLU", "folded composition", "fused"}
     for g in fuse:
