@@ -20,11 +20,6 @@ def conv_bn_act_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return torch.relu(y) if relu else y
 
 
-def upsample_factor(z: torch.Tensor, x: torch.Tensor) -> int:
-    """The integer nearest-upsampling factor that brings ``z`` to ``x``'s spatial size (validated elsewhere)."""
-    return x.shape[-2] // z.shape[-2] if z.shape[-2] else 1
-
-
 def multires_fuse_ref(x: torch.Tensor, low_res: Sequence[torch.Tensor] = (), same_res: Sequence[torch.Tensor] = (),
                       *, relu: bool = True, mode: str = "nearest", align_corners: bool = False) -> torch.Tensor:
     """relu(x + sum_j up(z_j) + sum_k d_k), each z_j upsampled to x's size by ``F.interpolate``.
