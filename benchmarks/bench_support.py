@@ -30,6 +30,10 @@ WARMUP_CALLS = 1 if TINY else 3
 BRANCH_CHANNELS = (18, 36, 72, 144)
 BRANCH_SIZES = (8, 4, 2, 1) if TINY else (56, 28, 14, 7)
 STEM_SIZE = 16 if TINY else 112  # the stem's second conv, 64 -> 64 channels, stride 2
+# HRNetV2-W18 segmentation at 512x1024: branch i has the same channels at (128 x 256) / 2**i (stride 4 to 32); the
+# head ends in 19 classes (Cityscapes).
+SEG_SIZES = ((8, 16), (4, 8), (2, 4), (1, 2)) if TINY else ((128, 256), (64, 128), (32, 64), (16, 32))
+SEG_CLASSES = 19
 
 
 def synchronized(fn: Callable[[], object]) -> Callable[[], object]:

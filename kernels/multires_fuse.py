@@ -36,6 +36,18 @@ def _configs() -> List[triton.Config]:
             for block, warps in ((256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8))]
 
 
+# Output elements a thread sums at most in the bilinear variant: four taps per term keep more values live, and
+# at 16 a thread (BLOCK 4096 on 8 warps) ptxas spills hundreds of bytes on sm_90.
+MAX_BILINEAR_ELEMENTS_PER_THREAD = 8
+
+
+def _prune_configs(configs: List[triton.Config], named_args, **kwargs) -> List[triton.Config]:
+    """The autotuning configs a launch may use: all for nearest, those within the per-thread bound for bilinear."""
+    if not kwargs.get("BILINEAR"):
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK"] // (32 * c.num_warps) <= MAX_BILINEAR_ELEMENTS_PER_THREAD]
+
+
 @triton.jit
 def _load_nearest(ptr, n, c, h, w, sn, sc, sh, sw, shift, mask):
     """One low-resolution input at (n, c, h >> shift, w >> shift), as fp32."""
@@ -65,12 +77,14 @@ def _load_bilinear(ptr, n, c, h, w, sn, sc, sh, sw, zh, zw, scale_h, scale_w, H,
     """One low-resolution input [N, C, zh, zw] bilinearly interpolated at output (n, c, h, w) of [N, C, H, W], fp32."""
     h0, h1, lh0, lh1 = _linear_taps(h, zh, H, scale_h, ALIGN_CORNERS)
     w0, w1, lw0, lw1 = _linear_taps(w, zw, W, scale_w, ALIGN_CORNERS)
-    base = ptr + n * sn + c * sc
-    top0 = tl.load(base + h0 * sh + w0 * sw, mask=mask, other=0.0).to(tl.float32)
-    top1 = tl.load(base + h0 * sh + w1 * sw, mask=mask, other=0.0).to(tl.float32)
-    bottom0 = tl.load(base + h1 * sh + w0 * sw, mask=mask, other=0.0).to(tl.float32)
-    bottom1 = tl.load(base + h1 * sh + w1 * sw, mask=mask, other=0.0).to(tl.float32)
-    return lh0 * (lw0 * top0 + lw1 * top1) + lh1 * (lw0 * bottom0 + lw1 * bottom1)
+    top = ptr + n * sn + c * sc + h0 * sh
+    bottom = top + (h1 - h0) * sh
+    col0, col1 = w0 * sw, w1 * sw
+    top_row = lw0 * tl.load(top + col0, mask=mask, other=0.0).to(tl.float32) + \
+        lw1 * tl.load(top + col1, mask=mask, other=0.0).to(tl.float32)
+    bottom_row = lw0 * tl.load(bottom + col0, mask=mask, other=0.0).to(tl.float32) + \
+        lw1 * tl.load(bottom + col1, mask=mask, other=0.0).to(tl.float32)
+    return lh0 * top_row + lh1 * bottom_row
 
 
 @triton.jit
@@ -88,7 +102,8 @@ def _load_same(ptr, n, c, h, w, sn, sc, sh, sw, mask):
     return tl.load(ptr + n * sn + c * sc + h * sh + w * sw, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.autotune(configs=_configs(), key=["total", "C", "H", "W", "N_LOW", "N_SAME", "CHANNELS_LAST", "BILINEAR"])
+@triton.autotune(configs=_configs(), key=["total", "C", "H", "W", "N_LOW", "N_SAME", "CHANNELS_LAST", "BILINEAR"],
+                 prune_configs_by={"early_config_prune": _prune_configs})
 @triton.jit
 def _multires_fuse_kernel(
     y_ptr,  # [N, C, H, W] output, dense in NCHW order (NHWC order when CHANNELS_LAST)

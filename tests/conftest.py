@@ -21,3 +21,13 @@ def pytest_collection_modifyitems(config, items):
         # The marker itself, not item.keywords: keywords also hold directory names (a checkout in .../gpu/).
         if item.get_closest_marker("gpu") is not None and not HAS_CUDA:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Batch-1 forwards of small tensors gain nothing from intra-op threads, and on a shared 2-core machine
+    oversubscribed threads make them many times slower. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -195,6 +195,18 @@ def conv_records(shapes: List[Dict], dtypes, int64: bool, cache: Dict) -> List[D
     return records
 
 
+# Bilinear fusions of HRNetV2-W18 segmentation at 512x1024 (channels_last, as fuse_records compiles): into the
+# stride-4 branch from the three lower ones, and the head's 19-class sum, one per align_corners value.
+SEG_FUSES = [dict(c=c, h=128, w=256, low=[(64, 128), (32, 64), (16, 32)], same=0, count=1, mode="bilinear",
+                  align_corners=align_corners) for c, align_corners in ((18, False), (19, True))]
+
+
+def _mode_label(fusion: Dict) -> str:
+    if fusion.get("mode", "nearest") == "nearest":
+        return ""
+    return f" bilinear{' align_corners' if fusion.get('align_corners') else ''}"
+
+
 def fuse_records(fuses: List[Dict], dtypes, int64: bool, cache: Dict) -> List[Dict]:
     """One record per (fusion call, dtype, autotuning config) for the multires_fuse kernel, channels_last."""
     import torch
@@ -211,16 +223,17 @@ def fuse_records(fuses: List[Dict], dtypes, int64: bool, cache: Dict) -> List[Di
                     return torch.empty(1, f["c"], h, w, dtype=dt[dtype]).to(memory_format=torch.channels_last)
                 recorder = Recorder()
                 kernel.run = recorder
+                mode = dict(mode=f.get("mode", "nearest"), align_corners=f.get("align_corners", False))
                 fuse.multires_fuse(t(f["h"], f["w"]), [t(*hw) for hw in f["low"]],
-                                   [t(f["h"], f["w"]) for _ in range(f["same"])], relu=True)
+                                   [t(f["h"], f["w"]) for _ in range(f["same"])], relu=True, **mode)
                 (args, kwargs), = recorder.launches
-                for config in kernel.configs:
+                for config in fuse._prune_configs(kernel.configs, {}, **kwargs):
                     kw = {**kwargs, **config.all_kwargs()}
                     for is_int64 in ([False, True] if int64 else [False]):
                         rec = compile_recorded(kernel.fn, args, {**kw, "INT64": is_int64}, cache)
                         records.append(dict(kernel="multires_fuse", dtype=dtype, int64=is_int64,
                                             shape=f"{f['c']}x{f['h']}x{f['w']} low {len(f['low'])} "
-                                                  f"same {f['same']}",
+                                                  f"same {f['same']}{_mode_label(f)}",
                                             config=_config_name(kw), registers=rec["registers"],
                                             spill_bytes=rec["spill_bytes"], shared_bytes=rec["shared_bytes"],
                                             loads=rec["loads"], calls_per_forward=f["count"]))
@@ -237,11 +250,13 @@ def collect(full: bool = False) -> Dict[str, Any]:
     """Everything the static gates check, for W18's calls, and the wall time.
 
     Default (CI): conv in fp16 on every HRNet-branch shape (channels 18/36/72/144 in and out) and in bf16 and
-    fp32 on ``BF16_SAMPLE``; multires_fuse in fp16 on every fusion call; every config each call can launch
+    fp32 on ``BF16_SAMPLE``; multires_fuse in fp16 on every fusion call (and HRNetV2-W18 segmentation's bilinear
+    ones, ``SEG_FUSES``); every config each call can launch
     with. ``full``: every conv shape of the forward (stem, transitions and head too) in fp16, bf16 and fp32,
     multires_fuse in fp16 and bf16, and the int64-index variants (reported, not gated)."""
     begin = time.perf_counter()
     convs, fuses = w18_calls()
+    fuses = fuses + SEG_FUSES
     if full:
         jobs = [(conv_records, convs, ("fp16",)), (conv_records, convs, ("bf16", "fp32")),
                 (fuse_records, fuses, DTYPES)]

@@ -9,6 +9,7 @@ import torch.nn as nn
 import hrnet_fast
 from hrnet_fast.counting import count_forward
 from hrnet_fast.ops.backends import availability
+from tolerance import assert_model_matches as assert_matches, rel_err
 
 SMALL = (64, 64)  # smallest valid size class: keeps every variant's forward quick on 2 cores
 
@@ -19,42 +20,13 @@ def calibrated(name, size=SMALL, **kwargs):
     return hrnet_fast.calibrate_bn(model, size, steps=2, batch=2)
 
 
-def rel_err(y, ref):
-    return (torch.linalg.vector_norm((y.double() - ref.double())) / torch.linalg.vector_norm(ref.double())).item()
-
-
-FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-
-
-def as_list(out):
-    return list(out) if isinstance(out, (list, tuple)) else [out]
-
-
-def assert_matches(model, fast, x, dtype=torch.float32):
-    """The tolerance rule (DESIGN.md): against a float64 truth, the converted model's relative error is at most
-    twice eager PyTorch's own error in the same dtype, plus the floor; in fp32, identical top-1 to the reference.
-    (Eager PyTorch's fp32 error on these calibrated random models is 0.6-2.5e-5: a channels_last eager run
-    differs from the NCHW one by as much, so "equal to rounding" is measured against the truth.)"""
-    with torch.no_grad():
-        truth = as_list(copy.deepcopy(model).double()(x.double()))
-        eager = as_list(copy.deepcopy(model).to(dtype)(x.to(dtype)))
-    ys = as_list(fast(x.to(dtype)))
-    assert len(ys) == len(truth)
-    for y, t, e in zip(ys, truth, eager):
-        assert y.shape == t.shape and y.dtype == dtype
-        assert rel_err(y, t) <= 2 * rel_err(e, t) + FLOOR[dtype]
-        if dtype == torch.float32 and y.dim() == 2:
-            assert torch.equal(y.argmax(1), e.argmax(1))
-    return ys
-
-
 def live(backend, op="conv_bn_act"):
     ok, why = availability(backend, op, "cpu")
     if not ok:
         pytest.skip(f"backend {backend} not live here: {why}")
 
 
-@pytest.mark.parametrize("name", hrnet_fast.list_models())
+@pytest.mark.parametrize("name", hrnet_fast.list_models("classification"))
 def test_every_variant_fp32_matches_reference(name):
     model = calibrated(name)
     x = torch.randn(4, 3, *SMALL, generator=torch.Generator().manual_seed(1))
@@ -230,7 +202,7 @@ def test_outputs_do_not_require_grad():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cuda_graph", [False, True])
-@pytest.mark.parametrize("name", hrnet_fast.list_models())
+@pytest.mark.parametrize("name", hrnet_fast.list_models("classification"))
 def test_gpu_every_variant(name, dtype, cuda_graph):
     model = calibrated(name, (224, 224)).cuda()
     x = torch.randn(2, 3, 224, 224, device="cuda")

@@ -131,6 +131,26 @@ def test_wide_1x1_is_packed_and_matches_reference():
     assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=0, residual=r, relu=True)
 
 
+@pytest.mark.parametrize("batch,onednn", ((1, False), (8, True)))
+def test_narrow_1x1_goes_to_onednn_from_4m_multiply_adds(monkeypatch, batch, onednn):
+    """A fusion-layer 1x1 (72->36 at 14x14: 0.5M multiply-adds an image) stays on ATen's GEMM at batch 1 and runs
+    through oneDNN packed at batch 8 (4.1M), where oneDNN is faster; both match the reference."""
+    if not cpu_conv._onednn_ops():
+        pytest.skip("this torch has no oneDNN fused convolution")
+    calls = []
+    real = cpu_conv.onednn_fused
+    monkeypatch.setattr(cpu_conv, "onednn_fused", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    torch.manual_seed(0)
+    weight, bias = torch.randn(36, 72, 1, 1) / 8, torch.randn(36)
+    x = make((batch, 72, 14, 14), torch.float32, "channels_last")
+    r = make((batch, 36, 14, 14), torch.float32, "channels_last")
+    assert (cpu_conv.pack_weight(weight, 1, 0, x.shape) is not None) == onednn
+    y = cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=0, residual=r, relu=True)
+    assert len(calls) == int(onednn)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=0, residual=r, relu=True)
+
+
 def test_dense_weight_is_packed_once_and_repacked_after_an_inplace_change(monkeypatch):
     if not cpu_conv._onednn_ops():
         pytest.skip("this torch has no oneDNN fused convolution")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hrnet_fast import bench, cpu_features
+from hrnet_fast import cpu_features
 from hrnet_fast.ops import cpu_conv
 
 
@@ -43,8 +43,3 @@ def test_summary_names_each_dtype():
     assert line.startswith("CPU: ATen ")
     assert "bfloat16" in line and "float16" in line
 
-
-@pytest.mark.parametrize("bf16", [True, False])
-def test_bench_follows_native_dtypes(monkeypatch, bf16):
-    monkeypatch.setattr(cpu_features, "native_dtypes", lambda: {"float32": True, "bfloat16": bf16, "float16": False})
-    assert [bench.cpu_supports(d) for d in ("fp32", "bf16", "fp16")] == [True, bf16, False]

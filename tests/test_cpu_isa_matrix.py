@@ -4,7 +4,8 @@ the kernels another CPU picks.
 oneDNN reads ``ONEDNN_MAX_CPU_ISA`` and ATen ``ATEN_CPU_CAPABILITY`` once, at process start, so each cap runs in a
 child process: first a probe that the cap took effect, then the CPU conv tests on that process's own path
 (``-k machine``: the exact reduced-precision epilogue on every entry point, the float64-truth grid in every dtype
-and layout on its shapes below 50x50, the float16 overflow case). The uncapped run is this process's own run of the same tests.
+and layout on its shapes below 50x50, the float16 overflow case). The uncapped run is this process's own run of
+the same tests.
 
 * avx2: what an AVX2-only CPU runs. oneDNN's AVX2 kernels; neither float16 nor bfloat16 is native, so both
   compute in float32. ``ATEN_CPU_CAPABILITY=avx2`` too (safe on any CPU with AVX2, which both CI CPUs have).
@@ -29,6 +30,7 @@ CAPS = {
 }
 TESTS = ["tests/test_cpu_conv_paths.py", "tests/test_cpu_conv.py",
          "tests/test_fuzz_ops.py::test_conv_bn_act_fp16_accumulates_in_fp32"]
+SELECTION = "(machine or accumulates) and not 56x56 and not 64x48"
 PROBE = "import json; from hrnet_fast import cpu_features; print(json.dumps(cpu_features.native_dtypes()))"
 
 
@@ -48,6 +50,6 @@ def test_cpu_conv_under_isa_cap(cap):
     assert native["float16"] is False, native  # AVX512-FP16 and AVX-NE-CONVERT are above both caps
     if cap == "avx2":
         assert native["bfloat16"] is False and native["capability"] == "AVX2", native
-    run = child(cap, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "(machine or accumulates) and not 56x56 and not 64x48", *TESTS)
+    run = child(cap, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", SELECTION, *TESTS)
     assert run.returncode == 0, f"under {CAPS[cap]}:\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}"
     assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]

@@ -41,7 +41,7 @@ def small_pair():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("classification"))
 def test_timm_state_dict_loads_and_outputs_match(name):
     ref, ours = timm_and_ours(name)
     x = image(*SIZE)

@@ -128,3 +128,32 @@ def test_cli_errors(capsys):
     with pytest.raises(SystemExit):
         run_cli(["--input-size", "big"])
     assert "input size must be N or HxW" in capsys.readouterr().err
+
+
+# Published: the pose paper's COCO table (params M, GFLOPs) and the segmentation paper's W48 at 1024x2048.
+POSE_PAPER = [("pose_hrnet_w32", (256, 192), 28.5, 7.1), ("pose_hrnet_w48", (256, 192), 63.6, 14.6),
+              ("pose_hrnet_w32", (384, 288), 28.5, 16.0), ("pose_hrnet_w48", (384, 288), 63.6, 32.9)]
+
+
+@pytest.mark.parametrize("name,size,params_m,gflops", POSE_PAPER, ids=lambda v: str(v))
+def test_pose_paper_gflops_are_conv_macs_over_2_to_the_30(name, size, params_m, gflops):
+    p = profile(name, size)
+    assert round(p.params / 1e6, 1) == params_m
+    assert round(p.macs / 2 ** 30, 1) == gflops          # the official summary tool divides by 1024**3
+    assert 1.07 < (p.macs / 1e9) / gflops < 1.08         # hence 7.4 % below the decimal count
+
+
+def test_segmentation_paper_figures():
+    p = profile("seg_hrnetv2_w48", (1024, 2048))
+    assert round(p.params / 1e6, 1) == 65.9 and 747 <= p.macs / 1e9 < 748  # 747.51 G; the paper prints 747
+    assert p.flops_by_layer["upsample"] > 0  # bilinear resizes are counted like mmcv's upsample (1 per output)
+
+
+def test_cli_task_models_at_their_input_sizes(capsys):
+    assert run_cli(["--models", "pose_hrnet_w32,seg_hrnetv2_w48"]) == 0
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| pose_", "| seg_"))]
+    assert [(r[0], r[1]) for r in rows] == [("pose_hrnet_w32", "256x192"), ("pose_hrnet_w32", "384x288"),
+                                            ("seg_hrnetv2_w48", "512x1024"), ("seg_hrnetv2_w48", "1024x2048")]
+    assert rows[0][2:8] == ["28.536", "28.5", "7.65", "7.12", "7.1", "conv MACs / 2**30"]
+    assert rows[3][3] == "65.9" and rows[3][6] == "747.0"

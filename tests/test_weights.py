@@ -36,6 +36,9 @@ def test_weights_are_stored_in_the_activation_layout():
                          for w in three)
     _, nchw = converted(channels_last=False)
     assert all(m.weight.is_contiguous() for m in fused_convs(nchw))
+    back = hrnet_fast.convert(nchw, channels_last=True)  # new run options for a converted model: weights follow
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+               for m in fused_convs(back) if m.weight.shape[-1] == 3)
 
 
 @pytest.fixture

@@ -195,19 +195,32 @@ HRNET_FAST_TARGET inline void blend_rows(const T* r0, const T* r1, float l0, flo
 }
 
 // out[i] = l0[i] * blend[i0[i] - k0] + l1[i] * blend[i1[i] - k0] for i < n: the column taps of n consecutive output
-// columns applied to blended rows that start at low-res column k0.
+// columns applied to blended rows that start at low-res column k0. `blend` may be read up to 8 floats past its
+// last blended column.
 HRNET_FAST_TARGET inline void blend_columns(const float* blend, const TapView& cols, int64_t w, int32_t k0,
                                             float* out, int64_t n) {
   const int32_t *i0 = cols.i0 + w, *i1 = cols.i1 + w;
   const float *l0 = cols.l0 + w, *l1 = cols.l1 + w;
   int64_t i = 0;
 #if HRNET_FAST_AVX2
-  const __m256i first = _mm256_set1_epi32(k0);
   for (; i + 8 <= n; i += 8) {
-    const __m256i a = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + i)), first);
-    const __m256i b = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + i)), first);
-    const __m256 left = _mm256_mul_ps(_mm256_loadu_ps(l0 + i), _mm256_i32gather_ps(blend, a, 4));
-    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(_mm256_loadu_ps(l1 + i), _mm256_i32gather_ps(blend, b, 4), left));
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + i));
+    __m256 left, right;
+    // Taps only grow with the column: when the 8 columns read fewer than 8 blended values (any upsampling by
+    // more than 8/7), one load spread by two permutes replaces two gathers.
+    if (i1[i + 7] - i0[i] < 8) {
+      const __m256 window = _mm256_loadu_ps(blend + (i0[i] - k0));
+      const __m256i first = _mm256_set1_epi32(i0[i]);
+      left = _mm256_permutevar8x32_ps(window, _mm256_sub_epi32(a, first));
+      right = _mm256_permutevar8x32_ps(window, _mm256_sub_epi32(b, first));
+    } else {
+      const __m256i first = _mm256_set1_epi32(k0);
+      left = _mm256_i32gather_ps(blend, _mm256_sub_epi32(a, first), 4);
+      right = _mm256_i32gather_ps(blend, _mm256_sub_epi32(b, first), 4);
+    }
+    const __m256 weighted_left = _mm256_mul_ps(_mm256_loadu_ps(l0 + i), left);
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(_mm256_loadu_ps(l1 + i), right, weighted_left));
   }
 #endif
   for (; i < n; ++i) out[i] = l0[i] * blend[i0[i] - k0] + l1[i] * blend[i1[i] - k0];
@@ -215,7 +228,7 @@ HRNET_FAST_TARGET inline void blend_columns(const float* blend, const TapView& c
 
 // NCHW: bilinear term j at positions [p0, p0 + n) of plane `plane`, in fp32 into out[0, n). Per output row, the
 // two low-res rows it reads are blended over the columns it reads (contiguous loads), then each output column
-// blends its two columns of that. `blend` holds v.low_w[j] floats.
+// blends its two columns of that. `blend` holds v.low_w[j] + 8 floats.
 template <typename T>
 HRNET_FAST_TARGET inline void bilinear_piece(const FuseView<T>& v, int j, int64_t plane, int64_t p0, int64_t n,
                                              float* out, float* blend) {

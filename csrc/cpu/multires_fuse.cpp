@@ -64,7 +64,7 @@ struct FuseView {
   const int32_t* low_index[kMaxTerms];  // nearest NCHW: plane position -> low-res plane position (make_tables)
   TapView row_taps[kMaxTerms];          // bilinear: per output row (H entries)
   TapView col_taps[kMaxTerms];          // bilinear: per output column (W entries)
-  int64_t zbuf_size;                    // NCHW: floats of low-res rows one piece can touch (>= W)
+  int64_t zbuf_size;                    // NCHW: floats of low-res rows one piece can touch (>= W + 8)
   const T* same[kMaxTerms];             // like x
   T* out;                               // like x
   int n_low, n_same;
@@ -148,7 +148,8 @@ FuseView<T> make_view(const FuseArgs& a, const Tables& tables) {
   v.channels_last = a.channels_last;
   v.relu = a.relu;
   // A piece of kChunk positions spans at most kChunk / W + 2 rows, so at most that many / f + 2 low-res rows of
-  // W / f values: kChunk + 4 W bounds it for every f.
+  // W / f values: kChunk + 4 W bounds it for every f. It also holds a bilinear row blend (at most W values, read
+  // up to 8 past the end).
   v.zbuf_size = kChunk + 4 * v.W;
   return v;
 }

@@ -60,14 +60,12 @@ def parse_peers(text: str) -> List[str]:
 
 
 def parse_input_size(text: str) -> Tuple[int, int]:
-    """``224`` -> (224, 224); ``256x192`` or ``256,192`` -> (256, 192) (height, width)."""
+    """``224`` -> (224, 224); ``256x192`` or ``256,192`` -> (256, 192) (height, width). Whether the models take
+    that size is checked per model (``resolve_settings``): segmentation models take any size."""
     parts = re.split(r"[x,]", text.strip().lower())
     if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"\d+", p) for p in parts):
         raise ValueError(f"bad input size {text!r}: give HxW or one side, e.g. 224 or 256x192")
-    h, w = int(parts[0]), int(parts[-1])
-    from ..models import check_input_size
-    check_input_size(h, w)
-    return h, w
+    return int(parts[0]), int(parts[-1])
 
 
 def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:

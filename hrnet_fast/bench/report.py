@@ -30,7 +30,9 @@ def cpu_precision_line(env: Dict[str, Any]) -> str:
     for name, short in (("bfloat16", "bf16"), ("float16", "fp16")):
         how = native.get(f"{name}_how")
         parts.append(f"{short} native ({how})" if native[name] else f"{short} not native (no oneDNN {short} path)")
-    return f"CPU precisions: {', '.join(parts)}; ATen vector level {native['capability']}."
+    cap = native.get("onednn_isa_cap")
+    return (f"CPU precisions: {', '.join(parts)}; ATen vector level {native['capability']}"
+            + (f", oneDNN capped at {cap}." if cap else "."))
 
 
 def _latency_tables(results: Results) -> List[str]:

@@ -86,6 +86,21 @@ def _check_peer(peer: str, device: torch.device, dtypes: List[str]) -> None:
                              f"--dtype or leave it out of --peers")
 
 
+def _check_input_size(models: List[str], size: Tuple[int, int]) -> None:
+    """Models whose fusion upsamples by nearest neighbour (classification, pose) take only sizes whose branches
+    halve exactly; segmentation models (bilinear) take any size of at least one pixel."""
+    from ..models import check_input_size
+    from ..registry import task_of
+    if min(size) < 1:
+        raise BenchError(f"--input-size must be at least 1x1, got {size[0]}x{size[1]}")
+    try:
+        for name in models:
+            if task_of(name) != "segmentation":
+                check_input_size(*size)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+
+
 def resolve_settings(args: argparse.Namespace) -> Settings:
     """Fills device-dependent defaults and checks the combination; BenchError says what is wrong."""
     device = _device(args.device)
@@ -103,6 +118,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
                         dtypes=dtypes, device=device,
                         input_size=tuple(args.input_size), peers=peers, cuda_graph=args.cuda_graph,
                         threads=args.threads, warmup=args.warmup, reps=args.reps, min_time=args.min_time)
+    _check_input_size(settings.models, settings.input_size)
     for dtype in settings.dtypes:
         ok, why = _dtype_supported(dtype, device)
         if not ok:

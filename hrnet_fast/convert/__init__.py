@@ -20,8 +20,9 @@ import torch.nn as nn
 
 from ..models import check_input_size
 from ..ops.backends import BACKENDS, select
+from ..ops.library import output_memory_format
 from .cuda_graph import GraphCache
-from .fused import FoldedConv, FusedBlock, FusedChain, FusedConvBNAct, FusedHRFuse, FusedHRModule
+from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, FusedHRFuse
 from .fx_fuse import fuse_graph
 from .report import FusionReport
 from .rewrite import Rewriter, find_hrnet, rewrite_hrnet
@@ -29,7 +30,6 @@ from .rewrite import Rewriter, find_hrnet, rewrite_hrnet
 __all__ = ["convert", "ConvertedModel", "FusionReport"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_FUSED = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)
 _NEUTRAL = (nn.Identity, nn.ReLU, nn.Dropout, nn.Flatten)
 
 
@@ -39,11 +39,6 @@ FORWARDED_ATTRIBUTES = ("num_classes", "num_features", "feature_info", "pretrain
 _NO_TORCHSCRIPT = ("TorchScript cannot compile or trace a converted model (its fused ops dispatch in Python). "
                    "Use torch.export.export(converted, (x,)) for a serialisable graph, or "
                    "torch.onnx.export(converted, (x,), dynamo=True) for ONNX.")
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """channels_last and not also plain contiguous (the ops' output-format rule)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _contiguous(out: Any) -> Any:
@@ -156,7 +151,7 @@ class ConvertedModel(nn.Module):
 
     def _run(self, x: torch.Tensor) -> Any:
         """The fused model on ``x``, outputs in ``x``'s layout (what CUDA graphs capture)."""
-        restore = not self.keep_channels_last and not _is_channels_last(x)
+        restore = not self.keep_channels_last and output_memory_format(x) != torch.channels_last
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.inner(x)
@@ -198,7 +193,7 @@ def _first_conv_in_chans(module: nn.Module) -> Optional[int]:
 def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
     """Lists leaf modules the rewrite did not absorb (a conv or BN here is a missed fusion)."""
     def walk(m: nn.Module, path: str) -> None:
-        if isinstance(m, _FUSED) or isinstance(m, _NEUTRAL):
+        if isinstance(m, FUSED_MODULES) or isinstance(m, _NEUTRAL):
             return
         children = list(m.named_children())
         if not children:
@@ -301,8 +296,9 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     target = model if inplace else copy.deepcopy(model)
     report = FusionReport()
     with torch.no_grad():
-        hrnet = rewrite_hrnet(target, dtype, backend, report)
-        inner: nn.Module = target
+        rewritten = rewrite_hrnet(target, dtype, backend, report)
+        hrnet = rewritten is not None
+        inner: nn.Module = rewritten if hrnet else target
         if not hrnet:
             try:
                 inner = fuse_graph(target, dtype, backend, report)
@@ -316,5 +312,9 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     _report_leftovers(inner, report)
     net = find_hrnet(inner)[1]
     in_chans = _first_conv_in_chans(net if net is not None else inner)
-    return ConvertedModel(inner, dtype, channels_last, in_chans, hrnet, report, cuda_graph, backend,
+    # HRNets that upsample by nearest neighbour take only sizes whose branches halve exactly; bilinear (segmentation)
+    # ones take any size.
+    nearest = hrnet and any(getattr(m, "mode", None) == "nearest" for m in inner.modules()
+                            if isinstance(m, (FusedHRFuse, nn.Upsample)))
+    return ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
                           keep_channels_last)

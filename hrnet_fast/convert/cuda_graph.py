@@ -41,7 +41,7 @@ def tensor_dicts(module: nn.Module) -> List[Dict[str, Any]]:
 
 def signature(dicts: List[Dict[str, Any]]) -> Any:
     """What identifies the tensors in ``dicts`` for a graph holding their pointers (``weights.signature`` of each;
-    the compiled extension computes the same packed, ~20x faster)."""
+    the compiled extension computes the same, packed, ~75x faster: 11 us for HRNet-W18)."""
     native = getattr(extension.module(), "tensor_signature", None)
     if native is not None:
         return native(dicts)

@@ -153,11 +153,14 @@ class FusedHRFuse(nn.Module):
 
         y_i = relu(x_i + sum_{j>i} up(conv1x1_bn(x_j)) + sum_{j<i} chain_j(x_j))
 
-    The 1x1 conv+BN of an upsampled term runs at the low resolution (a per-pixel map commutes with nearest
-    upsampling), and ``multires_fuse`` reads its output in place instead of materialising the upsampled copy.
+    The 1x1 conv+BN of an upsampled term runs at the low resolution (a per-pixel map commutes with nearest and
+    bilinear upsampling alike), and ``multires_fuse`` reads its output in place instead of materialising the
+    upsampled copy. ``mode`` is "nearest" (classification, pose) or "bilinear" (segmentation: each term resized
+    to x_i's exact size, with ``align_corners``).
     """
 
-    def __init__(self, index: int, up: Dict[int, nn.Module], down: Dict[int, nn.Module], backend: Optional[str]):
+    def __init__(self, index: int, up: Dict[int, nn.Module], down: Dict[int, nn.Module], backend: Optional[str],
+                 mode: str = "nearest", align_corners: bool = False):
         super().__init__()
         self.index = index
         self.up_src = sorted(up)
@@ -165,16 +168,27 @@ class FusedHRFuse(nn.Module):
         self.up = nn.ModuleList(up[j] for j in self.up_src)
         self.down = nn.ModuleList(down[j] for j in self.down_src)
         self.requested_backend = backend
+        self.mode = mode
+        self.align_corners = align_corners
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
         low = [f(xs[j]) for f, j in zip(self.up, self.up_src)]
         same = [f(xs[j]) for f, j in zip(self.down, self.down_src)]
-        x = xs[self.index]
-        out = direct.multires_fuse(x, low, same, True, self.requested_backend)
-        if out is not None:
-            return out
-        return torch.ops.hrnet_fast.multires_fuse(x, low, same, True, "nearest", False,
-                                                  resolve("multires_fuse", x.device.type, self.requested_backend))
+        return fuse(xs[self.index], low, same, self.mode, self.align_corners, self.requested_backend)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, mode={self.mode!r}" + (
+            f", align_corners={self.align_corners}" if self.mode == "bilinear" else "")
+
+
+def fuse(x: torch.Tensor, low: List[torch.Tensor], same: List[torch.Tensor], mode: str, align_corners: bool,
+         backend: Optional[str]) -> torch.Tensor:
+    """relu(x + sum up(low) + sum same) through the compiled CPU entry point where it applies, else the op."""
+    out = direct.multires_fuse(x, low, same, True, backend, mode=mode, align_corners=align_corners)
+    if out is not None:
+        return out
+    return torch.ops.hrnet_fast.multires_fuse(x, low, same, True, mode, align_corners,
+                                              resolve("multires_fuse", x.device.type, backend))
 
 
 class FusedHRModule(nn.Module):
@@ -190,3 +204,7 @@ class FusedHRModule(nn.Module):
         if not len(self.fuses):
             return xs
         return [fuse(xs) for fuse in self.fuses]
+
+
+# Every module the converter produces whose forward runs fused ops only.
+FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)

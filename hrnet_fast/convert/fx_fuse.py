@@ -47,9 +47,11 @@ def _drop_inert(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
 
 
-def fuse_graph(model: nn.Module, dtype: torch.dtype, backend: Optional[str], report: FusionReport) -> fx.GraphModule:
+def fuse_graph(model: nn.Module, dtype: torch.dtype, backend: Optional[str], report: FusionReport,
+               path: str = "") -> fx.GraphModule:
     """Traces ``model`` and replaces its conv->BN(->add)(->ReLU) chains; raises torch.fx's error if the model
-    cannot be traced."""
+    cannot be traced. ``path``: where ``model`` sits in the converted model (for the report)."""
+    prefix = f"{path}." if path else ""
     gm = fx.symbolic_trace(model)
     _drop_inert(gm)
     count = 0
@@ -79,9 +81,9 @@ def fuse_graph(model: nn.Module, dtype: torch.dtype, backend: Optional[str], rep
         gm.add_submodule(name, fused)
         pattern = "conv+bn" + ("+add" if residual is not None else "") + ("+relu" if relu else "")
         if why is None:
-            report.add(str(node.target), pattern)
+            report.add(prefix + str(node.target), pattern)
         else:
-            report.skip(str(node.target), pattern, f"BN folded into a plain conv: {why}")
+            report.skip(prefix + str(node.target), pattern, f"BN folded into a plain conv: {why}")
         args = (node.args[0],) if residual is None else (node.args[0], residual)
         with gm.graph.inserting_after(chain[-1]):
             new = gm.graph.call_module(name, args)

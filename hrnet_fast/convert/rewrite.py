@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .fused import FusedBlock, FusedChain, FusedHRFuse, FusedHRModule, make_conv
+from .heads import FusedSegmentation, fuse_rest, segmentation_head
 from .report import FusionReport
 
 BN = nn.BatchNorm2d
@@ -116,8 +117,12 @@ class Rewriter:
             if not isinstance(fuse_layers, nn.ModuleList) or not any(
                     isinstance(c, nn.ReLU) for c in m.children()):
                 return None
+            # Segmentation HR modules resize each upsampled term bilinearly to the target's exact size.
+            resize = getattr(m, "resize", None)
+            bilinear = resize is not None and isinstance(getattr(resize, "align_corners", None), bool)
             for i, terms in enumerate(fuse_layers):
-                fuse = self.hr_fuse(f"{path}.fuse_layers.{i}", i, terms)
+                fuse = self.hr_fuse(f"{path}.fuse_layers.{i}", i, terms,
+                                    resize.align_corners if bilinear else None)
                 if fuse is None:
                     return None
                 fuses.append(fuse)
@@ -125,7 +130,11 @@ class Rewriter:
                 return None
         return FusedHRModule(new_branches, fuses)
 
-    def hr_fuse(self, path: str, i: int, terms: nn.ModuleList) -> Optional[FusedHRFuse]:
+    def hr_fuse(self, path: str, i: int, terms: nn.ModuleList,
+                bilinear_align_corners: Optional[bool]) -> Optional[FusedHRFuse]:
+        """One output branch's fusion; ``bilinear_align_corners`` None: nearest Upsample terms, else bilinear
+        resizing done by the module (terms are Sequential(conv, bn))."""
+        bilinear = bilinear_align_corners is not None
         up: Dict[int, nn.Module] = {}
         down: Dict[int, nn.Module] = {}
         for j, f in enumerate(terms):
@@ -136,10 +145,15 @@ class Rewriter:
                     return None
             elif j > i:
                 mods = list(f) if isinstance(f, nn.Sequential) else []
-                if not (len(mods) == 3 and isinstance(mods[0], nn.Conv2d) and isinstance(mods[1], BN)
-                        and isinstance(mods[2], nn.Upsample) and mods[2].mode == "nearest"
-                        and mods[2].scale_factor in (2 ** (j - i), float(2 ** (j - i)))):
-                    self.report.skip(p, "hr fuse", "upsample term is not Sequential(conv, bn, nearest Upsample)")
+                if bilinear:
+                    ok = len(mods) == 2
+                    expected = "Sequential(conv, bn) resized bilinearly by the module"
+                else:
+                    ok = (len(mods) == 3 and isinstance(mods[2], nn.Upsample) and mods[2].mode == "nearest"
+                          and mods[2].scale_factor in (2 ** (j - i), float(2 ** (j - i))))
+                    expected = "Sequential(conv, bn, nearest Upsample)"
+                if not (ok and isinstance(mods[0], nn.Conv2d) and isinstance(mods[1], BN)):
+                    self.report.skip(p, "hr fuse", f"upsample term is not {expected}")
                     return None
                 up[j] = self.conv(f"{p}.0", mods[0], mods[1], relu=False)
             else:
@@ -148,8 +162,10 @@ class Rewriter:
                     self.report.skip(p, "hr fuse", "downsample term is not a chain of conv+bn(+relu)")
                     return None
                 down[j] = chain
-        self.report.add(path, "hr fuse", f"{len(up)} upsampled + {len(down)} downsampled terms, one multires_fuse")
-        return FusedHRFuse(i, up, down, self.backend)
+        mode = "bilinear" if bilinear else "nearest"
+        self.report.add(path, "hr fuse",
+                        f"{len(up)} {mode}-upsampled + {len(down)} downsampled terms, one multires_fuse")
+        return FusedHRFuse(i, up, down, self.backend, mode, bool(bilinear_align_corners))
 
     # -- stem --------------------------------------------------------------------------------------------------
     def stem(self, path: str, m: nn.Module) -> None:
@@ -203,12 +219,17 @@ def find_hrnet(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
     return "", None
 
 
-def rewrite_hrnet(model: nn.Module, dtype: torch.dtype, backend: Optional[str], report: FusionReport) -> bool:
-    """Rewrites an HRNet-structured model in place; False if ``model`` is not one."""
+def rewrite_hrnet(model: nn.Module, dtype: torch.dtype, backend: Optional[str],
+                  report: FusionReport) -> Optional[nn.Module]:
+    """Rewrites an HRNet-structured model in place and returns the module to run: the model itself, or (a
+    segmentation HRNet) a wrapper running its backbone and its algebraically fused head. None if ``model`` is not
+    an HRNet."""
     prefix, net = find_hrnet(model)
     if net is None:
-        return False
+        return None
     rw = Rewriter(dtype, backend, report)
     rw.stem(prefix, net)
+    seg_head = segmentation_head(rw, net) if net is model else None
     rw.children("", model)
-    return True
+    fuse_rest(rw, "", model)  # the head's conv -> BN -> ReLU chains the HRNet rules do not know
+    return model if seg_head is None else FusedSegmentation(model, seg_head)

@@ -11,7 +11,8 @@ Which path runs (chosen from HRNet-W18 conv shapes at batch 1, one thread, on an
   (``torch.ops.mkldnn._convolution_pointwise`` and its ``.binary`` variant), one primitive. With the weight
   pre-packed into oneDNN's blocked layout (``pack_weight``) it is 1.2-1.6x faster than ATen's convolution
   followed by the epilogue; unpacked, oneDNN reorders the weight on every call and the two are even.
-* wide 1x1 kernels (Cin*Cout >= 64*256) on channels_last input, when packed with ``pack_weight``: the same.
+* wide 1x1 kernels (Cin*Cout >= 64*256), and 1x1 kernels from 4M multiply-adds a call (fusion convs at batch 8),
+  on channels_last input, packed with ``pack_weight``: the same.
 * other 1x1 kernels, and NCHW input: ``F.conv2d`` (ATen picks its own GEMM or oneDNN kernel) and then ``+ residual``
   and ReLU in place on its output. For the small 1x1 convolutions of HRNet's fusion layers (7x7 to 28x28 maps)
   oneDNN's per-call overhead makes its fused op 2-4x slower than this; on NCHW input, oneDNN fuses a residual
@@ -27,9 +28,9 @@ that dtype with bias, residual and ReLU as post-ops on the float32 accumulator. 
 in float32 and rounds once: a dtype oneDNN does not compute natively (about 10x faster than ATen's reduced-precision
 CPU convolution, and as accurate), and a reduced-precision convolution with a residual that oneDNN's post-ops do
 not take (ATen's path, NCHW input, a one-channel or 1x1 residual), because ATen's reduced-precision convolution
-rounds its result before the residual is added (float16: a conv of 8e4 becomes inf before a residual of -6e4). Without a residual,
-ATen's reduced-precision convolution is exact to the contract: bias is added in its accumulator and ReLU commutes
-with rounding. So the answer is the same on every CPU, up to float32 summation order.
+rounds its result before the residual is added (float16: a conv of 8e4 becomes inf before a residual of -6e4).
+Without a residual, ATen's reduced-precision convolution is exact to the contract: bias is added in its
+accumulator and ReLU commutes with rounding. So the answer is the same on every CPU, up to float32 summation order.
 """
 from __future__ import annotations
 
@@ -91,21 +92,33 @@ def _uses_onednn(channels_last: bool, kernel_size: int) -> bool:
     return kernel_size == 3 and channels_last and _onednn_ops() and torch._C._get_mkldnn_enabled()
 
 
-# 1x1 convs go through oneDNN only when packed and wide: per call, oneDNN costs ~30-40 us more than ATen's
-# GEMM, which only pays off from about Cin*Cout = 64*256 (measured, one thread: 64->256 at 56x56 1062 -> 957 us,
-# 1024->2048 at 7x7 2553 -> 1868 us; 144->18 at 7x7 12 -> 32 us).
+# 1x1 convs go through oneDNN only when packed and wide, or big enough: per call, oneDNN costs more than ATen's
+# GEMM (~30-40 us on an AVX512 Xeon, ~7-10 us on an AMD EPYC), which pays off from about Cin*Cout = 64*256
+# (measured on the Xeon, one thread: 64->256 at 56x56 1062 -> 957 us, 1024->2048 at 7x7 2553 -> 1868 us; 144->18
+# at 7x7 12 -> 32 us), or from about 4M multiply-adds a call (measured on the EPYC, one thread, minimum of 200:
+# 8x72x14x14->36 104 -> 67 us, 8x36x28x28->18 136 -> 88 us; at 1M, batch 2-4, they are even; at batch 1 ATen's
+# GEMM is 7-10 us faster on every fusion-layer shape).
 ONEDNN_1X1_MIN_CIN_COUT = 64 * 256
+ONEDNN_1X1_MIN_MACS = 4_000_000
 
 
-def _packable(weight: torch.Tensor) -> bool:
-    """Whether oneDNN should run this weight packed: any 3x3, and 1x1 from Cin*Cout = ONEDNN_1X1_MIN_CIN_COUT."""
+def _packable(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> bool:
+    """Whether oneDNN should run this weight packed on inputs shaped ``x_shape``: any 3x3; a 1x1 from Cin*Cout =
+    ONEDNN_1X1_MIN_CIN_COUT or from ONEDNN_1X1_MIN_MACS multiply-adds a call."""
+    if not _onednn_ops():
+        return False
     cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[-1]
-    return _onednn_ops() and (k != 1 or cout * cin >= ONEDNN_1X1_MIN_CIN_COUT)
+    if k != 1 or cout * cin >= ONEDNN_1X1_MIN_CIN_COUT:
+        return True
+    n, _, h, w = x_shape
+    ho, wo = (h + 2 * padding - 1) // stride + 1, (w + 2 * padding - 1) // stride + 1
+    return n * ho * wo * cin * cout >= ONEDNN_1X1_MIN_MACS
 
 
 def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
     """The folded ``weight`` [Cout, Cin, k, k] in oneDNN's blocked layout for inputs shaped like ``x_shape``
-    (other batch and map sizes still work), or None where oneDNN should not run it (narrow 1x1, no oneDNN).
+    (other batch and map sizes still work), or None where oneDNN should not run it (a narrow 1x1 on small
+    inputs, no oneDNN).
 
     Pass the result as ``weight`` to ``conv_bn_act`` (or ``torch.ops.hrnet_fast.conv_bn_act`` with backend
     "cpu"): a packed weight runs through oneDNN on channels_last input, without the per-call reorder (1.2-1.6x
@@ -115,7 +128,7 @@ def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequen
     if weight.dim() != 4 or len(x_shape) != 4:
         raise ValueError(f"pack_weight expects a 4-D weight and a 4-D x_shape, got {tuple(weight.shape)} and "
                          f"{tuple(x_shape)}")
-    if not _packable(weight):
+    if not _packable(weight, stride, padding, x_shape):
         return None
     w = weight.detach().to(_compute_dtype(weight.dtype)).contiguous()
     return ONEDNN._reorder_convolution_weight(w, [padding, padding], [stride, stride], [1, 1], 1,
@@ -164,14 +177,14 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         onednn = channels_last
     else:
         onednn = _uses_onednn(channels_last, weight.shape[-1]) or (
-            channels_last and _packable(weight) and not torch.compiler.is_compiling())
+            channels_last and _packable(weight, stride, padding, x.shape) and not torch.compiler.is_compiling())
     if residual is not None and compute != torch.float32 and not (onednn and sum_post_op_takes(residual)):
         # Outside oneDNN's post-ops the convolution would be rounded to x's dtype before the residual is added.
         compute, onednn = torch.float32, False
     if weight.is_mkldnn and not onednn:
         weight = weight.to_dense()  # a packed weight met an input oneDNN does not take here: plain path
-    elif onednn and not weight.is_mkldnn and _packable(weight) and _compute_dtype(weight.dtype) == compute and \
-            not torch.compiler.is_compiling():
+    elif onednn and not weight.is_mkldnn and _compute_dtype(weight.dtype) == compute and \
+            _packable(weight, stride, padding, x.shape) and not torch.compiler.is_compiling():
         packed = _packed_for(weight, stride, padding, x.shape)
         weight = weight if packed is None else packed
     if weight.dtype != compute:

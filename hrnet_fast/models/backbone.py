@@ -1,4 +1,4 @@
-"""Reference HRNet classification models in plain PyTorch.
+"""The HRNet backbone shared by every task model, in plain PyTorch.
 
 HRNet (Wang et al., "Deep High-Resolution Representation Learning for Visual Recognition") keeps a
 high-resolution branch through the whole network and adds lower-resolution branches stage by stage:
@@ -9,12 +9,16 @@ high-resolution branch through the whole network and adds lower-resolution branc
     stageN       HighResolutionModules: per-branch BasicBlocks, then the multi-resolution fusion
                  y_i = relu(sum_j f_ij(x_j)), f_ij = upsample(BN(conv1x1)) for j > i, identity for j == i,
                  a chain of 3x3 stride-2 conv+BN(+ReLU) for j < i
-    head         incre_modules (one Bottleneck per branch to 128/256/512/1024 channels),
-                 downsamp_modules (3x3 stride-2 conv+BN+ReLU), final_layer (1x1 conv to 2048),
-                 global average pool, linear classifier
 
-Module and parameter names follow the official HRNet-Image-Classification repository and timm, so their
-checkpoints load with ``strict=True``. This module is the definition of correct for every fused path.
+The task heads live beside it: ``classification.py`` (incre modules, pooled linear classifier), ``pose.py``
+(1x1 conv to joint heatmaps) and ``segmentation.py`` (HRNetV2: all branches resized bilinearly, concatenated,
+1x1 conv+BN+ReLU, 1x1 conv to classes). Task models subclass :class:`HRNetBackbone`, so their state_dict keys
+are flat (``conv1.weight``, ``stage4.2.fuse_layers.0.1.0.weight`` …) as in the official repositories and timm,
+and their checkpoints load with ``strict=True``. These modules are the definition of correct for every fused path.
+
+Two fusion variants exist. Classification and pose upsample with ``nn.Upsample(nearest, 2**(j-i))`` (each branch
+exactly half the one above, so inputs are multiples of 32). Segmentation resizes every upsampled term bilinearly
+to the exact size of its target branch (:class:`BilinearResize`), so any input size works.
 """
 from __future__ import annotations
 
@@ -22,8 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-
-from .feature_info import FeatureInfo
+import torch.nn.functional as F
 
 
 class BasicBlock(nn.Module):
@@ -95,31 +98,55 @@ def make_layer(block: type, inplanes: int, planes: int, num_blocks: int, stride:
     return nn.Sequential(*layers)
 
 
+class BilinearResize(nn.Module):
+    """Bilinear interpolation of a map to a size given at call time (``F.interpolate(size=...)``), the upsampling
+    of the segmentation model's fusions and head. A module, not a bare function call, so that ``profile`` counts
+    it and ``convert()`` reads ``align_corners`` from the model's structure; it has no parameters (no keys)."""
+
+    def __init__(self, align_corners: bool):
+        super().__init__()
+        self.align_corners = bool(align_corners)
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
+
+    def extra_repr(self) -> str:
+        return f"align_corners={self.align_corners}"
+
+
 class HighResolutionModule(nn.Module):
-    """Parallel branches of residual blocks followed by the multi-resolution fusion."""
+    """Parallel branches of residual blocks followed by the multi-resolution fusion.
+
+    ``multi_scale_output=False`` fuses to the highest-resolution branch only (the last module of the pose
+    model). ``resize`` set (a :class:`BilinearResize`) makes each upsampled term ``resize(BN(conv1x1(x_j)),
+    size of x_i)`` instead of ``Upsample(nearest)(BN(conv1x1(x_j)))``: the term is then ``Sequential(conv, BN)``,
+    as in the official segmentation model (same keys either way).
+    """
 
     def __init__(self, block: type, num_blocks: Sequence[int], in_channels: Sequence[int],
-                 channels: Sequence[int]):
+                 channels: Sequence[int], multi_scale_output: bool = True, resize: Optional[BilinearResize] = None):
         super().__init__()
         self.num_branches = n = len(channels)
         self.branches = nn.ModuleList(
             make_layer(block, in_channels[i], channels[i], num_blocks[i]) for i in range(n))
         out = [c * block.expansion for c in channels]
-        self.out_channels = out
+        self.out_channels = out if multi_scale_output else out[:1]
+        self.resize = resize
         if n == 1:
             self.fuse_layers = nn.Identity()
         else:
             self.fuse_layers = nn.ModuleList(
-                nn.ModuleList(self._fuse_term(out, i, j) for j in range(n)) for i in range(n))
+                nn.ModuleList(self._fuse_term(out, i, j) for j in range(n))
+                for i in range(n if multi_scale_output else 1))
         self.fuse_act = nn.ReLU(inplace=False)
 
-    @staticmethod
-    def _fuse_term(ch: Sequence[int], i: int, j: int) -> nn.Module:
+    def _fuse_term(self, ch: Sequence[int], i: int, j: int) -> nn.Module:
         """f_ij: brings branch j to branch i's resolution and channel count."""
         if j > i:
-            up = nn.Sequential(nn.Conv2d(ch[j], ch[i], 1, 1, 0, bias=False), nn.BatchNorm2d(ch[i]),
-                               nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"))
-            return up
+            up = [nn.Conv2d(ch[j], ch[i], 1, 1, 0, bias=False), nn.BatchNorm2d(ch[i])]
+            if self.resize is None:
+                up.append(nn.Upsample(scale_factor=2 ** (j - i), mode="nearest"))
+            return nn.Sequential(*up)
         if j == i:
             return nn.Identity()
         # i - j stride-2 3x3 convs; all but the last keep branch j's channels and end in ReLU.
@@ -132,10 +159,13 @@ class HighResolutionModule(nn.Module):
         if self.num_branches == 1:
             return xs
         out = []
-        for terms in self.fuse_layers:
-            y = terms[0](xs[0])
-            for f, x in zip(terms[1:], xs[1:]):
-                y = y + f(x)
+        for i, terms in enumerate(self.fuse_layers):
+            y = terms[0](xs[0])  # identity (i == 0) or a downsampling chain: never resized
+            for j, (f, x) in enumerate(zip(terms[1:], xs[1:]), start=1):
+                t = f(x)
+                if self.resize is not None and j > i:
+                    t = self.resize(t, xs[i].shape[-2:])
+                y = y + t
             out.append(self.fuse_act(y))
         return out
 
@@ -163,39 +193,20 @@ def make_transition(prev: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
     return nn.ModuleList(layers)
 
 
-HEAD_CHANNELS = (32, 64, 128, 256)  # Bottleneck planes of the incre modules (x4 = 128…1024)
-NUM_FEATURES = 2048
-
-
-class HighResolutionNet(nn.Module):
-    """HRNet for classification, or (``features_only=True``) a multi-scale feature extractor.
+class HRNetBackbone(nn.Module):
+    """Stem, layer1, transitions and stages 2-4 of HRNet: ``features(x)`` returns the stage-4 branch outputs.
 
     Args:
-        cfg: an entry of :data:`CONFIGS` (stage layout).
-        num_classes: classifier outputs (0 keeps pooled features).
+        cfg: a stage layout (``hrnet_fast.registry.CONFIGS`` and the pose/segmentation tables).
         in_chans: input channels.
-        head_conv_bias: whether the head's downsample/final convs have a bias (False for the ssld weights).
-        features_only: return a list of feature maps instead of logits.
-        feature_location: ``"incre"`` (default, the incre-module outputs, 128/256/512/1024 channels) or
-            ``""`` (the raw stage-4 branch outputs).
-        out_indices: which features to return: 0 is the stride-2 stem, 1…4 the four branches.
+        multi_scale_output: False fuses the last stage-4 module to branch 0 only (pose).
+        resize: a :class:`BilinearResize` for the segmentation fusion, or None for nearest upsampling.
     """
 
-    def __init__(self, cfg: Dict, num_classes: int = 1000, in_chans: int = 3, head_conv_bias: bool = True,
-                 features_only: bool = False, feature_location: str = "incre",
-                 out_indices: Sequence[int] = (0, 1, 2, 3, 4)):
+    def __init__(self, cfg: Dict, in_chans: int = 3, multi_scale_output: bool = True,
+                 resize: Optional[BilinearResize] = None):
         super().__init__()
-        if feature_location not in ("incre", ""):
-            raise ValueError(f"feature_location must be 'incre' or '', got {feature_location!r}")
-        bad = [i for i in out_indices if i not in range(5)]
-        if bad:
-            raise ValueError(f"out_indices must be within 0..4, got {list(out_indices)}")
         self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.features_only = features_only
-        self.feature_location = feature_location if features_only else "incre"
-        self.out_indices = tuple(out_indices)
-
         stem = cfg["stem_width"]
         self.conv1 = nn.Conv2d(in_chans, stem, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
@@ -214,33 +225,15 @@ class HighResolutionNet(nn.Module):
             cur = [c * block.expansion for c in s["num_channels"]]
             setattr(self, f"transition{n - 1}", make_transition(channels, cur))
             modules = []
-            for _ in range(s["num_modules"]):
-                modules.append(HighResolutionModule(block, s["num_blocks"], cur, s["num_channels"]))
+            for m in range(s["num_modules"]):
+                last = n == 4 and m == s["num_modules"] - 1
+                modules.append(HighResolutionModule(block, s["num_blocks"], cur, s["num_channels"],
+                                                    multi_scale_output=multi_scale_output or not last,
+                                                    resize=resize))
                 cur = modules[-1].out_channels
             setattr(self, f"stage{n}", Stage(*modules))
             channels = cur
         self.stage_channels = channels
-
-        if features_only and feature_location == "":
-            self.incre_modules = None
-        else:
-            self.incre_modules = nn.ModuleList(
-                make_layer(Bottleneck, c, HEAD_CHANNELS[i], 1) for i, c in enumerate(channels))
-        # timm's contract for feature extractors: channels(), reduction() and module_name() of the maps forward
-        # returns when features_only (stem, then the four branches; all five otherwise).
-        branch = [c * Bottleneck.expansion for c in HEAD_CHANNELS] if self.incre_modules is not None else channels
-        self.feature_info = FeatureInfo(
-            [dict(num_chs=c, reduction=2 ** (i + 1), module="stem" if i == 0 else f"stage{i}")
-             for i, c in enumerate([stem] + list(branch))],
-            self.out_indices if features_only else range(1 + len(branch)))
-        if not features_only:
-            head = [c * Bottleneck.expansion for c in HEAD_CHANNELS]
-            self.downsamp_modules = nn.ModuleList(
-                conv_bn(head[i], head[i + 1], 3, 2, relu=True, bias=head_conv_bias) for i in range(3))
-            self.final_layer = conv_bn(head[3], NUM_FEATURES, 1, 1, relu=True, bias=head_conv_bias)
-            self.global_pool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Linear(NUM_FEATURES, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
 
     def init_weights(self) -> None:
         for m in self.modules():
@@ -250,20 +243,23 @@ class HighResolutionNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def feature_channels(self) -> List[int]:
-        """Channels of each feature map ``forward`` returns when ``features_only``."""
-        return self.feature_info.channels(self.out_indices)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raises a clear error for inputs the architecture cannot take."""
+    def check_rank_and_channels(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"HRNet expects a 4-D NCHW image batch, got a {x.dim()}-D tensor of shape "
                              f"{tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ValueError(f"HRNet was built for {self.in_chans} input channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raises a clear error for inputs the architecture cannot take (nearest fusion: multiples of 32)."""
+        self.check_rank_and_channels(x)
         check_input_size(x.shape[-2], x.shape[-1])
+
+    def stem(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(stride-2 stem feature, stride-4 input of layer1)."""
+        s = self.act1(self.bn1(self.conv1(x)))
+        return s, self.act2(self.bn2(self.conv2(s)))
 
     def stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         xs = [t(x) for t in self.transition1]
@@ -273,21 +269,9 @@ class HighResolutionNet(nn.Module):
         xs = [xs[i] if isinstance(t, nn.Identity) else t(xs[-1]) for i, t in enumerate(self.transition3)]
         return self.stage4(xs)
 
-    def forward(self, x: torch.Tensor):
-        self.check_input(x)
-        stem = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(stem)))
-        xs = self.stages(self.layer1(x))
-        if self.incre_modules is not None:
-            xs = [incre(f) for incre, f in zip(self.incre_modules, xs)]
-        if self.features_only:
-            feats = [stem] + xs
-            return [feats[i] for i in self.out_indices]
-        y = xs[0]
-        for down, f in zip(self.downsamp_modules, xs[1:]):
-            y = f + down(y)
-        y = self.final_layer(y)
-        return self.classifier(torch.flatten(self.global_pool(y), 1))
+    def features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The stage-4 branch outputs (one, at stride 4, when the last module is not multi-scale)."""
+        return self.stages(self.layer1(self.stem(x)[1]))
 
 
 def branch_sizes(h: int, w: int, num_branches: int = 4) -> List[Tuple[int, int]]:

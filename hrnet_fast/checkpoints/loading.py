@@ -1,0 +1,223 @@
+"""Detecting a checkpoint's format and task, loading it into a model, and saying clearly why one does not fit."""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..registry import create_model, list_models
+from .base import CheckpointError, Format, LoadReport
+from .official import HRNET_PREFIXES, FlatFormat, UnknownFormat, flat_task
+from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat
+from .paddle import PaddleFormat
+from .reading import read_checkpoint, summarise, unwrap
+
+TASKS = ("classification", "pose", "segmentation")
+
+
+def model_task(model: nn.Module) -> str:
+    """The task of a model: its ``task`` attribute (ours), else what its head looks like (the official
+    repositories' classes: ``last_layer`` segments, a bare conv ``final_layer`` makes heatmaps)."""
+    task = getattr(model, "task", None)
+    if task in TASKS:
+        return task
+    if isinstance(getattr(model, "last_layer", None), nn.Sequential):
+        return "segmentation"
+    if isinstance(getattr(model, "final_layer", None), nn.Conv2d):
+        return "pose"
+    return "classification"
+
+
+def detect_format(state_dict: Mapping[str, object], task: Optional[str] = None) -> Format:
+    """The format of a state dict (already unwrapped), from its keys. ``task`` (the model's) decides only where
+    the keys cannot: an OpenMMLab or flat checkpoint of a backbone alone."""
+    keys = set(state_dict)
+    if any(k.startswith("decode_head.") for k in keys):
+        return MMSegFormat()
+    if any(k.startswith("keypoint_head.") for k in keys):
+        return MMPoseFormat("0.x")
+    if any(k.startswith("head.final_layer.") for k in keys):
+        return MMPoseFormat("1.x")
+    if any(k.startswith(("neck.", "head.fc.")) for k in keys):
+        return MMPretrainFormat()
+    if any(k.startswith("backbone.") for k in keys):
+        return {"pose": MMPoseFormat("1.x"), "segmentation": MMSegFormat()}.get(task or "", MMPretrainFormat())
+    if "conv_layer1_1.conv.weight" in keys:
+        return PaddleFormat("legendary")
+    if "conv_layer1_1._conv.weight" in keys:
+        return PaddleFormat("model_zoo" if any(k.startswith("la1.") for k in keys) else "legendary_v1")
+    flat = flat_task(keys) or task or "classification"
+    if any(k.startswith(HRNET_PREFIXES) for k in keys):
+        return FlatFormat(flat)
+    return UnknownFormat(flat)
+
+
+@functools.lru_cache(maxsize=None)
+def _variant_shapes(name: str) -> Dict[str, Tuple[int, ...]]:
+    with torch.device("meta"):
+        model = create_model(name)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def identify_variant(state_dict: Mapping[str, torch.Tensor], fmt: Optional[Format] = None) -> List[str]:
+    """Registered variants of the checkpoint's task whose architecture matches a state dict (any format; the size
+    of the output layer, classes or joints, is not compared). Empty when none does."""
+    fmt = fmt or detect_format(state_dict)
+
+    def body(shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, ...]]:
+        return {k: s for k, s in shapes.items() if not k.startswith(fmt.classifier_prefixes)}
+
+    width_key = fmt.key_of("transition1.0.0.weight")
+    if width_key not in state_dict:
+        return []
+    width = state_dict[width_key].shape[0]
+    found = body({k: tuple(v.shape) for k, v in state_dict.items()})
+    matches = []
+    for name in list_models(fmt.task):
+        shapes = _variant_shapes(name)
+        if shapes["transition1.0.0.weight"][0] != width:
+            continue
+        expected = {fk: shape for k, shape in shapes.items() if (fk := fmt.key_of(k)) is not None}
+        if body(expected) == found:
+            matches.append(name)
+    return matches
+
+
+def _ignored_prefixes(model: nn.Module, fmt: Format) -> Tuple[str, ...]:
+    """Checkpoint entries a features-only model has no modules for."""
+    if not getattr(model, "features_only", False):
+        return ()
+    incre = fmt.incre_prefixes if getattr(model, "incre_modules", None) is None else ()
+    return fmt.head_prefixes + incre
+
+
+def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, Mapping[str, object]],
+                    strict: bool = True) -> LoadReport:
+    """Loads a checkpoint (file or dict) into ``model``: classification (timm/official, mmpretrain/MMClassification,
+    PaddleClas), pose (official, mmpose 1.x and 0.x) or segmentation (official, mmsegmentation).
+
+    The format is detected from the keys (the format modules' docstrings). With ``strict=True`` (default) every
+    entry must fit: missing, unexpected or mis-shaped entries raise one :class:`CheckpointError` naming them (and
+    the variant the checkpoint looks like, when it is another one), and a checkpoint of another task (a pose
+    checkpoint into a segmentation model, say) raises one saying so. With ``strict=False`` what fits is loaded and
+    the rest is listed in the returned :class:`LoadReport` (an ImageNet checkpoint initialises a pose or
+    segmentation model's backbone this way).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_checkpoint expects an nn.Module, got {type(model).__name__}")
+    _check_not_converted(model)
+    raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_checkpoint(path_or_state_dict)
+    state = unwrap(raw)
+    if not state:
+        raise CheckpointError("the checkpoint holds no tensors")
+    task = model_task(model)
+    fmt = detect_format(state, task)
+    if fmt.task != task and strict:
+        raise CheckpointError(_wrong_task_message(model, task, state, fmt))
+    report = LoadReport(format=fmt.name)
+
+    target = model.state_dict()
+    ours_of: Dict[str, str] = {}   # checkpoint key -> our key
+    no_entry: List[str] = []      # our keys the format does not store
+    for key in target:
+        foreign = fmt.key_of(key)
+        if foreign is None:
+            no_entry.append(key)
+        else:
+            ours_of[foreign] = key
+
+    ignored = _ignored_prefixes(model, fmt)
+    converted: Dict[str, torch.Tensor] = {}
+    for foreign, value in state.items():
+        if ignored and foreign.startswith(ignored):
+            report.ignored_keys.append(foreign)
+            continue
+        key = ours_of.get(foreign)
+        if key is None:
+            report.unexpected_keys.append(foreign)
+            continue
+        value = fmt.to_ours(key, value)
+        if value.shape != target[key].shape:
+            report.mismatched_keys[foreign] = (tuple(value.shape), tuple(target[key].shape))
+            continue
+        converted[key] = value
+    report.missing_keys = [f for f, k in ours_of.items() if k not in converted and f not in report.mismatched_keys]
+    # Entries the format has no place for: BN batch counters (PaddleClas) and conv biases folded into BN
+    # (mmpretrain, PaddleClas, mmsegmentation), which those models do not have: zero is their exact equivalent.
+    for key in no_entry:
+        converted[key] = torch.zeros_like(target[key])
+
+    problems = report.missing_keys or report.unexpected_keys or report.mismatched_keys
+    if problems and strict:
+        details = _mismatch_details(model, state, fmt, report)
+        hints = ["  Use strict=False to load what fits."]
+        if any(k.startswith(fmt.classifier_prefixes) for k in report.mismatched_keys):
+            what = {"classification": "classifier size", "pose": "number of joints",
+                    "segmentation": "number of classes"}[fmt.task]
+            hints.insert(0, f"  The {what} differs: build the model with the checkpoint's num_classes.")
+        raise CheckpointError("\n".join([details] + hints), details, _classifier_size(state, fmt))
+    if isinstance(fmt, MMSegFormat) and getattr(model, "align_corners", False) is True:
+        warnings.warn("mmsegmentation trains HRNet with align_corners=False; this model resizes with "
+                      "align_corners=True (the official repository's choice). Build it with "
+                      "create_model(..., align_corners=False) to match the checkpoint's training.", stacklevel=2)
+    model.load_state_dict(converted, strict=not problems)
+    return report
+
+
+def _wrong_task_message(model: nn.Module, task: str, state: Mapping[str, torch.Tensor], fmt: Format) -> str:
+    variants = identify_variant(state, fmt)
+    looks = f" of {' or '.join(variants)}" if variants else ""
+    build = (f" Build {variants[0]} (hrnet_fast.create_model({variants[0]!r})) to load it whole, or"
+             if variants else "")
+    return (f"the checkpoint is a {fmt.task} checkpoint{looks} ({fmt.name} format), but this "
+            f"{type(model).__name__} is a {task} model.{build} load it with strict=False to take the backbone "
+            f"weights only.")
+
+
+def _check_not_converted(model: nn.Module) -> None:
+    """A converted model has BatchNorm folded into fused convolutions: none of a checkpoint's keys fit it."""
+    from ..convert import ConvertedModel
+    from ..convert.fused import FoldedConv, FusedConvBNAct
+    if any(isinstance(m, (ConvertedModel, FusedConvBNAct, FoldedConv)) for m in model.modules()):
+        raise CheckpointError("this model was converted (BatchNorm is folded into its fused convolutions), so a "
+                              "checkpoint cannot be loaded into it: load the checkpoint before convert(), i.e. "
+                              "load_checkpoint(model, path), then fast = hrnet_fast.convert(model.eval())")
+
+
+def _classifier_size(state: Mapping[str, torch.Tensor], fmt: Format) -> Optional[int]:
+    """Outputs of the checkpoint's output layer (classes, joints), or None where it has none."""
+    for ours in ("classifier.weight", "final_layer.weight", "last_layer.3.weight"):
+        value = state.get(fmt.key_of(ours) or "")
+        if value is not None and value.dim() >= 2 and fmt.key_of(ours).startswith(fmt.classifier_prefixes):
+            return fmt.to_ours(ours, value).shape[0]
+    return None
+
+
+def _mismatch_details(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format, report: LoadReport) -> str:
+    """What does not fit, one problem a line (no advice on what to call)."""
+    if isinstance(fmt, UnknownFormat):
+        lines = [f"the checkpoint's keys are not HRNet's in any format this loader reads (timm/official, mmpretrain, "
+                 f"mmpose, mmsegmentation, PaddleClas); is it another architecture's checkpoint? It does not fit "
+                 f"this {type(model).__name__}:"]
+    else:
+        lines = [f"the checkpoint ({report.format} format) does not fit this {type(model).__name__}:"]
+    for label, keys in (("missing from the checkpoint", report.missing_keys),
+                        ("unexpected in the checkpoint", report.unexpected_keys),
+                        ("shape mismatch", list(report.mismatched_keys))):
+        if keys:
+            lines.append(f"  {label} ({len(keys)}): {summarise(keys)}")
+    if report.mismatched_keys:
+        examples = list(report.mismatched_keys.items())[:3]
+        lines.append("  e.g. " + "; ".join(f"{k}: checkpoint {list(c)}, model {list(m)}" for k, (c, m) in examples))
+    variants = identify_variant(state, fmt)
+    widths = getattr(model, "stage_channels", None)
+    if variants:
+        lines.append(f"  The checkpoint looks like a checkpoint of {' or '.join(variants)}"
+                     + (f"; this model's branch widths are {list(widths)}." if widths else "."))
+    if report.ignored_keys:
+        lines.append(f"  ignored (no such modules in a features_only model): {len(report.ignored_keys)} keys")
+    return "\n".join(lines)

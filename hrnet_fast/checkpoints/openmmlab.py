@@ -1,0 +1,92 @@
+"""OpenMMLab layouts: mmpretrain/MMClassification, mmpose (1.x and 0.x) and mmsegmentation. Each wraps the
+backbone as ``backbone.*`` with our names unchanged (mmcv names BN layers ``bn1``, ``bn2``…, as torchvision
+does) and names the head its own way:
+
+``mmpretrain``
+    ``HRFuseScales`` neck and linear head: ``neck.0.increase_layers.*`` (our ``incre_modules``),
+    ``neck.0.downsample_layers.{i}.conv|bn`` (``downsamp_modules.{i}.0|1``), ``neck.0.final_layer.conv|bn``
+    (``final_layer.0|1``), ``head.fc`` (``classifier``). Head convs have no bias.
+``mmpose`` (1.x)
+    ``HeatmapHead`` without deconvolutions: ``head.final_layer.*`` (our ``final_layer``).
+``mmpose 0.x``
+    ``TopdownHeatmapSimpleHead`` with ``num_deconv_layers=0``: ``keypoint_head.final_layer.*``.
+``mmseg``
+    ``FCNHead`` (``input_transform='resize_concat'``, ``num_convs=1``, ``kernel_size=1``): its ConvModule
+    ``decode_head.convs.0.conv`` (no bias) + ``decode_head.convs.0.bn`` (our ``last_layer.0/1``) and
+    ``decode_head.conv_seg`` (``last_layer.3``). mmsegmentation resizes with ``align_corners=False``.
+
+A bias-free conv followed by BN is our conv-with-bias with the bias folded into the BN mean: loading sets our
+bias to zero (exact), exporting folds it (exact up to fp32 rounding).
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping
+
+import torch
+
+from .base import HEAD_CONV_BIAS, RuleFormat, export, rules
+
+
+class MMPretrainFormat(RuleFormat):
+    name = "mmpretrain"
+    head_prefixes = ("neck.0.downsample_layers.", "neck.0.final_layer.", "head.")
+    incre_prefixes = ("neck.0.increase_layers.",)
+    classifier_prefixes = ("head.fc.",)
+    folded_biases = HEAD_CONV_BIAS
+    RULES = rules([
+        (r"^incre_modules\.(.*)$", r"neck.0.increase_layers.\1"),
+        (HEAD_CONV_BIAS.pattern, None),
+        (r"^downsamp_modules\.(\d+)\.0\.(.*)$", r"neck.0.downsample_layers.\1.conv.\2"),
+        (r"^downsamp_modules\.(\d+)\.1\.(.*)$", r"neck.0.downsample_layers.\1.bn.\2"),
+        (r"^final_layer\.0\.(.*)$", r"neck.0.final_layer.conv.\1"),
+        (r"^final_layer\.1\.(.*)$", r"neck.0.final_layer.bn.\1"),
+        (r"^classifier\.(.*)$", r"head.fc.\1"),
+        (r"^(.*)$", r"backbone.\1"),
+    ])
+
+
+class MMPoseFormat(RuleFormat):
+    task = "pose"
+
+    def __init__(self, version: str = "1.x"):
+        if version not in ("1.x", "0.x"):
+            raise ValueError(f"mmpose version must be '1.x' or '0.x', got {version!r}")
+        self.version = version
+        head = "head" if version == "1.x" else "keypoint_head"
+        self.name = "mmpose" if version == "1.x" else "mmpose 0.x"
+        self.classifier_prefixes = (f"{head}.final_layer.",)
+        self.RULES = rules([(r"^final_layer\.(.*)$", head + r".final_layer.\1"), (r"^(.*)$", r"backbone.\1")])
+
+
+class MMSegFormat(RuleFormat):
+    name = "mmseg"
+    task = "segmentation"
+    classifier_prefixes = ("decode_head.conv_seg.",)
+    folded_biases = re.compile(r"^last_layer\.0\.bias$")
+    RULES = rules([
+        (r"^last_layer\.0\.bias$", None),
+        (r"^last_layer\.0\.(.*)$", r"decode_head.convs.0.conv.\1"),
+        (r"^last_layer\.1\.(.*)$", r"decode_head.convs.0.bn.\1"),
+        (r"^last_layer\.3\.(.*)$", r"decode_head.conv_seg.\1"),
+        (r"^(.*)$", r"backbone.\1"),
+    ])
+
+
+def to_mmpretrain(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Our (timm) classification state dict in mmpretrain's names: ``torch.save({"state_dict":
+    to_mmpretrain(sd)}, path)`` writes a checkpoint mmpretrain's ``HRNet`` + ``HRFuseScales`` + ``LinearClsHead``
+    model loads. Head-conv biases are folded into BN (module docstring)."""
+    return export(state_dict, MMPretrainFormat())
+
+
+def to_mmpose(state_dict: Mapping[str, torch.Tensor], version: str = "1.x") -> Dict[str, torch.Tensor]:
+    """Our pose state dict in mmpose's names (``head.final_layer`` in 1.x, ``keypoint_head.final_layer`` in
+    0.x): ``torch.save({"state_dict": to_mmpose(sd)}, path)``."""
+    return export(state_dict, MMPoseFormat(version))
+
+
+def to_mmseg(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Our segmentation state dict in mmsegmentation's names (``FCNHead``); ``last_layer.0``'s bias is folded
+    into the BN's running mean, as mmsegmentation's ConvModule has no conv bias."""
+    return export(state_dict, MMSegFormat())
