@@ -180,7 +180,7 @@ def conv_records(shapes: List[Dict], dtypes, int64: bool, cache: Dict) -> List[D
                         # Load widths depend on the shape, not the tile: read them off the first config only.
                         operands = (compile_recorded(kernel, op_args, {**op_kwargs, "INT64": kw["INT64"]}, cache)
                                     if i == 0 else None)
-                        records.append(dict(kernel="conv_bn_act", dtype=dtype, int64=is_int64,
+                        records.append(dict(kernel="conv_bn_act", dtype=dtype, int64=is_int64, cin=s["cin"],
                                             shape=f"{s['cin']}->{s['cout']} k{s['k']}s{s['stride']} "
                                                   f"{s['h']}x{s['w']}{' +res' if s['residual'] else ''}"
                                                   f"{' relu' if s['relu'] else ''}",
