@@ -102,8 +102,10 @@ def _load_same(ptr, n, c, h, w, sn, sc, sh, sw, mask):
     return tl.load(ptr + n * sn + c * sc + h * sh + w * sw, mask=mask, other=0.0).to(tl.float32)
 
 
+# cache_results: the choice per key is kept in Triton's on-disk cache (TRITON_CACHE_DIR), so a key is timed once per
+# machine, not once per process; at most six memory-bound candidates are timed per fusion shape.
 @triton.autotune(configs=_configs(), key=["total", "C", "H", "W", "N_LOW", "N_SAME", "CHANNELS_LAST", "BILINEAR"],
-                 prune_configs_by={"early_config_prune": _prune_configs})
+                 prune_configs_by={"early_config_prune": _prune_configs}, cache_results=True)
 @triton.jit
 def _multires_fuse_kernel(
     y_ptr,  # [N, C, H, W] output, dense in NCHW order (NHWC order when CHANNELS_LAST)

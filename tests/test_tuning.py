@@ -93,3 +93,16 @@ def test_default_location(monkeypatch, tmp_path):
     monkeypatch.delenv(tuning.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert tuning.cache_path() == str(tmp_path / "hrnet_fast" / "triton_tuning.json")
+
+
+def test_multires_fuse_autotuning_is_kept_on_disk():
+    """The fusion kernel's autotuner keeps its choice per key in Triton's on-disk cache, so a new process does not
+    re-time it. The interpreter turns that cache off, so the compiled kernel is inspected in a process without it."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import hrnet_fast_kernels.multires_fuse as m; k = m._multires_fuse_kernel; "
+            "print(type(k).__name__, k.cache_results, len(k.configs))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Autotuner", "True", "6"], out.stdout + out.stderr
