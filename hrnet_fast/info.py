@@ -8,7 +8,7 @@ import torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print backend_info() and cpu_features.native_dtypes() as JSON")
+    parser.add_argument("--json", action="store_true", help="print backend_info(), cpu_features.native_dtypes() and the extension report as JSON")
 
 
 def extension_summary() -> str:
@@ -28,7 +28,8 @@ def main(args: argparse.Namespace) -> int:
     from .ops import backend_info
     info = backend_info()
     if args.json:
-        print(json.dumps({**info, "cpu_features": cpu_features.native_dtypes()}, indent=2))
+        print(json.dumps({**info, "cpu_features": cpu_features.native_dtypes(),
+                          "compiled_extension": extension_summary()}, indent=2))
         return 0
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")

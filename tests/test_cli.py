@@ -1,4 +1,5 @@
 """The command line's edges: --version, a bare command, eval's checkpoint errors, info's extension report."""
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_info_says_which_gpu_code_the_extension_holds(capsys):
         assert "CUDA kernels compiled for " + ", ".join(archs) in line
     else:
         assert "CPU kernels only" in line
+    status, out, err = run(["info", "--json"], capsys)
+    assert status == 0 and "compiled extension: " + json.loads(out)["compiled_extension"] == line
 
 
 def _compile(tmp_path: Path, source: str, suffix: str, command) -> Path:

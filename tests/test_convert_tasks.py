@@ -52,6 +52,19 @@ def test_segmentation_at_any_size(size, align_corners):
     assert not fast.fusion_report().unfused, str(fast.fusion_report())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name,size,decision", [("pose_hrnet_w32", (64, 64), heatmap_peaks),
+                                                ("seg_hrnetv2_w18_small", (72, 40), pixel_classes)],
+                         ids=["pose", "seg"])
+def test_pose_and_segmentation_in_reduced_precision(name, size, decision, dtype):
+    """The whole converted model, head included, in fp16/bf16: within twice eager PyTorch's own error in that dtype
+    (against the float64 truth) plus the floor."""
+    model = calibrated(hrnet_fast.create_model(name))
+    fast = hrnet_fast.convert(model, dtype=dtype)
+    (y,) = assert_model_matches(model, fast, image(*size, batch=2), dtype=dtype, decision=decision)
+    assert y.dtype == dtype and not fast.fusion_report().unfused, str(fast.fusion_report())
+
+
 def test_segmentation_w18_at_a_pascal_context_size():
     """520x520: branches of 130, 65, 33, 17 pixels, none an exact multiple of the next."""
     model = calibrated(hrnet_fast.create_model("seg_hrnetv2_w18"))
