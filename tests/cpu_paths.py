@@ -6,7 +6,7 @@ AVX512-FP16 + AMX Xeon does; ``"widened"`` answers no, as an AVX2 CPU does; ``"m
 answer. The Python decisions, casts, packing and fallbacks then run exactly as on that CPU.
 
 What cannot run here is oneDNN's own kernel for a dtype this CPU lacks (oneDNN refuses float16 without
-AVX512-FP16 or AVX-NE-CONVERT). For those calls only, ``EmulatedOneDNN`` stands in for ``torch.ops.mkldnn``'s three
+AVX512-FP16 or AVX-NE-CONVERT). For those calls only, ``EmulatedOneDNN`` stands in for ``torch.ops.mkldnn``'s four
 entry points with oneDNN's documented semantics: the convolution accumulated in float32 or better (float64
 here), bias, sum (residual) and ReLU applied to the accumulator, one rounding to the output dtype, channels_last
 output, and a packed weight that unpacks to the same values. Calls in a dtype the CPU does run go to the real
@@ -61,12 +61,22 @@ class _EmulatedConv:
         return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
+class _EmulatedConvInPlace(_EmulatedConv):
+    """``torch.ops.mkldnn._convolution_pointwise_.binary``: the ``.binary`` result written over ``other``."""
+
+    def binary(self, other, x, *args):
+        if machine_native(x.dtype):
+            return torch.ops.mkldnn._convolution_pointwise_.binary(other, x, *args)
+        return other.copy_(super().binary(x, other, *args))
+
+
 class EmulatedOneDNN:
     """Stands in for ``cpu_conv.ONEDNN`` (``torch.ops.mkldnn``); records what it emulated in ``calls``."""
 
     def __init__(self):
         self.calls: List[str] = []
         self._convolution_pointwise = _EmulatedConv(self.calls)
+        self._convolution_pointwise_ = _EmulatedConvInPlace(self.calls)
 
     def _reorder_convolution_weight(self, weight, padding, stride, dilation, groups, x_shape):
         if machine_native(weight.dtype):

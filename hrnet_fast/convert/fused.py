@@ -71,7 +71,10 @@ class FusedConvBNAct(nn.Module):
         self._prepared.clear()  # moved or cast: free the old device's copy now rather than at the next call
         return super()._apply(fn, recurse)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                residual_is_free: bool = False) -> torch.Tensor:
+        """``residual_is_free``: nothing else reads ``residual`` after this call, so the CPU path may write the
+        output over it (``cpu_conv.onednn_fused``)."""
         backend = resolve("conv_bn_act", x.device.type, self.requested_backend)
         weight = self.weight
         # Prepared forms (oneDNN tensors among them) only where the call runs eagerly on real tensors; traced
@@ -81,7 +84,8 @@ class FusedConvBNAct(nn.Module):
                                         channels_last=self.channels_last, x_shape=x.shape)
             if weight.is_mkldnn and x.dtype == weight.dtype and x.is_contiguous(memory_format=torch.channels_last):
                 # The oneDNN primitive, called directly: the op layers add ~15 us a call to a ~40 us kernel.
-                return cpu_conv.onednn_fused(x, weight, self.bias, self.stride, self.padding, residual, self.relu)
+                return cpu_conv.onednn_fused(x, weight, self.bias, self.stride, self.padding, residual, self.relu,
+                                             residual_is_free)
         return torch.ops.hrnet_fast.conv_bn_act(x, weight, self.bias, residual, self.stride, self.padding,
                                                 self.relu, backend)
 
@@ -112,7 +116,8 @@ class FoldedConv(nn.Module):
         """Stores the weight dense in the activations' memory format, which cuDNN reads without a per-call copy."""
         self.conv.weight = nn.Parameter(stored_weight(self.conv.weight, channels_last), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                residual_is_free: bool = False) -> torch.Tensor:
         y = self.conv(x)
         if residual is not None:
             y = y + residual
@@ -140,12 +145,36 @@ class FusedBlock(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.downsample = downsample
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
+    def forward(self, x: torch.Tensor, input_is_free: bool = False) -> torch.Tensor:
+        """``input_is_free``: nothing else reads ``x`` after this block (``FusedBranch`` knows when), so the last
+        conv may write its output over the shortcut. A downsampled shortcut is this block's own tensor."""
+        if self.downsample is None:
+            shortcut, free = x, input_is_free
+        else:
+            shortcut, free = self.downsample(x), not _hooked(self.downsample)
+        convs = list(self.convs)
         y = x
-        for conv in self.convs[:-1]:
+        for conv in convs[:-1]:
             y = conv(y)
-        return self.convs[-1](y, residual=shortcut)
+        return convs[-1](y, residual=shortcut, residual_is_free=free)
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether a hook may keep a reference to ``m``'s output (then it must not be overwritten later)."""
+    return bool(m._forward_hooks or nn.modules.module._global_forward_hooks)
+
+
+class FusedBranch(nn.Sequential):
+    """A run of ``FusedBlock``s (an HRNet branch, layer1). Each block's input is the previous block's output,
+    which nothing else reads (unless a forward hook may have kept it), so each block after the first may write
+    its result over its input: no residual copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prev = None
+        for block in self:
+            x = block(x, input_is_free=prev is not None and not _hooked(prev))
+            prev = block
+        return x
 
 
 class FusedHRFuse(nn.Module):
@@ -207,4 +236,4 @@ class FusedHRModule(nn.Module):
 
 
 # Every module the converter produces whose forward runs fused ops only.
-FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)
+FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule)

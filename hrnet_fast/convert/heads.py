@@ -19,14 +19,11 @@ import torch
 import torch.nn as nn
 
 from ..ops.folding import fold_bn
-from .fused import FoldedConv, FusedBlock, FusedChain, FusedConvBNAct, FusedHRFuse, FusedHRModule, fuse, make_conv
+from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, fuse, make_conv
 from .fx_fuse import fuse_graph
 
 if TYPE_CHECKING:
     from .rewrite import Rewriter
-
-FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedChain, FusedHRFuse, FusedHRModule)
-
 
 class FusedSegHead(nn.Module):
     """The HRNetV2 head on the list of branch maps: per-branch slices of the folded 1x1 conv, one bilinear

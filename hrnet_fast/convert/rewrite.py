@@ -8,12 +8,13 @@ ReLU modules absorbed into a fused conv become ``nn.Identity``.
 """
 from __future__ import annotations
 
+import collections
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .fused import FusedBlock, FusedChain, FusedHRFuse, FusedHRModule, make_conv
+from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule, make_conv
 from .heads import FusedSegmentation, fuse_rest, segmentation_head
 from .report import FusionReport
 
@@ -190,6 +191,8 @@ class Rewriter:
             if new is not None:
                 return new
         self.children(path, m)
+        if type(m) is nn.Sequential and len(m) > 1 and all(isinstance(b, FusedBlock) for b in m):
+            return FusedBranch(collections.OrderedDict(m.named_children()))  # same child names, so the same state_dict keys
         return m
 
     def children(self, path: str, m: nn.Module) -> None:
