@@ -1,10 +1,14 @@
 """convert() over whole pose and segmentation models: backbone and head fused, same heatmap peaks and pixel
 classes as the reference, the segmentation head run without a concat or an upsampled copy."""
+import types
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import hrnet_fast
+from hrnet_fast.convert.fused import FusedHRFuse
 from hrnet_fast.counting import count_forward
 from hrnet_fast.models import PoseHighResolutionNet, SegHighResolutionNet
 from hrnet_fast.registry import CONFIGS
@@ -119,11 +123,44 @@ def test_official_pose_and_segmentation_layouts():
     fast = hrnet_fast.convert(pose)
     assert_model_matches(pose, fast, image(64, 96), decision=heatmap_peaks)
     assert not fast.fusion_report().unfused, str(fast.fusion_report())
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_official_segmentation_is_fused_whole(align_corners):
+    """The official seg model resizes inside its forwards, with nothing on the modules saying how: convert()
+    probes it (``convert/probe.py``), then fuses every HR module's fusion and the head as for our models."""
+    seg = calibrated(OfficialHRNet(extra(18, "v1"), "segmentation", 19, align_corners=align_corners))
+    x = image(72, 40)  # branches of 18x10, 9x5, 5x3, 3x2: every resize interpolates
+    reference = count_forward(seg, x).by_op
+    fast = hrnet_fast.convert(seg)
+    report = fast.fusion_report()
+    assert not report.unfused, str(report)
+    assert fast.inner.head.align_corners == align_corners
+    assert {m.align_corners for m in fast.modules() if isinstance(m, FusedHRFuse)} == {align_corners}
+    assert_model_matches(seg, fast, x, decision=pixel_classes)
+    assert reference["aten.cat.default"] == 1 and reference["aten.upsample_bilinear2d.default"] > 0
+    converted = count_forward(fast, x).by_op
+    assert set(converted) <= {"hrnet_fast.conv_bn_act.default", "hrnet_fast.multires_fuse.default",
+                              "aten.clone.default"}, converted
+    with pytest.raises(ValueError, match="cannot take a 0x40 input"):
+        fast(torch.randn(1, 3, 0, 40))
+
+
+def test_official_segmentation_resizing_otherwise_stays_eager(monkeypatch):
+    """A forward that resizes other than bilinearly (here: nearest to the target size) fails the probe: those
+    fusions and the head run as the model wrote them, the report says why, and the answer is unchanged."""
+    import official_hrnet
+
+    def nearest(t, size, mode, align_corners=None):
+        return F.interpolate(t, size=size, mode="nearest")
+
+    monkeypatch.setattr(official_hrnet, "F", types.SimpleNamespace(interpolate=nearest))
     seg = calibrated(OfficialHRNet(extra(18, "v1"), "segmentation", 19))
     fast = hrnet_fast.convert(seg)
     assert_model_matches(seg, fast, image(72, 40), decision=pixel_classes)
-    # Its forward interpolates by itself: the convs are fused, the fusion stays eager, and the report says why.
-    assert "upsample term is not" in str(fast.fusion_report())
+    text = str(fast.fusion_report())
+    assert "other than a bilinear resize" in text and "does not compute last_layer" in text
+    assert not any(isinstance(m, FusedHRFuse) for m in fast.modules())
 
 
 class CustomHead(nn.Module):

@@ -148,6 +148,9 @@ class ConvertedModel(nn.Module):
             raise ValueError(f"the model is on {self.device} but the input is on {x.device}")
         if self.hrnet:
             check_input_size(x.shape[-2], x.shape[-1])
+        elif x.shape[-2] < 1 or x.shape[-1] < 1:
+            raise ValueError(f"the model cannot take a {x.shape[-2]}x{x.shape[-1]} input: height and width must be "
+                             f"at least 1")
 
     def _run(self, x: torch.Tensor) -> Any:
         """The fused model on ``x``, outputs in ``x``'s layout (what CUDA graphs capture)."""

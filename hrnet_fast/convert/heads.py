@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.folding import fold_bn
+from . import probe
 from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, fuse, make_conv
 from .fx_fuse import fuse_graph
 
@@ -44,16 +45,21 @@ class FusedSegHead(nn.Module):
 
 
 class FusedSegmentation(nn.Module):
-    """A segmentation HRNet converted: its backbone (rewritten in place; ``features`` gives the branch maps) and
-    the fused head that replaced its ``last_layer``."""
+    """A segmentation HRNet converted: its backbone (rewritten in place) and the fused head that replaced its
+    ``last_layer``. The branch maps come from the backbone's ``features`` (ours) or, for a model in the official
+    repository's layout (``official_layout``), from ``probe.official_features``, which runs its parts as its
+    forward does."""
 
-    def __init__(self, backbone: nn.Module, head: FusedSegHead):
+    def __init__(self, backbone: nn.Module, head: FusedSegHead, official_layout: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.official_layout = official_layout
         self.num_classes = getattr(backbone, "num_classes", None)  # read through ConvertedModel as on the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.official_layout:
+            return self.head(probe.official_features(self.backbone, x))
         self.backbone.check_input(x)
         return self.head(self.backbone.features(x))
 
@@ -63,19 +69,20 @@ def _is_conv1x1(m: nn.Module) -> bool:
         and m.padding in ((0, 0), "valid") and m.dilation == (1, 1)
 
 
-def segmentation_head(rw: "Rewriter", net: nn.Module) -> Optional[FusedSegHead]:
-    """The fused head of an HRNetV2 segmentation model (ours: ``features``, ``head_resize`` and ``last_layer`` =
-    Sequential(1x1 conv, BN, ReLU, 1x1 conv) over the concatenated branches), taken out of ``net``; None when
-    ``net`` has no such head."""
-    resize, last = getattr(net, "head_resize", None), getattr(net, "last_layer", None)
-    widths = getattr(net, "stage_channels", None)
-    if not (callable(getattr(net, "features", None)) and isinstance(getattr(resize, "align_corners", None), bool)
-            and isinstance(last, nn.Sequential) and len(last) == 4 and widths):
-        return None
+def _head_layers(last: nn.Module, widths: Optional[List[int]]) -> bool:
+    """Whether ``last`` is the HRNetV2 ``last_layer``: Sequential(1x1 conv over sum(widths) channels, BN, ReLU,
+    conv)."""
+    if not (isinstance(last, nn.Sequential) and len(last) == 4 and widths):
+        return False
     conv, bn, relu, classifier = last
-    if not (_is_conv1x1(conv) and isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)
-            and isinstance(classifier, nn.Conv2d) and conv.in_channels == sum(widths)):
-        return None
+    return (_is_conv1x1(conv) and isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)
+            and isinstance(classifier, nn.Conv2d) and conv.in_channels == sum(widths))
+
+
+def split_head(rw: "Rewriter", net: nn.Module, widths: List[int], align_corners: bool) -> FusedSegHead:
+    """The fused head for ``net.last_layer`` (checked by ``_head_layers``) over branches resized bilinearly with
+    ``align_corners``, taken out of ``net``."""
+    conv, bn, _, classifier = net.last_layer
     weight, bias = fold_bn(conv, bn)  # fp32: [C, sum(widths), 1, 1], [C]
     slices, start = [], 0
     for i, width in enumerate(widths):
@@ -86,13 +93,36 @@ def segmentation_head(rw: "Rewriter", net: nn.Module) -> Optional[FusedSegHead]:
                 part.bias.copy_(bias)  # the folded bias, added once
         slices.append(rw.conv(f"last_layer.0[{start}:{start + width}]", part, None, relu=False))
         start += width
-    head = FusedSegHead(slices, rw.conv("last_layer.3", classifier, None, relu=False), resize.align_corners,
-                        rw.backend)
+    head = FusedSegHead(slices, rw.conv("last_layer.3", classifier, None, relu=False), align_corners, rw.backend)
     rw.report.add("last_layer", "segmentation head",
                   f"BN folded, 1x1 conv split over {len(widths)} branches at their own resolution, one bilinear "
                   f"multires_fuse (+ReLU), no concat")
-    del net.last_layer, net.head_resize  # the fused head replaces both
+    del net.last_layer  # the fused head replaces it
     return head
+
+
+def segmentation_head(rw: "Rewriter", net: nn.Module) -> Optional[FusedSegHead]:
+    """The fused head of our HRNetV2 segmentation model (``features``, ``head_resize`` and ``last_layer`` over the
+    concatenated branches), taken out of ``net``; None when ``net`` has no such head."""
+    resize, widths = getattr(net, "head_resize", None), getattr(net, "stage_channels", None)
+    if not (callable(getattr(net, "features", None)) and isinstance(getattr(resize, "align_corners", None), bool)
+            and _head_layers(getattr(net, "last_layer", None), widths)):
+        return None
+    head = split_head(rw, net, list(widths), resize.align_corners)
+    del net.head_resize
+    return head
+
+
+def official_segmentation_widths(net: nn.Module) -> Optional[List[int]]:
+    """The stage-4 branch widths of a segmentation HRNet in the official repository's layout (``last_layer``
+    over the concatenated branches, ``num_inchannels`` on the HR modules, no ``features``), else None."""
+    stage4 = getattr(net, "stage4", None)
+    widths = getattr(stage4[-1], "num_inchannels", None) if isinstance(stage4, nn.Sequential) and len(stage4) \
+        else None
+    if callable(getattr(net, "features", None)) or not isinstance(widths, (list, tuple)) or \
+            not _head_layers(getattr(net, "last_layer", None), list(widths)):
+        return None
+    return list(widths)
 
 
 def _contains(m: nn.Module, kinds) -> bool:

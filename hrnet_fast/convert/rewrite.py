@@ -14,8 +14,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from . import probe
 from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule, make_conv
-from .heads import FusedSegmentation, fuse_rest, segmentation_head
+from .heads import FusedSegmentation, fuse_rest, official_segmentation_widths, segmentation_head, split_head
 from .report import FusionReport
 
 BN = nn.BatchNorm2d
@@ -111,6 +112,17 @@ class Rewriter:
         if not isinstance(branches, nn.ModuleList):
             return None
         n = len(branches)
+        # Segmentation HR modules resize each upsampled term bilinearly to the target's exact size: ours through
+        # a ``resize`` module, the official ones in their forward (found by probing it, before any rewrite).
+        align_corners: Optional[bool] = None
+        resize = getattr(m, "resize", None)
+        if n > 1 and isinstance(getattr(resize, "align_corners", None), bool):
+            align_corners = resize.align_corners
+        elif n > 1 and isinstance(fuse_layers, nn.ModuleList) and _resized_by_forward(fuse_layers):
+            align_corners = probe.hr_module_align_corners(m)
+            if align_corners is None:
+                self.report.skip(f"{path}.fuse_layers", "hr fuse", "its forward adds the upsampled terms in a way "
+                                 "other than a bilinear resize to the target branch's size")
         new_branches = [self.any(f"{path}.branches.{i}", b) for i, b in enumerate(branches)]
         fuses: List[FusedHRFuse] = []
         if n > 1:
@@ -118,12 +130,10 @@ class Rewriter:
             if not isinstance(fuse_layers, nn.ModuleList) or not any(
                     isinstance(c, nn.ReLU) for c in m.children()):
                 return None
-            # Segmentation HR modules resize each upsampled term bilinearly to the target's exact size.
-            resize = getattr(m, "resize", None)
-            bilinear = resize is not None and isinstance(getattr(resize, "align_corners", None), bool)
+            if align_corners is None and _resized_by_forward(fuse_layers):
+                return None
             for i, terms in enumerate(fuse_layers):
-                fuse = self.hr_fuse(f"{path}.fuse_layers.{i}", i, terms,
-                                    resize.align_corners if bilinear else None)
+                fuse = self.hr_fuse(f"{path}.fuse_layers.{i}", i, terms, align_corners)
                 if fuse is None:
                     return None
                 fuses.append(fuse)
@@ -205,6 +215,13 @@ class Rewriter:
                 setattr(m, name, new)
 
 
+def _resized_by_forward(fuse_layers: nn.ModuleList) -> bool:
+    """Whether every upsampled term is a bare Sequential(conv, BN), which the module's forward must resize."""
+    terms = [f for i, row in enumerate(fuse_layers) for j, f in enumerate(row) if j > i]
+    return bool(terms) and all(isinstance(f, nn.Sequential) and len(f) == 2 and isinstance(f[0], nn.Conv2d)
+                               and isinstance(f[1], BN) for f in terms)
+
+
 def is_hrnet(m: nn.Module) -> bool:
     """HRNet layout: stem conv1/bn1/conv2/bn2, layer1, transition1..3, stage2..4."""
     return all(hasattr(m, a) for a in ("conv1", "conv2", "layer1", "transition1", "stage2", "stage3", "stage4")) \
@@ -231,8 +248,17 @@ def rewrite_hrnet(model: nn.Module, dtype: torch.dtype, backend: Optional[str],
     if net is None:
         return None
     rw = Rewriter(dtype, backend, report)
+    # An official-layout segmentation model resizes in its forward: probe how, before anything is rewritten.
+    official_widths = official_segmentation_widths(net) if net is model else None
+    official_align_corners = probe.segmentation_align_corners(net) if official_widths else None
+    if official_widths and official_align_corners is None:
+        report.skip("last_layer", "segmentation head", "the model's forward does not compute last_layer over branch 0 "
+                    "and branches 1..3 resized bilinearly to it")
     rw.stem(prefix, net)
     seg_head = segmentation_head(rw, net) if net is model else None
+    if seg_head is None and official_align_corners is not None:
+        seg_head = split_head(rw, net, official_widths, official_align_corners)
     rw.children("", model)
     fuse_rest(rw, "", model)  # the head's conv -> BN -> ReLU chains the HRNet rules do not know
-    return model if seg_head is None else FusedSegmentation(model, seg_head)
+    return model if seg_head is None else FusedSegmentation(model, seg_head,
+                                                            official_layout=official_align_corners is not None)
