@@ -149,7 +149,8 @@ _packed_cache: Dict[int, Tuple[weakref.ref, Tuple, Optional[torch.Tensor]]] = {}
 
 def _packed_for(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
     """``pack_weight(weight, ...)``, packed once per weight tensor (and again after an in-place change)."""
-    key = (weight._version, stride, padding, tuple(x_shape[1:]))
+    # Inference tensors keep no version counter (and cannot be written in place outside inference mode).
+    key = (-1 if weight.is_inference() else weight._version, stride, padding, tuple(x_shape[1:]))
     entry = _packed_cache.get(id(weight))
     if entry is not None and entry[0]() is weight and entry[1] == key:
         return entry[2]
