@@ -1,19 +1,33 @@
-"""Where a converted model's CPU forward spends its time: compute kernels vs everything else (Python module
-calls, op dispatch, oneDNN primitive set-up), by torch.profiler.
+"""Where a converted model's CPU forward spends its time: the compute kernels, the set-up around each oneDNN call,
+and Python.
 
-    python benchmarks/cpu_overhead.py --model hrnet_w18 --batch 1 --threads 1 --repeats 5
+    python benchmarks/cpu_overhead.py --model pose_hrnet_w32 --input-size 256x192 --batch 1 --threads 2
 
-Kernel time is the self time of the ops that do the arithmetic (oneDNN and ATen convolutions, GEMMs, the fused
-multires kernel, pooling, copies); the rest of the wall time is overhead. Each repeat profiles one forward; the
-repeat with the lowest wall time is reported (the least disturbed by other processes), with the load average.
+Three measurements of the same warm forward, each repeated and the lowest kept (the least disturbed by other
+processes):
+
+* wall: the forward alone, timed;
+* oneDNN's own account of its primitives' execution (``ONEDNN_VERBOSE=profile_exec``, the ``exec`` lines): the
+  convolution kernels' time, without what ATen and oneDNN do before each one starts (primitive descriptor creation,
+  memory descriptors, the post-op attributes, allocation of the output);
+* torch.profiler's self time per op: ops that call oneDNN (their self time is set-up + oneDNN's execution), the
+  other kernels (the fused multi-resolution kernel, ATen's own convolutions, copies), and the rest, which is
+  Python and dispatch (wall minus every op's self time; the profiler's own cost lands in the ops' time).
+
+So: kernels = oneDNN execution + the other kernels; per-call set-up = the oneDNN-calling ops' self time minus
+oneDNN's execution; Python = wall minus all op time. Printed as JSON, and written with ``--json PATH``.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import json
 import os
+import sys
+import tempfile
 import time
+from typing import Dict, Tuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -22,53 +36,105 @@ import hrnet_fast
 from hrnet_fast import cpu_features
 from hrnet_fast.calibrate import calibrate_bn
 
-# Ops whose self time is arithmetic or data movement rather than dispatch.
-KERNELS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::_slow_conv2d_forward",
-           "aten::mkldnn_convolution", "aten::addmm", "aten::mm", "aten::copy_", "aten::add", "aten::add_",
-           "aten::relu_", "aten::adaptive_avg_pool2d", "aten::mean", "hrnet_fast_C::multires_fuse")
+# Ops whose self time is oneDNN's execution plus ATen's set-up of the call.
+ONEDNN_OPS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::mkldnn_convolution")
+# Ops whose self time is arithmetic or data movement done outside oneDNN.
+OTHER_KERNELS = ("aten::_slow_conv2d_forward", "aten::addmm", "aten::mm", "aten::copy_", "aten::add",
+                 "aten::add_", "aten::relu_", "aten::adaptive_avg_pool2d", "aten::mean", "hrnet_fast_C::multires_fuse",
+                 "aten::upsample_bilinear2d", "aten::upsample_nearest2d", "aten::cat")
 
 
-def profile_forward(model, x):
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
+def timed(model, x) -> float:
+    start = time.perf_counter()
+    model(x)
+    return (time.perf_counter() - start) * 1e3
+
+
+def op_times(model, x) -> Tuple[Dict[str, float], Dict[str, int]]:
+    """Self CPU ms and calls per op of one forward."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         model(x)
-        wall = time.perf_counter() - start
-    per_op = collections.Counter()
-    calls = collections.Counter()
+    ms, calls = collections.Counter(), collections.Counter()
     for e in prof.key_averages():
-        per_op[e.key] += e.self_cpu_time_total
+        ms[e.key] += e.self_cpu_time_total / 1e3
         calls[e.key] += e.count
-    return wall * 1e6, per_op, calls
+    return dict(ms), dict(calls)
+
+
+def onednn_exec(model, x) -> Tuple[float, int]:
+    """(ms, primitives) oneDNN reports executing in one forward. Its verbose log goes to the C stdout, so the
+    file descriptor is redirected around the call."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                model(x)
+            libc.fflush(None)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        times = [float(line.rsplit(",", 1)[1]) for line in log if ",exec," in line]
+    return sum(times), len(times)
+
+
+def measure(model, x, repeats: int) -> Dict[str, object]:
+    wall = min(timed(model, x) for _ in range(repeats))
+    exec_ms, primitives = min((onednn_exec(model, x) for _ in range(repeats)), key=lambda r: r[0])
+    ms, calls = min((op_times(model, x) for _ in range(repeats)), key=lambda r: sum(r[0].values()))
+    onednn_ops = sum(ms.get(k, 0.0) for k in ONEDNN_OPS)
+    other = sum(ms.get(k, 0.0) for k in OTHER_KERNELS)
+    setup = max(onednn_ops - exec_ms, 0.0)
+    python = max(wall - sum(ms.values()), 0.0)
+    onednn_calls = sum(calls.get(k, 0) for k in ONEDNN_OPS)
+    share = lambda v: round(100 * v / wall, 1)  # noqa: E731
+    return {
+        "wall_ms": round(wall, 2),
+        "kernels_ms": round(exec_ms + other, 2), "kernels_pct": share(exec_ms + other),
+        "onednn_exec_ms": round(exec_ms, 2), "onednn_primitives": primitives,
+        "other_kernels_ms": round(other, 2),
+        "onednn_setup_ms": round(setup, 2), "onednn_setup_pct": share(setup), "onednn_calls": onednn_calls,
+        "onednn_setup_us_per_call": round(1e3 * setup / max(onednn_calls, 1), 1),
+        "python_and_dispatch_ms": round(python, 2), "python_and_dispatch_pct": share(python),
+        "overhead_pct": share(wall - exec_ms - other),
+        "top_self_ms": {k: [round(v, 2), calls[k]] for k, v in collections.Counter(ms).most_common(10)},
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="hrnet_w18")
+    p.add_argument("--input-size", default="224x224", help="HxW")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    h, w = (int(v) for v in args.input_size.lower().split("x"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = hrnet_fast.create_model(args.model)
-    calibrate_bn(model, steps=1, batch=2)
+    calibrate_bn(model, (h, w), steps=1, batch=2)
     fast = hrnet_fast.convert(model.eval(), dtype=dtype)
-    x = torch.randn(args.batch, 3, 224, 224).to(dtype)
-    with torch.no_grad():
+    x = torch.randn(args.batch, 3, h, w).to(dtype)
+    with torch.inference_mode():
         for _ in range(3):
             fast(x)
-    best = min((profile_forward(fast, x) for _ in range(args.repeats)), key=lambda r: r[0])
-    wall, per_op, calls = best
-    kernel = sum(v for k, v in per_op.items() if k in KERNELS)
-    print(json.dumps({
-        "model": args.model, "batch": args.batch, "threads": args.threads, "dtype": args.dtype,
-        "cpu": cpu_features.summary(), "loadavg": os.getloadavg(),
-        "wall_ms": round(wall / 1e3, 2), "kernel_ms": round(kernel / 1e3, 2),
-        "overhead_pct": round(100 * (1 - kernel / wall), 1),
-        "top_self_ms": {k: [round(v / 1e3, 2), calls[k]] for k, v in per_op.most_common(12)},
-    }, indent=1))
+        load_before = os.getloadavg()[0]
+        result = measure(fast, x, args.repeats)
+    out = {"command": " ".join(["python"] + sys.argv), "model": args.model, "input_size": [h, w],
+           "batch": args.batch, "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__,
+           "cpu": cpu_features.summary(), "loadavg_before_after": [load_before, os.getloadavg()[0]], **result}
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":
