@@ -7,9 +7,10 @@ Three measurements of the same warm forward, each repeated and the lowest kept (
 processes):
 
 * wall: the forward alone, timed;
-* oneDNN's own account of its primitives' execution (``ONEDNN_VERBOSE=profile_exec``, the ``exec`` lines): the
-  convolution kernels' time, without what ATen and oneDNN do before each one starts (primitive descriptor creation,
-  memory descriptors, the post-op attributes, allocation of the output);
+* oneDNN's own account of its primitives' execution (``ONEDNN_VERBOSE=profile_exec``, the ``exec`` lines; torch's
+  oneDNN and the extension's, ``hrnet_fast/ops/onednn_conv.py``, both read it): the convolution kernels' time,
+  without what is done before each one starts (for ATen's op: primitive descriptor creation, memory descriptors,
+  the post-op attributes; for both: allocating the output);
 * torch.profiler's self time per op: ops that call oneDNN (their self time is set-up + oneDNN's execution), the
   other kernels (the fused multi-resolution kernel, ATen's own convolutions, copies), and the rest, which is
   Python and dispatch (wall minus every op's self time; the profiler's own cost lands in the ops' time).
@@ -35,9 +36,11 @@ from torch.profiler import ProfilerActivity, profile
 import hrnet_fast
 from hrnet_fast import cpu_features
 from hrnet_fast.calibrate import calibrate_bn
+from hrnet_fast.ops import extension
 
 # Ops whose self time is oneDNN's execution plus ATen's set-up of the call.
-ONEDNN_OPS = ("mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_", "aten::mkldnn_convolution")
+ONEDNN_OPS = ("hrnet_fast_C::onednn_conv", "mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_",
+              "aten::mkldnn_convolution")
 # Ops whose self time is arithmetic or data movement done outside oneDNN.
 OTHER_KERNELS = ("aten::_slow_conv2d_forward", "aten::addmm", "aten::mm", "aten::copy_", "aten::add",
                  "aten::add_", "aten::relu_", "aten::adaptive_avg_pool2d", "aten::mean", "hrnet_fast_C::multires_fuse",
@@ -70,8 +73,15 @@ def onednn_exec(model, x) -> Tuple[float, int]:
     with tempfile.TemporaryFile(mode="w+") as log:
         os.dup2(log.fileno(), 1)
         try:
-            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-                model(x)
+            own = getattr(extension.module(), "onednn_set_verbose", None)  # the extension's oneDNN, if built
+            if own is not None:
+                own(1)
+            try:
+                with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                    model(x)
+            finally:
+                if own is not None:
+                    own(0)
             libc.fflush(None)
         finally:
             os.dup2(saved, 1)

@@ -9,7 +9,9 @@
 // functorch transform, no input that needs autograd. Anything else, including input the checks reject, returns
 // None, and the caller takes the registered op (hrnet_fast/ops/direct.py), where errors are diagnosed.
 //
-// And tensor_signature(dicts), the check that keeps captured CUDA graphs valid (below).
+// And tensor_signature(dicts), the check that keeps captured CUDA graphs valid (below), and, when built with
+// oneDNN, the entry points of the CPU convolution that keeps its primitives (cpu/onednn_conv.h).
+#include "cpu/onednn_conv.h"
 #include "ops.h"
 
 #include <ATen/PythonTorchFunctionTLS.h>
@@ -151,6 +153,16 @@ PyMethodDef methods[] = {
      "dispatcher, or None where the call must go through torch.ops.hrnet_fast_C.multires_fuse."},
     {"tensor_signature", tensor_signature, METH_O,
      "tensor_signature(dicts) -> bytes: data pointer, version, device and dtype of every tensor in a list of dicts."},
+#ifdef HRNET_FAST_WITH_ONEDNN
+    {"onednn_conv_new", hrnet_fast::onednn_conv_new, METH_VARARGS,
+     "onednn_conv_new(weight, stride, padding) -> handle: a conv layer run through oneDNN primitives it keeps."},
+    {"onednn_conv_run", hrnet_fast::onednn_conv_run, METH_VARARGS,
+     "onednn_conv_run(handle, x, bias, residual, relu, residual_is_free) -> Tensor or None (no primitive for the "
+     "call on this CPU)."},
+    {"onednn_set_verbose", hrnet_fast::onednn_set_verbose, METH_O,
+     "onednn_set_verbose(level): the linked oneDNN's verbose level (0 off, 1 executions, 2 also creations)."},
+    {"onednn_version", hrnet_fast::onednn_version, METH_NOARGS, "onednn_version() -> str: the linked oneDNN."},
+#endif
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, C10_STRINGIZE(TORCH_EXTENSION_NAME),

@@ -12,15 +12,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def extension_summary() -> str:
-    """Whether the compiled extension is loaded, and whether (and for which GPUs) it holds CUDA kernels."""
-    from .ops import extension
+    """Whether the compiled extension is loaded, whether (and for which GPUs) it holds CUDA kernels, and whether
+    its CPU convolution keeps oneDNN primitives (``hrnet_fast/ops/onednn_conv.py``)."""
+    from .ops import extension, onednn_conv
     mod = extension.module()
     if mod is None:
         return f"not loaded ({extension.loaded()[1]})"
     archs = extension.fatbin_archs(mod.__file__)
     cuda = (f"CUDA kernels compiled for {', '.join(archs)}" if archs else
             "CPU kernels only (built without the CUDA kernels)")
-    return f"{mod.__file__}: {cuda}"
+    own, why = onednn_conv.available()
+    return f"{mod.__file__}: {cuda}; " + (f"CPU convolution on {why}, primitives kept per layer" if own else
+                                         f"CPU convolution through ATen's oneDNN op ({why})")
 
 
 def main(args: argparse.Namespace) -> int:

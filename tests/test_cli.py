@@ -63,6 +63,8 @@ def test_info_says_which_gpu_code_the_extension_holds(capsys):
         assert "CUDA kernels compiled for " + ", ".join(archs) in line
     else:
         assert "CPU kernels only" in line
+    own = hasattr(extension.module(), "onednn_conv_new")
+    assert ("primitives kept per layer" in line) == own and ("through ATen's oneDNN op" in line) == (not own)
     status, out, err = run(["info", "--json"], capsys)
     assert status == 0 and "compiled extension: " + json.loads(out)["compiled_extension"] == line
 

@@ -91,13 +91,16 @@ def test_segmentation_dispatches_no_concat_and_no_upsample():
 
 def test_converted_segmentation_exports_to_the_fused_ops_only():
     """torch.export sees the fused ops' fake kernels: the graph is conv_bn_act and multires_fuse calls only."""
-    fast = hrnet_fast.convert(calibrated(hrnet_fast.create_model("seg_hrnetv2_w18_small")))
+    model = calibrated(hrnet_fast.create_model("seg_hrnetv2_w18_small"))
+    fast = hrnet_fast.convert(model)
     x = image(72, 40).contiguous(memory_format=torch.channels_last)
     exported = torch.export.export(fast.inner, (x,))
     assert {str(n.target) for n in exported.graph.nodes if n.op == "call_function"} == {
         "hrnet_fast.conv_bn_act.default", "hrnet_fast.multires_fuse.default"}
+    # The exported graph runs the registered ops (ATen's convolution on CPU), the eager converted model its kept
+    # oneDNN primitives: two implementations, each held to the rule against the float64 truth.
     with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), fast(x), rtol=0, atol=0)
+        assert_model_matches(model, exported.module(), x, decision=pixel_classes)
     assert fast.num_classes == 19
 
 

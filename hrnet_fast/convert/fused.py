@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..ops import cpu_conv, direct
 from ..ops.backends import resolve
 from ..ops.folding import fold_bn
+from ..ops.onednn_conv import OnednnConv
 from ..ops.weights import PreparedWeight, stored_weight
 
 
@@ -80,12 +81,21 @@ class FusedConvBNAct(nn.Module):
         # Prepared forms (oneDNN tensors among them) only where the call runs eagerly on real tensors; traced
         # and compiled calls read the stored weight, already in the activations' layout.
         if direct.plain_eager_call(x, residual):
-            weight = self._prepared.get(backend, weight, stride=self.stride, padding=self.padding,
-                                        channels_last=self.channels_last, x_shape=x.shape)
-            if weight.is_mkldnn and x.dtype == weight.dtype and x.is_contiguous(memory_format=torch.channels_last):
-                # The oneDNN primitive, called directly: the op layers add ~15 us a call to a ~40 us kernel.
-                return cpu_conv.onednn_fused(x, weight, self.bias, self.stride, self.padding, residual, self.relu,
+            prepared = self._prepared.get(backend, weight, stride=self.stride, padding=self.padding,
+                                          channels_last=self.channels_last, x_shape=x.shape)
+            if isinstance(prepared, OnednnConv):
+                if x.dtype == prepared.dtype and x.is_contiguous(memory_format=torch.channels_last) and (
+                        residual is None or residual.dtype == x.dtype) and torch._C._get_mkldnn_enabled():
+                    y = prepared.run(x, self.bias, residual, self.relu, residual_is_free)
+                    if y is not None:
+                        return y
+            elif prepared.is_mkldnn and x.dtype == prepared.dtype and \
+                    x.is_contiguous(memory_format=torch.channels_last):
+                # ATen's oneDNN op, called directly: the op layers add ~15 us a call to a ~40 us kernel.
+                return cpu_conv.onednn_fused(x, prepared, self.bias, self.stride, self.padding, residual, self.relu,
                                              residual_is_free)
+            else:
+                weight = prepared
         return torch.ops.hrnet_fast.conv_bn_act(x, weight, self.bias, residual, self.stride, self.padding,
                                                 self.relu, backend)
 

@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from . import onednn_conv
+from .onednn_conv import OnednnConv
 
 
 # oneDNN's fused post-op convolution and weight packing (``_convolution_pointwise``, its ``.binary`` variant,
@@ -71,7 +74,10 @@ def availability() -> Tuple[bool, str]:
     if not _onednn_ops():
         return True, ("torch has no oneDNN fused convolution here: ATen convolution + in-place epilogue for every "
                       "shape")
-    note = "oneDNN fused post-op convolution for 3x3 channels_last, ATen convolution + in-place epilogue otherwise"
+    own, why = onednn_conv.available()
+    note = (f"converted models: channels_last convs through oneDNN primitives kept per layer ({why})" if own else
+            f"converted models: ATen's oneDNN op per call ({why})")
+    note += "; oneDNN fused post-op convolution for 3x3 channels_last, ATen convolution + in-place epilogue otherwise"
     widened = [name for name, dt in (("bfloat16", torch.bfloat16), ("float16", torch.float16))
                if not native_compute(dt)]
     if widened:
@@ -136,10 +142,16 @@ def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequen
 
 
 def prepare_weight(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
-                   x_shape: Sequence[int]) -> Optional[torch.Tensor]:
-    """The cpu backend's form of a converted model's weight (``hrnet_fast.ops.weights``): packed for oneDNN
-    where it runs the conv (channels_last activations, ``pack_weight``), else None (the dense weight as is)."""
-    return pack_weight(weight, stride, padding, x_shape) if channels_last else None
+                   x_shape: Sequence[int]) -> Optional[Union[torch.Tensor, OnednnConv]]:
+    """The cpu backend's form of a converted model's weight (``hrnet_fast.ops.weights``). With channels_last
+    activations: an ``OnednnConv`` (oneDNN primitives kept per input shape) where the extension has oneDNN and
+    this CPU computes the weight's dtype natively; else the weight packed for ATen's oneDNN op where that runs
+    the conv (``pack_weight``). None (the dense weight as is) otherwise."""
+    if not channels_last:
+        return None
+    if native_compute(weight.dtype) and onednn_conv.available()[0]:
+        return OnednnConv(weight, stride, padding)
+    return pack_weight(weight, stride, padding, x_shape)
 
 
 # Packed copies of dense weights seen by ``conv_bn_act``: id(weight) -> (weakref, (version, stride, padding,

@@ -84,11 +84,31 @@ def cuda_toolchain() -> Tuple[bool, str]:
     return True, ""
 
 
+def onednn_toolkit() -> Tuple[Optional[str], str]:
+    """(prefix, reason): where oneDNN's headers and library are (``include/oneapi/dnnl/dnnl.hpp`` and
+    ``lib/libdnnl.so`` under $HRNET_FAST_ONEDNN_ROOT, else under this Python's prefix, where the
+    ``onednn-devel-cpu-gomp`` and ``onednn-cpu-gomp`` wheels install them), or (None, why not). oneDNN 3.x built on
+    GNU OpenMP: the runtime torch's CPU ops use, so one process never holds two OpenMP runtimes."""
+    if os.environ.get("HRNET_FAST_NO_ONEDNN") == "1":
+        return None, "HRNET_FAST_NO_ONEDNN=1"
+    prefix = os.environ.get("HRNET_FAST_ONEDNN_ROOT") or sys.prefix
+    header = os.path.join(prefix, "include", "oneapi", "dnnl", "dnnl_version.h")
+    if not os.path.isfile(header) or not glob.glob(os.path.join(prefix, "lib", "libdnnl.so*")):
+        return None, (f"no oneDNN headers and library under {prefix} (pip install onednn-devel-cpu-gomp "
+                      f"onednn-cpu-gomp, or set HRNET_FAST_ONEDNN_ROOT)")
+    with open(header) as f:
+        major = next((line.split()[2] for line in f if line.startswith("#define DNNL_VERSION_MAJOR")), "?")
+    if major != "3":
+        return None, f"oneDNN under {prefix} is version {major}.x; the extension is written for 3.x"
+    return prefix, ""
+
+
 def build_config(with_cuda: bool, root: str = ROOT) -> Dict[str, List[str]]:
     """Sources, include directories and compiler / linker flags of the extension, paths under ``root``.
 
     C++ sources are csrc/**/*.cpp; with ``with_cuda`` also csrc/**/*.cu and the define that registers the CUDA
-    kernels. OpenMP is what ``at::parallel_for`` runs on in the CPU kernels (without ``-fopenmp`` they run on
+    kernels; where ``onednn_toolkit()`` finds oneDNN, the define that compiles the CPU convolution keeping its
+    oneDNN primitives (csrc/cpu/onednn_conv.cpp), linked with an rpath to the library. OpenMP is what ``at::parallel_for`` runs on in the CPU kernels (without ``-fopenmp`` they run on
     one thread). No ``--use_fast_math``: the kernels are memory-bound, and flushing denormals would make results
     differ from PyTorch's.
     """
@@ -98,12 +118,20 @@ def build_config(with_cuda: bool, root: str = ROOT) -> Dict[str, List[str]]:
         return sorted(os.path.join(csrc, p) for p in glob.glob(f"**/*.{ext}", root_dir=csrc, recursive=True))
 
     defines = ["-DHRNET_FAST_WITH_CUDA"] if with_cuda else []
+    onednn, _ = onednn_toolkit()
+    include_dirs, ldflags = [csrc], ["-fopenmp"]
+    if onednn is not None:
+        # Its headers ahead of the oneDNN headers torch ships (another version, whose library torch keeps hidden).
+        include_dirs.insert(0, os.path.join(onednn, "include"))
+        lib = os.path.join(onednn, "lib")
+        ldflags += [f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
+        defines = defines + ["-DHRNET_FAST_WITH_ONEDNN"]
     return {
         "sources": sources("cpp") + (sources("cu") if with_cuda else []),
-        "include_dirs": [csrc],
+        "include_dirs": include_dirs,
         "cxx": ["-O3", "-fopenmp"] + defines,
         "nvcc": ["-O3", "-lineinfo"] + defines,
-        "ldflags": ["-fopenmp"],
+        "ldflags": ldflags,
     }
 
 

@@ -4,9 +4,10 @@ A converted model stores each folded conv weight once, dense in the activations'
 (``stored_weight``): cuDNN and ATen read a weight whose layout differs from the input's only after copying it,
 which on a GPU is one extra kernel per conv and per call (on HRNet-W18 with channels_last activations, every
 3x3 weight: about 270 copies a forward, captured into CUDA graphs too). Each backend may want more than that
-(oneDNN's blocked layout on CPU, the Triton conv's K-major buffer padded to 16 bytes); ``preparer(backend)`` returns the function that builds its form:
+(on CPU a layer object keeping oneDNN primitives, ``OnednnConv``, or oneDNN's blocked layout; the Triton conv's
+K-major buffer padded to 16 bytes); ``preparer(backend)`` returns the function that builds its form:
 
-    prepare(weight, *, stride, padding, channels_last, x_shape) -> Tensor or None
+    prepare(weight, *, stride, padding, channels_last, x_shape) -> Tensor, OnednnConv or None
 
 ``weight`` is the stored [Cout, Cin, k, k] weight; ``x_shape`` the input's shape (oneDNN picks its layout for
 it); None means "the stored weight as it is". ``PreparedWeight`` holds one conv's prepared form and rebuilds it
@@ -18,11 +19,14 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Callable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-Preparer = Callable[..., Optional[torch.Tensor]]
+if TYPE_CHECKING:
+    from .onednn_conv import OnednnConv
+
+Preparer = Callable[..., Optional[Union[torch.Tensor, "OnednnConv"]]]
 
 
 def stored_weight(weight: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -73,7 +77,7 @@ class PreparedWeight:
         self.clear()
 
     def get(self, backend: str, weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
-            x_shape: Sequence[int]) -> torch.Tensor:
+            x_shape: Sequence[int]) -> Union[torch.Tensor, "OnednnConv"]:
         key = (backend, *signature(weight))
         # The weak reference makes a freed weight whose address a new tensor reuses count as a different one.
         if key != self._key or self._source() is not weight:
