@@ -128,7 +128,7 @@ def test_wide_1x1_is_packed_and_matches_reference():
     r = make((2, 256, 14, 14), torch.float32, "channels_last")
     y = cpu_conv.conv_bn_act(x, packed, bias, stride=1, padding=0, residual=r, relu=True)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, residual=r, relu=True)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=0, residual=r, relu=True)
 
 
 @pytest.mark.parametrize("batch,onednn", ((1, False), (8, True)))
@@ -145,10 +145,10 @@ def test_narrow_1x1_goes_to_onednn_from_4m_multiply_adds(monkeypatch, batch, one
     x = make((batch, 72, 14, 14), torch.float32, "channels_last")
     r = make((batch, 36, 14, 14), torch.float32, "channels_last")
     assert (cpu_conv.pack_weight(weight, 1, 0, x.shape) is not None) == onednn
-    y = cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=1, residual=r, relu=True)
+    y = cpu_conv.conv_bn_act(x, weight, bias, stride=1, padding=0, residual=r, relu=True)
     assert len(calls) == int(onednn)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, residual=r, relu=True)
+    assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=0, residual=r, relu=True)
 
 
 def test_dense_weight_is_packed_once_and_repacked_after_an_inplace_change(monkeypatch):
