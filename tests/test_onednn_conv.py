@@ -151,7 +151,7 @@ def test_converted_model_runs_every_conv_through_it():
 def test_built_where_the_install_has_onednn():
     """A build that missed the oneDNN the install put beside it would skip every test above: fail instead."""
     prefix, why = extension.onednn_toolkit()
-    if prefix is not None:
+    if prefix is not None and os.environ.get("HRNET_FAST_NO_ONEDNN") != "1":
         assert onednn_conv.available()[0], onednn_conv.available()[1]
     else:
         assert not onednn_conv.available()[0] and why
@@ -164,6 +164,7 @@ def test_toolkit_search_says_why_not(tmp_path, monkeypatch):
                                                 f"HRNET_FAST_ONEDNN_ROOT)")
     monkeypatch.setenv("HRNET_FAST_NO_ONEDNN", "1")
     assert extension.onednn_toolkit() == (None, "HRNET_FAST_NO_ONEDNN=1")
+    assert onednn_conv.available() == (False, "HRNET_FAST_NO_ONEDNN=1")
     monkeypatch.delenv("HRNET_FAST_NO_ONEDNN")
     monkeypatch.delenv("HRNET_FAST_ONEDNN_ROOT")
     prefix, _ = extension.onednn_toolkit()
@@ -179,3 +180,15 @@ def test_one_openmp_runtime_in_the_process():
         libs = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line or "libomp" in line}
     assert len(libs) == 1, libs
     assert any("libdnnl" in line for line in open("/proc/self/maps"))
+
+
+def test_switched_off_converted_models_take_atens_path(monkeypatch):
+    monkeypatch.setenv("HRNET_FAST_NO_ONEDNN", "1")
+    torch.manual_seed(0)
+    model = hrnet_fast.calibrate_bn(hrnet_fast.create_model("hrnet_w18_small"), (64, 64), steps=1, batch=2).eval()
+    fast = hrnet_fast.convert(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.profiler.profile() as prof:
+        fast(x)
+    calls = {e.key for e in prof.key_averages()}
+    assert "hrnet_fast_C::onednn_conv" not in calls and "mkldnn::_convolution_pointwise" in calls

@@ -11,8 +11,8 @@ takes 2 us instead of 21.
 
 oneDNN comes from the ``onednn-cpu-gomp`` wheel (oneDNN 3.x on GNU OpenMP, the runtime torch's CPU ops already
 run on: one OpenMP runtime per process). Torch ships oneDNN too, but keeps its symbols hidden. Where the extension
-was built without it (``available()`` says why), converted models take ``cpu_conv``'s ATen path, which gives the
-same answers with the per-call cost above.
+was built without it, or ``HRNET_FAST_NO_ONEDNN=1`` is set (``available()`` says why), converted models take
+``cpu_conv``'s ATen path, which gives the same answers with the per-call cost above.
 
 ``run`` sums a residual in place: into ``residual`` itself when ``residual_is_free`` (the caller holds no other use
 of it), else into a copy; it returns None where oneDNN has no primitive for the call on this CPU (a reduced
@@ -20,6 +20,7 @@ precision the CPU does not compute), and the caller takes the ATen path.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -28,7 +29,10 @@ from . import extension
 
 
 def available() -> Tuple[bool, str]:
-    """(built, reason): whether the loaded extension holds the oneDNN convolution."""
+    """(live, reason): whether the loaded extension holds the oneDNN convolution and it is not switched off
+    (``HRNET_FAST_NO_ONEDNN=1``, read at each call: converted models built afterwards take ATen's path)."""
+    if os.environ.get("HRNET_FAST_NO_ONEDNN") == "1":
+        return False, "HRNET_FAST_NO_ONEDNN=1"
     mod = extension.module()
     if mod is None:
         return False, extension.loaded()[1]
