@@ -17,6 +17,8 @@ processes):
 
 So: kernels = oneDNN execution + the other kernels; per-call set-up = the oneDNN-calling ops' self time minus
 oneDNN's execution; Python = wall minus all op time. Printed as JSON, and written with ``--json PATH``.
+``HRNET_FAST_NO_ONEDNN=1`` measures the path through ATen's oneDNN op instead of the kept primitives (the JSON's
+``conv_path`` says which ran).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from torch.profiler import ProfilerActivity, profile
 import hrnet_fast
 from hrnet_fast import cpu_features
 from hrnet_fast.calibrate import calibrate_bn
-from hrnet_fast.ops import extension
+from hrnet_fast.ops import cpu_conv, extension
 
 # Ops whose self time is oneDNN's execution plus ATen's set-up of the call.
 ONEDNN_OPS = ("hrnet_fast_C::onednn_conv", "mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_",
@@ -139,7 +141,8 @@ def main() -> None:
         result = measure(fast, x, args.repeats)
     out = {"command": " ".join(["python"] + sys.argv), "model": args.model, "input_size": [h, w],
            "batch": args.batch, "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__,
-           "cpu": cpu_features.summary(), "loadavg_before_after": [load_before, os.getloadavg()[0]], **result}
+           "cpu": cpu_features.summary(), "conv_path": cpu_conv.availability()[1],
+           "loadavg_before_after": [load_before, os.getloadavg()[0]], **result}
     text = json.dumps(out, indent=1)
     print(text)
     if args.json:

@@ -13,13 +13,10 @@
 // oneDNN, the entry points of the CPU convolution that keeps its primitives (cpu/onednn_conv.h).
 #include "cpu/onednn_conv.h"
 #include "ops.h"
+#include "plain_call.h"
 
-#include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/record_function.h>
 #include <ATen/core/grad_mode.h>
-#include <c10/core/DispatchKeySet.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -28,31 +25,8 @@
 
 namespace {
 
-using c10::DispatchKey;
-using c10::DispatchKeySet;
-
-// Every dispatch key a plain strided CPU tensor can carry: an inference-mode tensor has only CPU (and
-// AutocastCPU), others add the autograd keys. Sparse, quantized, conjugated, subclassed (Python) or
-// functorch-wrapped tensors carry more.
-const DispatchKeySet kPlainCpuKeys({DispatchKey::CPU, DispatchKey::ADInplaceOrView, DispatchKey::AutogradCPU,
-                                    DispatchKey::AutocastCPU});
-// The thread's always-included keys outside any transform or mode (ADInplaceOrView drops out in inference mode).
-const DispatchKeySet kPlainIncludedKeys({DispatchKey::BackendSelect, DispatchKey::ADInplaceOrView});
-
-// Nothing on this thread would intercept an op call on its way to the backend kernel.
-bool plain_dispatch_state() {
-  return kPlainIncludedKeys.isSupersetOf(c10::impl::tls_local_dispatch_key_set().included_) &&
-         !c10::impl::TorchDispatchModeTLS::any_modes_set() && !at::impl::torch_function_mode_enabled();
-}
-
-// The tensor behind `obj` if the dispatcher would hand it to the CPU kernel unchanged, else nullopt.
-std::optional<at::Tensor> plain_cpu_tensor(PyObject* obj, bool grad_enabled) {
-  if (!THPVariable_CheckExact(obj)) return std::nullopt;
-  const at::Tensor& t = THPVariable_Unpack(obj);
-  if (!t.defined() || !kPlainCpuKeys.isSupersetOf(t.key_set())) return std::nullopt;
-  if (grad_enabled && t.requires_grad()) return std::nullopt;
-  return t;
-}
+using hrnet_fast::plain_cpu_tensor;
+using hrnet_fast::plain_dispatch_state;
 
 // The tensors of a list or tuple of at most kMaxTerms plain CPU tensors, else nullopt.
 std::optional<std::vector<at::Tensor>> plain_cpu_tensors(PyObject* seq, bool grad_enabled) {

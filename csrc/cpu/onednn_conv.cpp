@@ -14,9 +14,11 @@
 #ifdef HRNET_FAST_WITH_ONEDNN
 
 #include "cpu/onednn_conv.h"
+#include "plain_call.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -58,6 +60,14 @@ class Conv {
   // weight: [Cout, Cin, k, k], dense in any layout; held (not copied) and read again only for a new plan.
   Conv(at::Tensor weight, int64_t stride, int64_t padding)
       : weight_(std::move(weight)), stride_(stride), padding_(padding) {}
+
+  // Whether the kept primitives take this call as given: x channels_last and every tensor in the layer's dtype.
+  bool takes(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual) const {
+    const at::ScalarType dtype = weight_.scalar_type();
+    return x.dim() == 4 && x.scalar_type() == dtype && bias.scalar_type() == dtype &&
+           (!residual.has_value() || residual->scalar_type() == dtype) &&
+           x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  }
 
   // None (nullopt) when oneDNN has no primitive for this dtype on this CPU.
   std::optional<at::Tensor> run(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual,
@@ -232,6 +242,13 @@ PyObject* onednn_conv_run(PyObject* /*module*/, PyObject* args) {
     const at::Tensor* r = tensor_arg(residual_obj, "residual");
     if (r == nullptr) return nullptr;
     residual = *r;
+  }
+  // Only calls the dispatcher would hand to a CPU kernel unchanged, in the form the primitives take; the rest
+  // (tensor subclasses, autograd, modes, other layouts and dtypes) go back to the caller's general path.
+  const bool grad = at::GradMode::is_enabled();
+  if (!plain_dispatch_state() || !plain_cpu_tensor(x_obj, grad) || !plain_cpu_tensor(bias_obj, grad) ||
+      (residual_obj != Py_None && !plain_cpu_tensor(residual_obj, grad)) || !conv->takes(*x, *bias, residual)) {
+    Py_RETURN_NONE;
   }
   std::optional<at::Tensor> out;
   {

@@ -11,8 +11,10 @@ namespace hrnet_fast {
 
 // Python entry points, listed in module.cpp's method table:
 //   onednn_conv_new(weight, stride, padding) -> handle
-//   onednn_conv_run(handle, x, bias, residual, relu, residual_is_free) -> Tensor, or None where oneDNN has no
-//       primitive for the call (a dtype this CPU does not compute)
+//   onednn_conv_run(handle, x, bias, residual, relu, residual_is_free) -> Tensor, or None for a call the kept
+//       primitives do not take as given (not channels_last, another dtype, a tensor the dispatcher would not hand
+//       to a CPU kernel unchanged, a dispatch or function mode) or where oneDNN has no primitive for the dtype on
+//       this CPU: the caller then takes its general path
 //   onednn_set_verbose(level): this oneDNN's ONEDNN_VERBOSE level from now on (0 off, 1 each execution, 2 also
 //       primitive creation), which the environment variable can only set at start-up
 //   onednn_version() -> str

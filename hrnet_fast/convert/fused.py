@@ -75,29 +75,35 @@ class FusedConvBNAct(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 residual_is_free: bool = False) -> torch.Tensor:
         """``residual_is_free``: nothing else reads ``residual`` after this call, so the CPU path may write the
-        output over it (``cpu_conv.onednn_fused``)."""
-        backend = resolve("conv_bn_act", x.device.type, self.requested_backend)
-        weight = self.weight
-        # Prepared forms (oneDNN tensors among them) only where the call runs eagerly on real tensors; traced
-        # and compiled calls read the stored weight, already in the activations' layout.
-        if direct.plain_eager_call(x, residual):
-            prepared = self._prepared.get(backend, weight, stride=self.stride, padding=self.padding,
-                                          channels_last=self.channels_last, x_shape=x.shape)
-            if isinstance(prepared, OnednnConv):
-                if x.dtype == prepared.dtype and x.is_contiguous(memory_format=torch.channels_last) and (
-                        residual is None or residual.dtype == x.dtype) and torch._C._get_mkldnn_enabled():
-                    y = prepared.run(x, self.bias, residual, self.relu, residual_is_free)
-                    if y is not None:
-                        return y
-            elif prepared.is_mkldnn and x.dtype == prepared.dtype and \
-                    x.is_contiguous(memory_format=torch.channels_last):
-                # ATen's oneDNN op, called directly: the op layers add ~15 us a call to a ~40 us kernel.
-                return cpu_conv.onednn_fused(x, prepared, self.bias, self.stride, self.padding, residual, self.relu,
-                                             residual_is_free)
+        output over it."""
+        # Buffers read from the dict: nn.Module.__getattr__ costs ~0.5 us a lookup, at ~300 convs a forward.
+        weight, bias = self._buffers["weight"], self._buffers["bias"]
+        # Prepared forms (oneDNN state among them) only where the call runs eagerly on real tensors; traced and
+        # compiled calls read the stored weight, already in the activations' layout.
+        prepared = None
+        if not torch.compiler.is_compiling():
+            prepared = self._prepared.current(weight)
+            if prepared is None and direct.plain_eager_call(x, residual):  # first call, or the weight changed
+                prepared = self._prepared.get(resolve("conv_bn_act", x.device.type, self.requested_backend),
+                                              weight, stride=self.stride, padding=self.padding,
+                                              channels_last=self.channels_last, x_shape=x.shape)
+        if type(prepared) is OnednnConv:
+            # The kept oneDNN primitives; the extension checks that this is a plain eager call they take as given
+            # and returns None otherwise.
+            y = prepared.run(x, bias, residual, self.relu, residual_is_free) if torch._C._get_mkldnn_enabled() \
+                else None
+            if y is not None:
+                return y
+        elif prepared is not None and direct.plain_eager_call(x, residual):
+            if prepared.is_mkldnn:
+                if x.dtype == prepared.dtype and x.is_contiguous(memory_format=torch.channels_last):
+                    # ATen's oneDNN op, called directly: the op layers add ~15 us a call to a ~40 us kernel.
+                    return cpu_conv.onednn_fused(x, prepared, bias, self.stride, self.padding, residual,
+                                                 self.relu, residual_is_free)
             else:
                 weight = prepared
-        return torch.ops.hrnet_fast.conv_bn_act(x, weight, self.bias, residual, self.stride, self.padding,
-                                                self.relu, backend)
+        return torch.ops.hrnet_fast.conv_bn_act(x, weight, bias, residual, self.stride, self.padding, self.relu,
+                                                resolve("conv_bn_act", x.device.type, self.requested_backend))
 
     def extra_repr(self) -> str:
         cout, cin, k, _ = self.weight.shape

@@ -15,8 +15,10 @@ was built without it, or ``HRNET_FAST_NO_ONEDNN=1`` is set (``available()`` says
 ``cpu_conv``'s ATen path, which gives the same answers with the per-call cost above.
 
 ``run`` sums a residual in place: into ``residual`` itself when ``residual_is_free`` (the caller holds no other use
-of it), else into a copy; it returns None where oneDNN has no primitive for the call on this CPU (a reduced
-precision the CPU does not compute), and the caller takes the ATen path.
+of it), else into a copy. It returns None for a call the kept primitives do not take as given, and the caller
+takes its general path: x not channels_last, a tensor in another dtype, one the dispatcher would not hand to a
+CPU kernel unchanged (a subclass, one needing grad), a dispatch or function mode active, or no oneDNN primitive
+for the dtype on this CPU (a reduced precision it does not compute). Shapes that cannot go together raise.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class OnednnConv:
     def run(self, x: torch.Tensor, bias: torch.Tensor, residual: Optional[torch.Tensor], relu: bool,
             residual_is_free: bool = False) -> Optional[torch.Tensor]:
         """relu?(conv2d(x) + bias + residual), channels_last; x [N, Cin, H, W] channels_last and bias [Cout] in the
-        weight's dtype, residual [N, Cout, Ho, Wo] in that dtype or None. None: no primitive here (see above)."""
+        weight's dtype, residual [N, Cout, Ho, Wo] in that dtype or None. None: not a call it takes (see above)."""
         return self._run(self._handle, x, bias, residual, relu, residual_is_free)
 
     def __reduce__(self):

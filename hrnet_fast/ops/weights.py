@@ -86,6 +86,15 @@ class PreparedWeight:
             self._source, self._key = weakref.ref(weight), key
         return weight if self._value is None else self._value
 
+    def current(self, weight: torch.Tensor) -> Optional[Union[torch.Tensor, "OnednnConv"]]:
+        """The prepared form if it was built from ``weight`` as it is now (``get``'s answer without rebuilding),
+        else None. Cheaper than ``get`` for the per-call path: the same tensor object keeps its device, and a new
+        storage (``.data =``) or an in-place write changes the pointer or the version."""
+        if self._source() is not weight or self._key is None or \
+                self._key[1:3] != (weight.data_ptr(), -1 if weight.is_inference() else weight._version):
+            return None
+        return weight if self._value is None else self._value
+
     def clear(self) -> None:
         self._source: Callable[[], Optional[torch.Tensor]] = lambda: None
         self._key: Optional[Tuple] = None
