@@ -2,8 +2,10 @@
 
     python benchmarks/summarize.py [--results DIR] [--out PATH]
 
-Two kinds of JSON file: ``hrnet-fast bench --json`` runs (model latency) and ``pytest benchmarks/
---benchmark-json`` runs (op level). One section per device: measured medians (ms) per model, precision and
+Three kinds of JSON file: ``hrnet-fast bench --json`` runs (model latency), ``pytest benchmarks/
+--benchmark-json`` runs (op level), and the results of the measurement scripts in benchmarks/ (``python
+benchmarks/<script>.py ... --json``: CPU overhead split, conv call cost, page faults), listed last with their
+command and figures. One section per device: measured medians (ms) per model, precision and
 implementation, each non-reference cell with its speed-up over the eager reference, beside the PaddleClas latency
 table the project started from, and the ops/bytes dispatched per forward; then, per op-level run, each op beside
 its eager composition on HRNet-W18's shapes.
@@ -52,14 +54,19 @@ def is_pytest_benchmark(data: Dict) -> bool:
     return "benchmarks" in data and "hrnet_fast" in data.get("machine_info", {})
 
 
+def is_script_result(data: Dict) -> bool:
+    """The ``--json`` output of one of the measurement scripts in benchmarks/ (it records its command)."""
+    return str(data.get("command", "")).startswith("python benchmarks/") and data.get("schema") is None
+
+
 def load_results(directory: Path) -> List[Tuple[str, Dict]]:
     """(file name, parsed JSON) for every result in ``directory``, sorted by name."""
     runs = []
     for path in sorted(directory.glob("*.json")):
         data = json.loads(path.read_text())
-        if data.get("schema") != SCHEMA and not is_pytest_benchmark(data):
-            raise ValueError(f"{path} is neither an hrnet-fast bench result (schema {SCHEMA!r}) nor a pytest "
-                             f"benchmarks/ --benchmark-json result")
+        if data.get("schema") != SCHEMA and not is_pytest_benchmark(data) and not is_script_result(data):
+            raise ValueError(f"{path} is neither an hrnet-fast bench result (schema {SCHEMA!r}), a pytest "
+                             f"benchmarks/ --benchmark-json result nor a benchmarks/ script's --json result")
         runs.append((path.name, data))
     return runs
 
@@ -173,6 +180,18 @@ def op_tables(data: Dict) -> str:
     return "\n".join(out)
 
 
+def script_section(name: str, data: Dict) -> List[str]:
+    """A measurement script's result: its command, its scalar figures, and its ``rows`` as a table."""
+    scalars = [f"{k} {v}" for k, v in data.items() if k not in ("command", "rows") and not isinstance(v, dict)]
+    out = [f"### {name}", "", f"`{data['command']}`: " + "; ".join(scalars) + ".", ""]
+    rows = data.get("rows") or []
+    if rows:
+        keys = list(rows[0])
+        out += [_row(keys), _row([":--:"] * len(keys))] + [_row(str(r.get(k, "–")) for k in keys) for r in rows]
+        out.append("")
+    return out
+
+
 def _environment(data: Dict) -> Dict:
     return data["machine_info"]["hrnet_fast"] if is_pytest_benchmark(data) else data["environment"]
 
@@ -180,7 +199,10 @@ def _environment(data: Dict) -> Dict:
 def summarize(runs: List[Tuple[str, Dict]]) -> str:
     """The SUMMARY.md text for ``runs``, one section per device."""
     by_device: Dict[str, List[Tuple[str, Dict]]] = defaultdict(list)
+    scripts = [(name, data) for name, data in runs if is_script_result(data)]
     for name, data in runs:
+        if is_script_result(data):
+            continue
         env = _environment(data)
         by_device[f"{env['device_name']} ({env['device']})"].append((name, data))
     out = ["# Benchmark summary", "",
@@ -211,6 +233,10 @@ def summarize(runs: List[Tuple[str, Dict]]) -> str:
                     latency_table(data), ""]
             facts = runtime_facts(data)
             out += ([*facts, ""] if facts else []) + ["Per forward at batch 1:", "", dispatch_table(data), ""]
+    if scripts:
+        out += ["## Measurement scripts (benchmarks/*.py)", ""]
+        for name, data in scripts:
+            out += script_section(name, data)
     return "\n".join(out)
 
 
