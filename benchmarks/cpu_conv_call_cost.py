@@ -11,14 +11,13 @@ at batch 1 (256x192 input).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
 import torch
 
 from hrnet_fast.ops import onednn_conv
+from script_support import command, emit
 
 # (Cin, Cout, k, H, W)
 SHAPES = [(16, 16, 1, 1, 1), (32, 32, 3, 64, 48), (64, 64, 3, 32, 24), (256, 256, 3, 8, 6), (64, 32, 1, 32, 24),
@@ -72,11 +71,9 @@ def main() -> None:
                 row[name + "_us"] = round(ts[len(ts) // 2], 1)
             rows.append(row)
             print(row)
-    out = {"command": " ".join(["python"] + sys.argv), "threads": args.threads, "torch": torch.__version__,
+    out = {"command": command(), "threads": args.threads, "torch": torch.__version__,
            "onednn": onednn_conv.available()[1], "loadavg": os.getloadavg()[0], "rows": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(json.dumps(out, indent=1) + "\n")
+    emit(out, args.json, show=False)
 
 
 if __name__ == "__main__":

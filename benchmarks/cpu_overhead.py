@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
-import json
 import os
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import hrnet_fast
 from hrnet_fast import cpu_features
 from hrnet_fast.calibrate import calibrate_bn
 from hrnet_fast.ops import cpu_conv, extension
+from script_support import command, emit
 
 # Ops whose self time is oneDNN's execution plus ATen's set-up of the call.
 ONEDNN_OPS = ("hrnet_fast_C::onednn_conv", "mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_",
@@ -139,15 +139,11 @@ def main() -> None:
             fast(x)
         load_before = os.getloadavg()[0]
         result = measure(fast, x, args.repeats)
-    out = {"command": " ".join(["python"] + sys.argv), "model": args.model, "input_size": [h, w],
+    out = {"command": command(), "model": args.model, "input_size": [h, w],
            "batch": args.batch, "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__,
            "cpu": cpu_features.summary(), "conv_path": cpu_conv.availability()[1],
            "loadavg_before_after": [load_before, os.getloadavg()[0]], **result}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,15 @@ starts) can be read from two runs. JSON with ``--json PATH``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import sys
 import time
 
 import torch
 
 import hrnet_fast
 from hrnet_fast.calibrate import calibrate_bn
+from script_support import command, emit
 
 
 def measure(model, x, calls: int):
@@ -58,15 +57,11 @@ def main() -> None:
             x = torch.randn(batch, 3, h, w)
             for name, impl in (("eager", model), ("converted", fast)):
                 rows.append({"batch": batch, "implementation": name, **measure(impl, x, args.calls)})
-    out = {"command": " ".join(["python"] + sys.argv), "model": args.model, "input_size": [h, w],
+    out = {"command": command(), "model": args.model, "input_size": [h, w],
            "threads": args.threads, "torch": torch.__version__,
            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
            "loadavg": os.getloadavg()[0], "rows": rows}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -143,3 +143,27 @@ def test_summary_renders_op_level_runs_with_speedups(suite_json, tmp_path):
     eager, fused = cells["eager upsample+add+ReLU"]["stats"], cells["fused"]["stats"]
     assert f"{fused['median'] * 1e6:.1f} [" in text
     assert f"({eager['median'] / fused['median']:.2f}x)" in text
+
+
+@pytest.mark.parametrize("script, args", [
+    ("cpu_overhead.py", ["--model", "hrnet_w18_small", "--input-size", "64x64", "--repeats", "1", "--threads", "1"]),
+    ("cpu_page_faults.py", ["--model", "hrnet_w18_small", "--input-size", "64x64", "--batch", "1", "--calls", "2",
+                            "--threads", "1"]),
+    ("cpu_conv_call_cost.py", ["--calls", "3", "--threads", "1"]),
+])
+def test_measurement_scripts_run_and_their_results_are_summarized(tmp_path, script, args):
+    """Each CPU measurement script runs on tiny settings, records its command, and summarize.py lists it."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args, "--json", str(out)], capture_output=True,
+                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["command"].startswith(f"python benchmarks/{script}")
+    if script == "cpu_overhead.py":
+        assert result["wall_ms"] > 0 and 0 <= result["kernels_pct"] <= 100 and result["onednn_primitives"] > 0
+    else:
+        assert result["rows"] and all(v for row in result["rows"] for v in row.values() if not isinstance(v, int))
+    summarize = _summarize_module()
+    assert summarize.main(["--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    assert "## Measurement scripts (benchmarks/*.py)" in text and f"`python benchmarks/{script}" in text
