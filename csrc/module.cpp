@@ -133,6 +133,8 @@ PyMethodDef methods[] = {
     {"onednn_conv_run", hrnet_fast::onednn_conv_run, METH_VARARGS,
      "onednn_conv_run(handle, x, bias, residual, relu, residual_is_free) -> Tensor or None (no primitive for the "
      "call on this CPU)."},
+    {"onednn_conv_plans", hrnet_fast::onednn_conv_plans, METH_O,
+     "onednn_conv_plans(handle) -> int: the (input shape, epilogue) primitives a conv layer keeps now."},
     {"onednn_set_verbose", hrnet_fast::onednn_set_verbose, METH_O,
      "onednn_set_verbose(level): the linked oneDNN's verbose level (0 off, 1 executions, 2 also creations)."},
     {"onednn_version", hrnet_fast::onednn_version, METH_NOARGS, "onednn_version() -> str: the linked oneDNN."},

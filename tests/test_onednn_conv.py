@@ -79,6 +79,20 @@ def test_weight_in_any_dense_layout_and_several_shapes_on_one_layer():
 
 
 @needs_onednn
+def test_kept_primitives_are_bounded_for_many_input_sizes():
+    """A segmentation model fed many sizes: at most 16 shapes' primitives are kept, the rest made again."""
+    _, weight, bias, _ = inputs((1, 8, 16, 4, 4, 3, 1, 1), torch.float32, False)
+    layer = OnednnConv(weight, 1, 1)
+    sizes = [(5 + i, 7 + i % 3) for i in range(20)] + [(5, 7)]
+    for h, w in sizes:
+        x = torch.randn(1, 8, h, w).contiguous(memory_format=torch.channels_last)
+        y = layer.run(x, bias, None, True)
+        assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, relu=True)
+        assert 1 <= layer.plans <= 16
+    assert layer.plans < 16  # dropped once past the bound, then made again
+
+
+@needs_onednn
 def test_concurrent_calls_on_one_layer():
     _, weight, bias, _ = inputs((1, 32, 32, 16, 16, 3, 1, 1), torch.float32, False)
     layer = OnednnConv(weight, 1, 1)

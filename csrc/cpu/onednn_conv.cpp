@@ -27,6 +27,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -61,6 +62,11 @@ class Conv {
   Conv(at::Tensor weight, int64_t stride, int64_t padding)
       : weight_(std::move(weight)), stride_(stride), padding_(padding) {}
 
+  size_t plans() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return plans_.size();
+  }
+
   // Whether the kept primitives take this call as given: x channels_last and every tensor in the layer's dtype.
   bool takes(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual) const {
     const at::ScalarType dtype = weight_.scalar_type();
@@ -79,7 +85,7 @@ class Conv {
                  : at::empty(out_sizes(x), x.options().memory_format(at::MemoryFormat::ChannelsLast));
     }
     at::internal::lazy_init_num_threads();  // this thread's OpenMP thread count as torch.set_num_threads set it
-    const Plan* plan = plan_for(x, residual.has_value(), relu);
+    const std::shared_ptr<const Plan> plan = plan_for(x, residual.has_value(), relu);
     if (plan == nullptr) return std::nullopt;
     at::Tensor out;
     if (residual.has_value()) {
@@ -114,6 +120,7 @@ class Conv {
     std::vector<int64_t> out_sizes;
   };
   using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;  // N, H, W, residual, relu
+  static constexpr size_t kMaxPlans = 16;
 
   void check(const at::Tensor& x, const at::Tensor& bias) const {
     TORCH_CHECK(x.dim() == 4 && x.size(1) == weight_.size(1) && x.scalar_type() == weight_.scalar_type() &&
@@ -127,19 +134,23 @@ class Conv {
   }
 
   // The plan for x's shape and this epilogue, created on first use; nullptr when oneDNN has no implementation.
-  const Plan* plan_for(const at::Tensor& x, bool sum, bool relu) {
+  // At most kMaxPlans are kept (a segmentation model fed many sizes would otherwise hold a primitive per size and
+  // conv): past that, all are dropped and made again as calls need them. Callers hold their plan by shared_ptr,
+  // so dropping never pulls one from under a call running on another thread.
+  std::shared_ptr<const Plan> plan_for(const at::Tensor& x, bool sum, bool relu) {
     const Key key{x.size(0), x.size(2), x.size(3), sum, relu};
     std::lock_guard<std::mutex> lock(mutex_);
     auto found = plans_.find(key);
-    if (found != plans_.end()) return found->second ? &*found->second : nullptr;
-    std::optional<Plan>& slot = plans_[key];
+    if (found != plans_.end()) return found->second;
+    if (plans_.size() >= kMaxPlans) plans_.clear();
+    std::shared_ptr<const Plan> plan;
     try {
-      slot = make_plan(x, sum, relu);
+      plan = std::make_shared<const Plan>(make_plan(x, sum, relu));
     } catch (const dnnl::error& e) {
-      if (e.status != dnnl_unimplemented) throw;
-      slot.reset();  // remembered: this call takes the ATen path from now on
+      if (e.status != dnnl_unimplemented) throw;  // nullptr, remembered: this call takes the ATen path
     }
-    return slot ? &*slot : nullptr;
+    plans_[key] = plan;
+    return plan;
   }
 
   std::vector<int64_t> out_sizes(const at::Tensor& x) const {
@@ -175,7 +186,7 @@ class Conv {
     plan.primitive = dnnl::convolution_forward(pd);
     plan.scratchpad = pd.scratchpad_desc();
     for (const auto& entry : plans_) {
-      if (entry.second && entry.second->weights && entry.second->weights.get_desc() == pd.weights_desc()) {
+      if (entry.second != nullptr && entry.second->weights.get_desc() == pd.weights_desc()) {
         plan.weights = entry.second->weights;
         return plan;
       }
@@ -191,7 +202,7 @@ class Conv {
   at::Tensor weight_;
   int64_t stride_, padding_;
   std::mutex mutex_;
-  std::map<Key, std::optional<Plan>> plans_;
+  std::map<Key, std::shared_ptr<const Plan>> plans_;
 };
 
 constexpr const char* kCapsule = "hrnet_fast.onednn_conv";
@@ -259,6 +270,12 @@ PyObject* onednn_conv_run(PyObject* /*module*/, PyObject* args) {
   if (!out) Py_RETURN_NONE;
   return THPVariable_Wrap(std::move(*out));
   END_HANDLE_TH_ERRORS
+}
+
+PyObject* onednn_conv_plans(PyObject* /*module*/, PyObject* handle) {
+  auto* conv = static_cast<Conv*>(PyCapsule_GetPointer(handle, kCapsule));
+  if (conv == nullptr) return nullptr;
+  return PyLong_FromSize_t(conv->plans());
 }
 
 PyObject* onednn_set_verbose(PyObject* /*module*/, PyObject* level) {

@@ -63,5 +63,11 @@ class OnednnConv:
         weight's dtype, residual [N, Cout, Ho, Wo] in that dtype or None. None: not a call it takes (see above)."""
         return self._run(self._handle, x, bias, residual, relu, residual_is_free)
 
+    @property
+    def plans(self) -> int:
+        """How many (input shape, epilogue) primitives it keeps now: at most 16, all dropped and made again as
+        calls need them past that (a model fed many sizes does not grow without bound)."""
+        return extension.module().onednn_conv_plans(self._handle)
+
     def __reduce__(self):
         raise TypeError("OnednnConv holds oneDNN primitives and cannot be pickled; build it again from the weight")
