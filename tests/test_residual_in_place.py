@@ -102,7 +102,7 @@ def test_converted_hrnet_sums_in_place_where_the_shortcut_is_dead(monkeypatch):
     assert len(flags) == total and sum(flags) == free
 
 
-@pytest.mark.parametrize("hook", ["module", "global"])
+@pytest.mark.parametrize("hook", ["module", "last conv", "downsample", "global"])
 def test_outputs_a_forward_hook_keeps_are_never_overwritten(monkeypatch, hook):
     torch.manual_seed(0)
     model = hrnet_fast.calibrate_bn(hrnet_fast.create_model("hrnet_w18_small"), SMALL, steps=2, batch=2).eval()
@@ -113,9 +113,17 @@ def test_outputs_a_forward_hook_keeps_are_never_overwritten(monkeypatch, hook):
         kept.append((output, output.clone()))
 
     blocks = [m for m in fast.modules() if isinstance(m, FusedBlock)]
-    handles = ([b.register_forward_hook(keep) for b in blocks] if hook == "module"
-               else [nn.modules.module.register_module_forward_hook(
-                   lambda m, i, o: keep(m, i, o) if isinstance(m, FusedBlock) else None)])
+    if hook == "module":
+        handles = [b.register_forward_hook(keep) for b in blocks]
+    elif hook == "last conv":  # the block's output is its last conv's output: a hook there holds it too
+        handles = [b.convs[-1].register_forward_hook(keep) for b in blocks]
+    elif hook == "downsample":  # a downsampled shortcut is the downsample's last step's output
+        downsamples = [b.downsample for b in blocks if b.downsample is not None]
+        assert downsamples
+        handles = [(d[-1] if isinstance(d, nn.Sequential) else d).register_forward_hook(keep) for d in downsamples]
+    else:
+        handles = [nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: keep(m, i, o) if isinstance(m, FusedBlock) else None)]
     flags = record_free_flags(monkeypatch)
     try:
         with torch.no_grad():
@@ -123,8 +131,31 @@ def test_outputs_a_forward_hook_keeps_are_never_overwritten(monkeypatch, hook):
     finally:
         for h in handles:
             h.remove()
-    assert len(kept) == len(blocks)
+    assert len(kept) == (len(downsamples) if hook == "downsample" else len(blocks))
     for output, copy in kept:
         assert torch.equal(output, copy)
     # Only downsampled shortcuts (the block's own tensors) are still summed in place.
-    assert sum(flags) == (sum(b.downsample is not None for b in blocks) if hook == "module" else 0)
+    downsampled = sum(b.downsample is not None for b in blocks)
+    within_branches = blocks_in_sequence(model)[1] - downsampled  # blocks after the first of their branch
+    assert sum(flags) == {"module": downsampled, "last conv": downsampled, "downsample": within_branches,
+                          "global": 0}[hook]
+
+
+def test_a_hook_anywhere_down_the_output_path_counts():
+    """_hooked follows the modules whose output is the module's output: a chain's last step, a block's last conv."""
+    from hrnet_fast.convert.fused import FusedChain, _hooked
+
+    def conv(cin, cout):
+        return FusedConvBNAct(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout).eval(), True, torch.float32,
+                              None)
+
+    chain = FusedChain(conv(4, 8), conv(8, 8))
+    block = FusedBlock([conv(8, 8), conv(8, 8)], downsample=None)
+    assert not _hooked(chain) and not _hooked(block)
+    handle = chain[-1].register_forward_hook(lambda *a: None)
+    assert _hooked(chain)
+    handle.remove()
+    chain[0].register_forward_hook(lambda *a: None)  # not on the output path: its output is consumed inside
+    assert not _hooked(chain)
+    block.convs[-1].register_forward_hook(lambda *a: None)
+    assert _hooked(block)

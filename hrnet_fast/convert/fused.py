@@ -176,8 +176,21 @@ class FusedBlock(nn.Module):
 
 
 def _hooked(m: nn.Module) -> bool:
-    """Whether a hook may keep a reference to ``m``'s output (then it must not be overwritten later)."""
-    return bool(m._forward_hooks or nn.modules.module._global_forward_hooks)
+    """Whether a hook may keep a reference to ``m``'s output (then it must not be overwritten later): a global
+    forward hook, or one on ``m`` or on any module whose output is ``m``'s output (a block's last conv, a
+    chain's last step, and so on down)."""
+    if nn.modules.module._global_forward_hooks:
+        return True
+    while m is not None:
+        if m._forward_hooks:
+            return True
+        if isinstance(m, FusedBlock):
+            m = m.convs[-1]
+        elif isinstance(m, nn.Sequential) and len(m):
+            m = m[-1]
+        else:
+            m = None
+    return False
 
 
 class FusedBranch(nn.Sequential):

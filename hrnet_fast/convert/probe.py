@@ -97,8 +97,7 @@ def official_features(net: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
     """The branch maps out of stage 4 of an HRNet in the official repositories' layout (stem conv1/bn1/conv2/bn2
     with one shared ``relu``, ``layer1``, ``transition1..3`` with None where a branch passes through, ``stage2..4``),
     computed as their forwards do: a transition applies to the last branch of the previous stage."""
-    relu = getattr(net, "relu")
-    x = relu(net.bn2(net.conv2(relu(net.bn1(net.conv1(x))))))
+    x = net.relu(net.bn2(net.conv2(net.relu(net.bn1(net.conv1(x))))))
     ys = [net.layer1(x)]
     for k in (1, 2, 3):
         transition = getattr(net, f"transition{k}")
