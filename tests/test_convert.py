@@ -146,14 +146,15 @@ def test_torch_compile_and_export():
     model = calibrated("hrnet_w18_small")
     fast = hrnet_fast.convert(model)
     x = torch.randn(2, 3, *SMALL)
-    eager = fast(x)
+    # Compiled and exported graphs run the registered ops (ATen's convolution on CPU), the eager converted model
+    # its kept oneDNN primitives: different implementations (and kernels, per CPU), each held to the rule
+    # against the float64 truth, top-1 included.
     compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-6)
+    assert_matches(model, compiled, x)
     exported = torch.export.export(fast.inner, (x.contiguous(memory_format=torch.channels_last),))
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert "hrnet_fast.conv_bn_act.default" in targets and "hrnet_fast.multires_fuse.default" in targets
-    torch.testing.assert_close(exported.module()(x.contiguous(memory_format=torch.channels_last)), eager,
-                               rtol=1e-5, atol=1e-6)
+    assert_matches(model, lambda t: exported.module()(t.contiguous(memory_format=torch.channels_last)), x)
 
 
 # -- errors ---------------------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ CAPS = {
 TESTS = ["tests/test_cpu_conv_paths.py", "tests/test_cpu_conv.py",
          "tests/test_fuzz_ops.py::test_conv_bn_act_fp16_accumulates_in_fp32"]
 SELECTION = "(machine or accumulates) and not 56x56 and not 64x48"
+# Converted models' CPU convolutions (the kept oneDNN primitives read the cap too) and what compares them.
+CONVERTED_TESTS = ["tests/test_onednn_conv.py", "tests/test_residual_in_place.py",
+                   "tests/test_convert.py::test_torch_compile_and_export"]
 PROBE = "import json; from hrnet_fast import cpu_features; print(json.dumps(cpu_features.native_dtypes()))"
 
 
@@ -50,6 +53,7 @@ def test_cpu_conv_under_isa_cap(cap):
     assert native["float16"] is False, native  # AVX512-FP16 and AVX-NE-CONVERT are above both caps
     if cap == "avx2":
         assert native["bfloat16"] is False and native["capability"] == "AVX2", native
-    run = child(cap, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", SELECTION, *TESTS)
-    assert run.returncode == 0, f"under {CAPS[cap]}:\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}"
-    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+    for args in (("-k", SELECTION, *TESTS), CONVERTED_TESTS):
+        run = child(cap, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args)
+        assert run.returncode == 0, f"under {CAPS[cap]}:\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}"
+        assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
