@@ -41,7 +41,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import onednn_conv
+from . import onednn_conv, weights
 from .onednn_conv import OnednnConv
 
 
@@ -161,8 +161,7 @@ _packed_cache: Dict[int, Tuple[weakref.ref, Tuple, Optional[torch.Tensor]]] = {}
 
 def _packed_for(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
     """``pack_weight(weight, ...)``, packed once per weight tensor (and again after an in-place change)."""
-    # Inference tensors keep no version counter (and cannot be written in place outside inference mode).
-    key = (-1 if weight.is_inference() else weight._version, stride, padding, tuple(x_shape[1:]))
+    key = (weights.version(weight), stride, padding, tuple(x_shape[1:]))
     entry = _packed_cache.get(id(weight))
     if entry is not None and entry[0]() is weight and entry[1] == key:
         return entry[2]

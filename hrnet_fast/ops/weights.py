@@ -59,11 +59,17 @@ def _triton_packed(weight: torch.Tensor, **_) -> torch.Tensor:
     return pack_weight(weight)
 
 
+def version(t: torch.Tensor) -> int:
+    """``t``'s in-place write counter; -1 for an inference tensor, which keeps none (and cannot be written in
+    place outside inference mode)."""
+    return -1 if t.is_inference() else t._version
+
+
 def signature(t: torch.Tensor) -> Tuple:
     """What identifies ``t``'s contents for a consumer holding its pointer: where it lives and how often it was
     written in place. A move, a cast or a replaced tensor changes the pointer; an in-place write the version
     (inference tensors keep no version counter: in-place writes to them under inference mode go unseen)."""
-    return t.data_ptr(), -1 if t.is_inference() else t._version, t.device, t.dtype
+    return t.data_ptr(), version(t), t.device, t.dtype
 
 
 class PreparedWeight:
@@ -91,7 +97,7 @@ class PreparedWeight:
         else None. Cheaper than ``get`` for the per-call path: the same tensor object keeps its device, and a new
         storage (``.data =``) or an in-place write changes the pointer or the version."""
         if self._source() is not weight or self._key is None or \
-                self._key[1:3] != (weight.data_ptr(), -1 if weight.is_inference() else weight._version):
+                self._key[1:3] != (weight.data_ptr(), version(weight)):
             return None
         return weight if self._value is None else self._value
 
