@@ -183,8 +183,11 @@ def test_packed_weight_serves_other_batch_sizes_and_nchw():
         assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=1, padding=1, residual=r, relu=True)
 
 
-def test_packed_dtype_mismatch_is_an_error():
+def test_packed_dtype_mismatch_is_an_error(monkeypatch):
+    # A weight packed in bfloat16, as on a CPU that computes it natively (elsewhere it is packed in float32).
+    take_path(monkeypatch, "native")
     packed = cpu_conv.pack_weight(torch.randn(4, 4, 3, 3).bfloat16(), 1, 1, (1, 4, 8, 8))
+    assert packed.dtype == torch.bfloat16
     x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
     with pytest.raises(TypeError, match="packed for torch.bfloat16 but x"):
         cpu_conv.conv_bn_act(x, packed, None, stride=1, padding=1)
