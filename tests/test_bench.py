@@ -1,4 +1,5 @@
 """``hrnet-fast bench`` end to end on a tiny setting, its option errors, and the timing utilities."""
+import dataclasses
 import json
 import math
 import os
@@ -250,6 +251,64 @@ def test_missing_convert_fails_loudly(capsys, monkeypatch):
     monkeypatch.delattr(hrnet_fast, "convert")
     assert cli.main(["bench", "--device", "cpu"]) == 2
     assert "hrnet_fast.convert() is not available" in capsys.readouterr().err
+
+
+def _raise_boom(*_):
+    raise RuntimeError("boom\nlater lines stay out of the report")
+
+
+def _eager_up_to_batch_1(model, ctx):
+    """channels_last eager that fails to run from batch 2 on, as a runtime that cannot compile a shape would."""
+    runner = bench.SPECS["channels_last"].build(model, ctx)
+
+    def forward(x):
+        if x.shape[0] > 1:
+            raise ValueError(f"no batch {x.shape[0]}")
+        return runner.forward(x)
+    return bench.Implementation(forward, runner.prepare)
+
+
+def _replace_build(monkeypatch, impl, build):
+    monkeypatch.setitem(bench.SPECS, impl, dataclasses.replace(bench.SPECS[impl], build=build))
+
+
+FAILING_ARGS = ["--models", "w18_small", "--input-size", "64", "--batch", "1,2", "--reps", "2", "--warmup", "0",
+                "--device", "cpu", "--dtype", "fp32"]
+
+
+def test_a_peer_that_fails_is_reported_and_the_others_are_timed(capsys, monkeypatch, tmp_path):
+    # onnxruntime fails to build; compile's slot holds a peer that runs batch 1 and fails at batch 2.
+    _replace_build(monkeypatch, "onnxruntime", _raise_boom)
+    _replace_build(monkeypatch, "compile", _eager_up_to_batch_1)
+    json_path, png_path = tmp_path / "run.json", tmp_path / "plot.png"
+    assert cli.main(["bench", *FAILING_ARGS, "--peers", "channels_last,onnxruntime,compile", "--json",
+                     str(json_path), "--plot", str(png_path)]) == 0
+    stdout = capsys.readouterr().out
+    tables = markdown_tables(stdout)
+    for impl in ("reference", "converted", "channels_last"):
+        assert all(re.fullmatch(NUMBER, cell) for cell in tables[f"FP32, {bench.LABELS[impl]}"][1][1:])
+    assert tables[f"FP32, {bench.LABELS['onnxruntime']}"][1][1:] == ["failed: RuntimeError: boom"] * 2
+    compiled = tables[f"FP32, {bench.LABELS['compile']}"][1][1:]
+    assert re.fullmatch(NUMBER, compiled[0]) and compiled[1] == "failed: ValueError: no batch 2"
+    speedups = {row[2]: row[3:] for row in next(rows for title, rows in tables.items() if title.startswith("Speed-up"))}
+    assert speedups["onnxruntime"] == ["failed", "failed"] and speedups["compile"][1] == "failed"
+    assert "later lines" not in stdout
+
+    data = json.loads(json_path.read_text())
+    assert data["models"]["hrnet_w18_small"]["failed"] == {
+        "fp32": {"onnxruntime": "RuntimeError: boom", "compile": "ValueError: no batch 2"}}
+    timed = {(r["implementation"], r["batch"]) for r in data["results"]}
+    assert timed == {(impl, b) for impl in ("reference", "converted", "channels_last") for b in (1, 2)} | {
+        ("compile", 1)}
+    assert png_path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("build", [_raise_boom, lambda model, ctx: bench.Implementation(_raise_boom)],
+                         ids=["build", "run"])
+def test_a_failure_of_the_converted_model_still_raises(monkeypatch, build):
+    _replace_build(monkeypatch, "converted", build)
+    with pytest.raises(RuntimeError, match="^boom"):
+        cli.main(["bench", *FAILING_ARGS, "--peers", "channels_last"])
 
 
 def test_timing_stats_percentiles_of_known_samples():

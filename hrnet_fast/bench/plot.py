@@ -21,6 +21,7 @@ def plot_speedups(results: Results, path: str) -> None:
             if not s.runs(impl, dtype):
                 continue
             ratios = [results.speedup(m, dtype, b, impl) for b in s.batches]
+            ratios = [float("nan") if r is None else r for r in ratios]  # a failed peer's cell: no bar
             ax.bar([i + k * width for i in range(len(s.batches))], ratios, width, label=f"{m} {impl}")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(s.batches))])

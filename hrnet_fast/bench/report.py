@@ -19,6 +19,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _latency(results: Results, model: str, dtype: str, batch: int, impl: str) -> str:
+    """The cell's median, or why its peer has none."""
+    t = results.timings.get((model, dtype, batch, impl))
+    return _ms(t.median_ms) if t is not None else f"failed: {results.failed[(model, dtype, impl)]}"
+
+
 def _facts(info: Dict[str, str]) -> str:
     return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in info.items())
 
@@ -43,7 +49,7 @@ def _latency_tables(results: Results) -> List[str]:
         for impl in s.implementations:
             if not s.runs(impl, dtype):
                 continue
-            rows = [[m] + [_ms(results.timings[(m, dtype, b, impl)].median_ms) for b in s.batches] for m in s.models]
+            rows = [[m] + [_latency(results, m, dtype, b, impl) for b in s.batches] for m in s.models]
             out += [f"### {dtype.upper()}, {LABELS[impl]}", ""]
             facts = [f"{m}: {_facts(results.info[(m, dtype, impl)])} (as its runtime reports it)"
                      for m in s.models if (m, dtype, impl) in results.info]
@@ -59,7 +65,7 @@ def _speedup_table(results: Results) -> List[str]:
             for impl in s.implementations[1:]:
                 if s.runs(impl, dtype):
                     ratios = [results.speedup(m, dtype, b, impl) for b in s.batches]
-                    rows.append([m, dtype.upper(), impl] + [f"{r:.2f}x" for r in ratios])
+                    rows.append([m, dtype.upper(), impl] + ["failed" if r is None else f"{r:.2f}x" for r in ratios])
     return ["### Speed-up vs the reference at the same precision (ratio of medians, >1 is faster)", "",
             _table(["Models", "Precision", "Implementation"] + [f"batch_size={b}" for b in s.batches], rows), ""]
 
@@ -117,8 +123,10 @@ def to_json(results: Results, env: Dict[str, Any]) -> Dict[str, Any]:
                   for dtype in s.dtypes}
         info = {dtype: {impl: facts for (mm, d, impl), facts in results.info.items() if mm == m and d == dtype}
                 for dtype in s.dtypes}
+        failed = {dtype: {impl: why for (mm, d, impl), why in results.failed.items() if mm == m and d == dtype}
+                  for dtype in s.dtypes}
         models[m] = {**results.profiles[m], "dispatch_per_forward": counts, "count_batch": COUNT_BATCH,
-                     "rel_error_vs_reference": errors, "implementation_info": info}
+                     "rel_error_vs_reference": errors, "implementation_info": info, "failed": failed}
     return {
         "schema": "hrnet_fast.bench/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

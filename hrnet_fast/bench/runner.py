@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..timing import TimingStats, time_round_robin
 from .compare import relative_error
-from .peers import DTYPES, Implementation, build_implementation
+from .peers import DTYPES, SPECS, Implementation, build_implementation
 from .settings import Settings
 
 CALIBRATION = {"steps": 2, "batch": 2}
@@ -39,12 +39,55 @@ class Results:
     counts: Dict[Tuple[str, str, str], Any] = field(default_factory=dict)  # (model, dtype, impl) -> DispatchCounts
     info: Dict[Tuple[str, str, str], Dict[str, str]] = field(default_factory=dict)  # (model, dtype, impl) -> facts
     profiles: Dict[str, Dict[str, float]] = field(default_factory=dict)  # model -> params/macs/flops
+    failed: Dict[Tuple[str, str, str], str] = field(default_factory=dict)  # (model, dtype, impl) -> why a peer failed
     wall_s: float = 0.0
 
     def speedup(self, model: str, dtype: str, batch: int, impl: str) -> Optional[float]:
         ref = self.timings.get((model, dtype, batch, "reference"))
         other = self.timings.get((model, dtype, batch, impl))
         return None if ref is None or other is None else ref.median_ms / other.median_ms
+
+
+class _PeerFailed(Exception):
+    """A peer raised while running; ``impl`` says which, ``reason`` what it raised."""
+
+    def __init__(self, impl: str, error: Exception):
+        self.impl, self.reason = impl, _failure_reason(error)
+        super().__init__(f"{impl}: {self.reason}")
+
+
+def _failure_reason(error: Exception) -> str:
+    """The exception's type and the first line of its message, e.g. ``RuntimeError: boom``."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _guarded(impl: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn``, raising _PeerFailed instead of whatever it raises, so the cell knows which peer to leave out (the
+    extra Python call costs well under a microsecond per forward, below the timings' noise)."""
+    def call(x: Any) -> Any:
+        try:
+            return fn(x)
+        except Exception as e:
+            raise _PeerFailed(impl, e) from e
+    return call
+
+
+def _build(results: Results, name: str, dtype: str, model: nn.Module, impl: str) -> Optional[Implementation]:
+    """``impl`` of ``model`` at ``dtype``; None for a peer that failed to build (recorded in ``results.failed``).
+    A peer is what the run compares against: one that cannot build or run on this machine is reported, and the
+    others are still timed. The reference and the converted model are what the run measures: they raise."""
+    s = results.settings
+    def build() -> Implementation:
+        return build_implementation(impl, model, s.device, dtype, input_size=s.input_size, cuda_graph=s.cuda_graph)
+    if SPECS[impl].peer is None:
+        return build()
+    try:
+        runner = build()
+    except Exception as e:
+        results.failed[(name, dtype, impl)] = _failure_reason(e)
+        return None
+    return Implementation(_guarded(impl, runner.forward), _guarded(impl, runner.prepare), runner.info)
 
 
 def _input(batch: int, settings: Settings, dtype: str) -> torch.Tensor:
@@ -86,9 +129,9 @@ def run(settings: Settings, progress: Optional[Any] = None) -> Results:
         results.profiles[name] = _profile(model, settings.input_size)
         for dtype in settings.dtypes:
             _status(progress, f"{name} {dtype}: building implementations")
-            impls = {impl: build_implementation(impl, model, settings.device, dtype, input_size=settings.input_size,
-                                                 cuda_graph=settings.cuda_graph)
+            built = {impl: _build(results, name, dtype, model, impl)
                      for impl in settings.implementations if settings.runs(impl, dtype)}
+            impls = {impl: runner for impl, runner in built.items() if runner is not None}
             for impl, runner in impls.items():
                 if runner.info:
                     results.info[(name, dtype, impl)] = dict(runner.info)
@@ -106,6 +149,17 @@ def run(settings: Settings, progress: Optional[Any] = None) -> Results:
 
 
 def _time_cell(results: Results, name: str, dtype: str, batch: int, impls: Dict[str, Implementation]) -> None:
+    """Times one cell. A peer that raises is recorded as failed and removed from ``impls`` (so from the later
+    cells too), and the cell is timed again without it: its figures come from one interleaved run."""
+    while True:
+        try:
+            return _time_cell_once(results, name, dtype, batch, impls)
+        except _PeerFailed as e:
+            results.failed[(name, dtype, e.impl)] = e.reason
+            del impls[e.impl]
+
+
+def _time_cell_once(results: Results, name: str, dtype: str, batch: int, impls: Dict[str, Implementation]) -> None:
     settings = results.settings
     x = _input(batch, settings, dtype)
     inputs = {impl: runner.prepare(x) for impl, runner in impls.items()}
