@@ -13,12 +13,14 @@ processes):
   the post-op attributes; for both: allocating the output);
 * torch.profiler's self time per op: ops that call oneDNN (their self time is set-up + oneDNN's execution), the
   other kernels (the fused multi-resolution kernel, ATen's own convolutions, copies), and the rest, which is
-  Python and dispatch (wall minus every op's self time; the profiler's own cost lands in the ops' time).
+  Python and dispatch (wall minus every op's self time; the profiler's own cost lands in the ops' time), plus the
+  replayed calls' own time between their steps (``hrnet_fast/convert/replay.py``), which stands in for it.
 
 So: kernels = oneDNN execution + the other kernels; per-call set-up = the oneDNN-calling ops' self time minus
 oneDNN's execution; Python = wall minus all op time. Printed as JSON, and written with ``--json PATH``.
 ``HRNET_FAST_NO_ONEDNN=1`` measures the path through ATen's oneDNN op instead of the kept primitives (the JSON's
-``conv_path`` says which ran).
+``conv_path`` says which ran), ``HRNET_FAST_NO_REPLAY=1`` the module path's Python calls instead of replayed
+stages (``replayed_calls`` counts those that ran).
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ ONEDNN_OPS = ("hrnet_fast_C::onednn_conv", "mkldnn::_convolution_pointwise", "mk
 OTHER_KERNELS = ("aten::_slow_conv2d_forward", "aten::addmm", "aten::mm", "aten::copy_", "aten::add",
                  "aten::add_", "aten::relu_", "aten::adaptive_avg_pool2d", "aten::mean", "hrnet_fast_C::multires_fuse",
                  "aten::upsample_bilinear2d", "aten::upsample_nearest2d", "aten::cat")
+# A replayed stage's or branch's call: its self time is what it does between its steps.
+REPLAY = "hrnet_fast_C::replay"
 
 
 def timed(model, x) -> float:
@@ -100,7 +104,7 @@ def measure(model, x, repeats: int) -> Dict[str, object]:
     onednn_ops = sum(ms.get(k, 0.0) for k in ONEDNN_OPS)
     other = sum(ms.get(k, 0.0) for k in OTHER_KERNELS)
     setup = max(onednn_ops - exec_ms, 0.0)
-    python = max(wall - sum(ms.values()), 0.0)
+    python = max(wall - sum(ms.values()), 0.0) + ms.get(REPLAY, 0.0)
     onednn_calls = sum(calls.get(k, 0) for k in ONEDNN_OPS)
     share = lambda v: round(100 * v / wall, 1)  # noqa: E731
     return {
@@ -111,6 +115,7 @@ def measure(model, x, repeats: int) -> Dict[str, object]:
         "onednn_setup_ms": round(setup, 2), "onednn_setup_pct": share(setup), "onednn_calls": onednn_calls,
         "onednn_setup_us_per_call": round(1e3 * setup / max(onednn_calls, 1), 1),
         "python_and_dispatch_ms": round(python, 2), "python_and_dispatch_pct": share(python),
+        "replayed_calls": calls.get(REPLAY, 0), "replay_between_steps_ms": round(ms.get(REPLAY, 0.0), 2),
         "overhead_pct": share(wall - exec_ms - other),
         "top_self_ms": {k: [round(v, 2), calls[k]] for k, v in collections.Counter(ms).most_common(10)},
     }

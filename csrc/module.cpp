@@ -10,8 +10,10 @@
 // None, and the caller takes the registered op (hrnet_fast/ops/direct.py), where errors are diagnosed.
 //
 // And tensor_signature(dicts), the check that keeps captured CUDA graphs valid (below), and, when built with
-// oneDNN, the entry points of the CPU convolution that keeps its primitives (cpu/onednn_conv.h).
+// oneDNN, the entry points of the CPU convolution that keeps its primitives (cpu/onednn_conv.h) and of the
+// replayed forward built on it (cpu/replay.h).
 #include "cpu/onednn_conv.h"
+#include "cpu/replay.h"
 #include "ops.h"
 #include "plain_call.h"
 
@@ -138,6 +140,12 @@ PyMethodDef methods[] = {
     {"onednn_set_verbose", hrnet_fast::onednn_set_verbose, METH_O,
      "onednn_set_verbose(level): the linked oneDNN's verbose level (0 off, 1 executions, 2 also creations)."},
     {"onednn_version", hrnet_fast::onednn_version, METH_NOARGS, "onednn_version() -> str: the linked oneDNN."},
+    {"replay_new", hrnet_fast::replay_new, METH_VARARGS,
+     "replay_new(steps, inputs, slots, outputs) -> handle: a converted module's forward as steps run in C++."},
+    {"replay_valid", hrnet_fast::replay_valid, METH_VARARGS,
+     "replay_valid(handle, watch) -> bool: the modules and weights are as they were when it was built."},
+    {"replay_run", hrnet_fast::replay_run, METH_VARARGS,
+     "replay_run(handle, watch, inputs) -> list of Tensors, or None where the module path must run."},
 #endif
     {nullptr, nullptr, 0, nullptr}};
 

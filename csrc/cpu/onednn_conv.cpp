@@ -9,8 +9,8 @@
 // Contract (as conv_bn_act's, reference.py): out = relu?(conv2d(x, weight) + bias + residual), the residual summed
 // into the fp32 accumulator by a sum post-op and the result rounded once to the layer's dtype. Activations are
 // channels_last (oneDNN's nhwc); the residual is summed in place: into the residual tensor itself when the caller
-// gives it up (residual_is_free), else into a copy. The scratchpad is the caller's (a fresh buffer per call), so
-// one primitive can run on several threads at once.
+// gives it up (residual_is_free), else into a copy. The scratchpad is the caller's (an Exec's, one per call or
+// replayed forward), so one primitive can run on several threads at once.
 #ifdef HRNET_FAST_WITH_ONEDNN
 
 #include "cpu/onednn_conv.h"
@@ -56,158 +56,160 @@ memory::data_type dnnl_type(at::ScalarType t) {
 
 memory::dims dims_of(at::IntArrayRef a) { return memory::dims(a.begin(), a.end()); }
 
-class Conv {
- public:
-  // weight: [Cout, Cin, k, k], dense in any layout; held (not copied) and read again only for a new plan.
-  Conv(at::Tensor weight, int64_t stride, int64_t padding)
-      : weight_(std::move(weight)), stride_(stride), padding_(padding) {}
-
-  size_t plans() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return plans_.size();
-  }
-
-  // Whether the kept primitives take this call as given: x channels_last and every tensor in the layer's dtype.
-  bool takes(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual) const {
-    const at::ScalarType dtype = weight_.scalar_type();
-    return x.dim() == 4 && x.scalar_type() == dtype && bias.scalar_type() == dtype &&
-           (!residual.has_value() || residual->scalar_type() == dtype) &&
-           x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  }
-
-  // None (nullopt) when oneDNN has no primitive for this dtype on this CPU.
-  std::optional<at::Tensor> run(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual,
-                                bool relu, bool residual_is_free) {
-    check(x, bias);
-    if (x.size(0) == 0) {  // an empty batch: nothing to compute, and oneDNN takes no zero-sized primitive
-      return residual.has_value() && residual_is_free
-                 ? *residual
-                 : at::empty(out_sizes(x), x.options().memory_format(at::MemoryFormat::ChannelsLast));
-    }
-    at::internal::lazy_init_num_threads();  // this thread's OpenMP thread count as torch.set_num_threads set it
-    const std::shared_ptr<const Plan> plan = plan_for(x, residual.has_value(), relu);
-    if (plan == nullptr) return std::nullopt;
-    at::Tensor out;
-    if (residual.has_value()) {
-      const at::Tensor& r = *residual;
-      TORCH_CHECK(r.sizes() == at::IntArrayRef(plan->out_sizes) && r.scalar_type() == x.scalar_type() &&
-                      r.device().is_cpu(),
-                  "onednn_conv: residual is ", r.sizes(), " ", r.scalar_type(), ", expected ",
-                  at::IntArrayRef(plan->out_sizes), " ", x.scalar_type());
-      const bool in_place = residual_is_free && r.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-                            r.data_ptr() != x.data_ptr();
-      out = in_place ? r : r.clone(at::MemoryFormat::ChannelsLast);
-    } else {
-      out = at::empty(plan->out_sizes, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-    }
-    if (out.numel() == 0) return out;
-    at::Tensor scratch = at::empty({static_cast<int64_t>(plan->scratchpad.get_size())}, x.options().dtype(at::kByte));
-    dnnl::engine& engine = cpu_engine();
-    memory src(plan->src, engine, x.data_ptr()), dst(plan->dst, engine, out.data_ptr());
-    memory b(plan->bias, engine, bias.data_ptr()), pad(plan->scratchpad, engine, scratch.data_ptr());
-    dnnl::stream stream(engine);
-    plan->primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, plan->weights}, {DNNL_ARG_BIAS, b},
-                                     {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}});
-    stream.wait();
-    return out;
-  }
-
- private:
-  struct Plan {
-    dnnl::convolution_forward primitive;
-    memory weights;  // the weight in the primitive's layout
-    memory::desc src, bias, dst, scratchpad;
-    std::vector<int64_t> out_sizes;
-  };
-  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;  // N, H, W, residual, relu
-  static constexpr size_t kMaxPlans = 16;
-
-  void check(const at::Tensor& x, const at::Tensor& bias) const {
-    TORCH_CHECK(x.dim() == 4 && x.size(1) == weight_.size(1) && x.scalar_type() == weight_.scalar_type() &&
-                    x.device().is_cpu() && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-                "onednn_conv: x must be a channels_last CPU tensor [N, ", weight_.size(1), ", H, W] of ",
-                weight_.scalar_type(), ", got ", x.sizes(), " ", x.scalar_type(), " with strides ", x.strides());
-    TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "onednn_conv: x has an empty spatial size ", x.sizes());
-    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight_.size(0) && bias.scalar_type() == weight_.scalar_type() &&
-                    bias.is_contiguous() && bias.device().is_cpu(),
-                "onednn_conv: bias must be a dense [", weight_.size(0), "] tensor of ", weight_.scalar_type());
-  }
-
-  // The plan for x's shape and this epilogue, created on first use; nullptr when oneDNN has no implementation.
-  // At most kMaxPlans are kept (a segmentation model fed many sizes would otherwise hold a primitive per size and
-  // conv): past that, all are dropped and made again as calls need them. Callers hold their plan by shared_ptr,
-  // so dropping never pulls one from under a call running on another thread.
-  std::shared_ptr<const Plan> plan_for(const at::Tensor& x, bool sum, bool relu) {
-    const Key key{x.size(0), x.size(2), x.size(3), sum, relu};
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto found = plans_.find(key);
-    if (found != plans_.end()) return found->second;
-    if (plans_.size() >= kMaxPlans) plans_.clear();
-    std::shared_ptr<const Plan> plan;
-    try {
-      plan = std::make_shared<const Plan>(make_plan(x, sum, relu));
-    } catch (const dnnl::error& e) {
-      if (e.status != dnnl_unimplemented) throw;  // nullptr, remembered: this call takes the ATen path
-    }
-    plans_[key] = plan;
-    return plan;
-  }
-
-  std::vector<int64_t> out_sizes(const at::Tensor& x) const {
-    const int64_t k = weight_.size(2), h = x.size(2), w = x.size(3);
-    const int64_t ho = (h + 2 * padding_ - k) / stride_ + 1, wo = (w + 2 * padding_ - k) / stride_ + 1;
-    TORCH_CHECK(h + 2 * padding_ >= k && w + 2 * padding_ >= k, "onednn_conv: input of spatial size (", h, ", ", w,
-                ") is too small for a ", k, "x", k, " kernel with padding ", padding_);
-    return {x.size(0), weight_.size(0), ho, wo};
-  }
-
-  Plan make_plan(const at::Tensor& x, bool sum, bool relu) {
-    const int64_t cout = weight_.size(0), cin = weight_.size(1), k = weight_.size(2);
-    const int64_t n = x.size(0), h = x.size(2), w = x.size(3);
-    const std::vector<int64_t> sizes = out_sizes(x);
-    const int64_t ho = sizes[2], wo = sizes[3];
-    const memory::data_type dt = dnnl_type(weight_.scalar_type());
-    Plan plan;
-    plan.src = memory::desc({n, cin, h, w}, dt, Tag::nhwc);
-    plan.dst = memory::desc({n, cout, ho, wo}, dt, Tag::nhwc);
-    plan.bias = memory::desc({cout}, dt, Tag::a);
-    plan.out_sizes = sizes;
-    dnnl::post_ops ops;
-    if (sum) ops.append_sum(1.f);
-    if (relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    dnnl::primitive_attr attr;
-    attr.set_post_ops(ops);
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    dnnl::engine& engine = cpu_engine();
-    dnnl::convolution_forward::primitive_desc pd(
-        engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, plan.src,
-        memory::desc({cout, cin, k, k}, dt, Tag::any), plan.bias, plan.dst, {stride_, stride_},
-        {padding_, padding_}, {padding_, padding_}, attr);
-    plan.primitive = dnnl::convolution_forward(pd);
-    plan.scratchpad = pd.scratchpad_desc();
-    for (const auto& entry : plans_) {
-      if (entry.second != nullptr && entry.second->weights.get_desc() == pd.weights_desc()) {
-        plan.weights = entry.second->weights;
-        return plan;
-      }
-    }
-    plan.weights = memory(pd.weights_desc(), engine);
-    memory user(memory::desc(dims_of(weight_.sizes()), dt, dims_of(weight_.strides())), engine, weight_.data_ptr());
-    dnnl::stream stream(engine);
-    dnnl::reorder(user, plan.weights).execute(stream, user, plan.weights);
-    stream.wait();
-    return plan;
-  }
-
-  at::Tensor weight_;
-  int64_t stride_, padding_;
-  std::mutex mutex_;
-  std::map<Key, std::shared_ptr<const Plan>> plans_;
-};
-
+// A handle is a capsule holding a shared_ptr, so that a replayed forward (replay.cpp) can keep a layer alive.
 constexpr const char* kCapsule = "hrnet_fast.onednn_conv";
 
-void destroy(PyObject* capsule) { delete static_cast<Conv*>(PyCapsule_GetPointer(capsule, kCapsule)); }
+}  // namespace
+
+namespace onednn {
+
+Exec::Exec() : stream(cpu_engine()) {}
+
+Conv::Conv(at::Tensor weight, int64_t stride, int64_t padding)
+    : weight_(std::move(weight)), stride_(stride), padding_(padding) {}
+
+size_t Conv::plans() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return plans_.size();
+}
+
+bool Conv::takes(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual) const {
+  const at::ScalarType dtype = weight_.scalar_type();
+  return x.dim() == 4 && x.scalar_type() == dtype && bias.scalar_type() == dtype &&
+         (!residual.has_value() || residual->scalar_type() == dtype) &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+std::optional<at::Tensor> Conv::run(const at::Tensor& x, const at::Tensor& bias,
+                                    const std::optional<at::Tensor>& residual, bool relu, bool residual_is_free,
+                                    Exec& exec) {
+  check(x, bias);
+  if (x.size(0) == 0) {  // an empty batch: nothing to compute, and oneDNN takes no zero-sized primitive
+    return residual.has_value() && residual_is_free
+               ? *residual
+               : at::empty(out_sizes(x), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  }
+  at::internal::lazy_init_num_threads();  // this thread's OpenMP thread count as torch.set_num_threads set it
+  const std::shared_ptr<const Plan> plan = plan_for(x, residual.has_value(), relu);
+  if (plan == nullptr) return std::nullopt;
+  at::Tensor out;
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    TORCH_CHECK(r.sizes() == at::IntArrayRef(plan->out_sizes) && r.scalar_type() == x.scalar_type() &&
+                    r.device().is_cpu(),
+                "onednn_conv: residual is ", r.sizes(), " ", r.scalar_type(), ", expected ",
+                at::IntArrayRef(plan->out_sizes), " ", x.scalar_type());
+    const bool in_place = residual_is_free && r.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                          r.data_ptr() != x.data_ptr();
+    out = in_place ? r : r.clone(at::MemoryFormat::ChannelsLast);
+  } else {
+    out = at::empty(plan->out_sizes, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  }
+  if (out.numel() == 0) return out;
+  const int64_t pad_bytes = static_cast<int64_t>(plan->scratchpad.get_size());
+  if (!exec.scratch.defined() || exec.scratch.numel() < pad_bytes) {
+    exec.scratch = at::empty({pad_bytes}, x.options().dtype(at::kByte));
+  }
+  dnnl::engine& engine = cpu_engine();
+  memory src(plan->src, engine, x.data_ptr()), dst(plan->dst, engine, out.data_ptr());
+  memory b(plan->bias, engine, bias.data_ptr()), pad(plan->scratchpad, engine, exec.scratch.data_ptr());
+  plan->primitive.execute(exec.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, plan->weights},
+                                        {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}, {DNNL_ARG_SCRATCHPAD, pad}});
+  exec.stream.wait();
+  return out;
+}
+
+void Conv::check(const at::Tensor& x, const at::Tensor& bias) const {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == weight_.size(1) && x.scalar_type() == weight_.scalar_type() &&
+                  x.device().is_cpu() && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "onednn_conv: x must be a channels_last CPU tensor [N, ", weight_.size(1), ", H, W] of ",
+              weight_.scalar_type(), ", got ", x.sizes(), " ", x.scalar_type(), " with strides ", x.strides());
+  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "onednn_conv: x has an empty spatial size ", x.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight_.size(0) && bias.scalar_type() == weight_.scalar_type() &&
+                  bias.is_contiguous() && bias.device().is_cpu(),
+              "onednn_conv: bias must be a dense [", weight_.size(0), "] tensor of ", weight_.scalar_type());
+}
+
+// The plan for x's shape and this epilogue, created on first use; nullptr when oneDNN has no implementation.
+// At most kMaxPlans are kept (a segmentation model fed many sizes would otherwise hold a primitive per size and
+// conv): past that, all are dropped and made again as calls need them. Callers hold their plan by shared_ptr,
+// so dropping never pulls one from under a call running on another thread.
+std::shared_ptr<const Conv::Plan> Conv::plan_for(const at::Tensor& x, bool sum, bool relu) {
+  const Key key{x.size(0), x.size(2), x.size(3), sum, relu};
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto found = plans_.find(key);
+  if (found != plans_.end()) return found->second;
+  if (plans_.size() >= kMaxPlans) plans_.clear();
+  std::shared_ptr<const Plan> plan;
+  try {
+    plan = std::make_shared<const Plan>(make_plan(x, sum, relu));
+  } catch (const dnnl::error& e) {
+    if (e.status != dnnl_unimplemented) throw;  // nullptr, remembered: this call takes the ATen path
+  }
+  plans_[key] = plan;
+  return plan;
+}
+
+std::vector<int64_t> Conv::out_sizes(const at::Tensor& x) const {
+  const int64_t k = weight_.size(2), h = x.size(2), w = x.size(3);
+  const int64_t ho = (h + 2 * padding_ - k) / stride_ + 1, wo = (w + 2 * padding_ - k) / stride_ + 1;
+  TORCH_CHECK(h + 2 * padding_ >= k && w + 2 * padding_ >= k, "onednn_conv: input of spatial size (", h, ", ", w,
+              ") is too small for a ", k, "x", k, " kernel with padding ", padding_);
+  return {x.size(0), weight_.size(0), ho, wo};
+}
+
+Conv::Plan Conv::make_plan(const at::Tensor& x, bool sum, bool relu) {
+  const int64_t cout = weight_.size(0), cin = weight_.size(1), k = weight_.size(2);
+  const int64_t n = x.size(0), h = x.size(2), w = x.size(3);
+  const std::vector<int64_t> sizes = out_sizes(x);
+  const int64_t ho = sizes[2], wo = sizes[3];
+  const memory::data_type dt = dnnl_type(weight_.scalar_type());
+  Plan plan;
+  plan.src = memory::desc({n, cin, h, w}, dt, Tag::nhwc);
+  plan.dst = memory::desc({n, cout, ho, wo}, dt, Tag::nhwc);
+  plan.bias = memory::desc({cout}, dt, Tag::a);
+  plan.out_sizes = sizes;
+  dnnl::post_ops ops;
+  if (sum) ops.append_sum(1.f);
+  if (relu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(ops);
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::engine& engine = cpu_engine();
+  dnnl::convolution_forward::primitive_desc pd(
+      engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, plan.src,
+      memory::desc({cout, cin, k, k}, dt, Tag::any), plan.bias, plan.dst, {stride_, stride_},
+      {padding_, padding_}, {padding_, padding_}, attr);
+  plan.primitive = dnnl::convolution_forward(pd);
+  plan.scratchpad = pd.scratchpad_desc();
+  for (const auto& entry : plans_) {
+    if (entry.second != nullptr && entry.second->weights.get_desc() == pd.weights_desc()) {
+      plan.weights = entry.second->weights;
+      return plan;
+    }
+  }
+  plan.weights = memory(pd.weights_desc(), engine);
+  memory user(memory::desc(dims_of(weight_.sizes()), dt, dims_of(weight_.strides())), engine, weight_.data_ptr());
+  dnnl::stream stream(engine);
+  dnnl::reorder(user, plan.weights).execute(stream, user, plan.weights);
+  stream.wait();
+  return plan;
+}
+
+std::shared_ptr<Conv> conv_of(PyObject* handle) {
+  auto* conv = static_cast<std::shared_ptr<Conv>*>(PyCapsule_GetPointer(handle, kCapsule));
+  return conv == nullptr ? nullptr : *conv;
+}
+
+}  // namespace onednn
+
+namespace {
+
+using onednn::Conv;
+
+void destroy(PyObject* capsule) {
+  delete static_cast<std::shared_ptr<Conv>*>(PyCapsule_GetPointer(capsule, kCapsule));
+}
 
 const at::Tensor* tensor_arg(PyObject* obj, const char* name) {
   if (!THPVariable_Check(obj)) {
@@ -231,7 +233,8 @@ PyObject* onednn_conv_new(PyObject* /*module*/, PyObject* args) {
               "onednn_conv: weight must be a non-empty [Cout, Cin, k, k] CPU tensor, got ", weight->sizes());
   dnnl_type(weight->scalar_type());
   TORCH_CHECK(stride >= 1 && padding >= 0, "onednn_conv: stride ", stride, ", padding ", padding);
-  return PyCapsule_New(new Conv(weight->detach(), stride, padding), kCapsule, destroy);
+  return PyCapsule_New(new std::shared_ptr<Conv>(std::make_shared<Conv>(weight->detach(), stride, padding)),
+                       kCapsule, destroy);
   END_HANDLE_TH_ERRORS
 }
 
@@ -243,7 +246,7 @@ PyObject* onednn_conv_run(PyObject* /*module*/, PyObject* args) {
                         &residual_is_free)) {
     return nullptr;
   }
-  auto* conv = static_cast<Conv*>(PyCapsule_GetPointer(handle, kCapsule));
+  const std::shared_ptr<Conv> conv = onednn::conv_of(handle);
   if (conv == nullptr) return nullptr;
   const at::Tensor* x = tensor_arg(x_obj, "x");
   const at::Tensor* bias = x == nullptr ? nullptr : tensor_arg(bias_obj, "bias");
@@ -265,7 +268,8 @@ PyObject* onednn_conv_run(PyObject* /*module*/, PyObject* args) {
   {
     pybind11::gil_scoped_release no_gil;
     RECORD_FUNCTION("hrnet_fast_C::onednn_conv", std::vector<c10::IValue>());  // named in torch.profiler's trace
-    out = conv->run(*x, *bias, residual, relu != 0, residual_is_free != 0);
+    onednn::Exec exec;
+    out = conv->run(*x, *bias, residual, relu != 0, residual_is_free != 0, exec);
   }
   if (!out) Py_RETURN_NONE;
   return THPVariable_Wrap(std::move(*out));
@@ -273,7 +277,7 @@ PyObject* onednn_conv_run(PyObject* /*module*/, PyObject* args) {
 }
 
 PyObject* onednn_conv_plans(PyObject* /*module*/, PyObject* handle) {
-  auto* conv = static_cast<Conv*>(PyCapsule_GetPointer(handle, kCapsule));
+  const std::shared_ptr<Conv> conv = onednn::conv_of(handle);
   if (conv == nullptr) return nullptr;
   return PyLong_FromSize_t(conv->plans());
 }

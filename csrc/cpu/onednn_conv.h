@@ -7,7 +7,72 @@
 
 #include <Python.h>
 
+#include <ATen/core/Tensor.h>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <tuple>
+#include <vector>
+
 namespace hrnet_fast {
+namespace onednn {
+
+// What the convs of one forward share: a stream and a scratchpad buffer grown to the largest need (each conv
+// allocating its own cost ~0.5 us a call). One per thread and call: a primitive may run on several at once.
+struct Exec {
+  Exec();
+  dnnl::stream stream;
+  at::Tensor scratch;  // bytes
+};
+
+// One conv layer: out = relu?(conv2d(x, weight) + bias + residual) (see onednn_conv.cpp).
+class Conv {
+ public:
+  // weight: [Cout, Cin, k, k], dense in any layout; held (not copied) and read again only for a new plan.
+  Conv(at::Tensor weight, int64_t stride, int64_t padding);
+
+  size_t plans();
+
+  // Whether the kept primitives take this call as given: x channels_last and every tensor in the layer's dtype.
+  bool takes(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual) const;
+
+  // x [N, Cin, H, W] channels_last, bias [Cout], residual [N, Cout, Ho, Wo] or none; returns [N, Cout, Ho, Wo]
+  // channels_last (residual itself when residual_is_free and it is dense channels_last), or nullopt when oneDNN
+  // has no primitive for this dtype on this CPU. Shapes that cannot go together raise.
+  std::optional<at::Tensor> run(const at::Tensor& x, const at::Tensor& bias,
+                                const std::optional<at::Tensor>& residual, bool relu, bool residual_is_free,
+                                Exec& exec);
+
+ private:
+  struct Plan {
+    dnnl::convolution_forward primitive;
+    dnnl::memory weights;  // the weight in the primitive's layout
+    dnnl::memory::desc src, bias, dst, scratchpad;
+    std::vector<int64_t> out_sizes;
+  };
+  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;  // N, H, W, residual, relu
+  static constexpr size_t kMaxPlans = 16;
+
+  void check(const at::Tensor& x, const at::Tensor& bias) const;
+  std::shared_ptr<const Plan> plan_for(const at::Tensor& x, bool sum, bool relu);
+  std::vector<int64_t> out_sizes(const at::Tensor& x) const;
+  Plan make_plan(const at::Tensor& x, bool sum, bool relu);
+
+  at::Tensor weight_;
+  int64_t stride_, padding_;
+  std::mutex mutex_;
+  std::map<Key, std::shared_ptr<const Plan>> plans_;
+};
+
+// The layer behind a handle onednn_conv_new returned; nullptr with a Python error set for anything else.
+std::shared_ptr<Conv> conv_of(PyObject* handle);
+
+}  // namespace onednn
 
 // Python entry points, listed in module.cpp's method table:
 //   onednn_conv_new(weight, stride, padding) -> handle

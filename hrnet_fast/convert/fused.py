@@ -16,6 +16,7 @@ from ..ops.backends import resolve
 from ..ops.folding import fold_bn
 from ..ops.onednn_conv import OnednnConv
 from ..ops.weights import PreparedWeight, stored_weight
+from . import replay
 
 
 def supported_conv(conv: nn.Conv2d) -> Optional[str]:
@@ -105,6 +106,18 @@ class FusedConvBNAct(nn.Module):
         return torch.ops.hrnet_fast.conv_bn_act(x, weight, bias, residual, self.stride, self.padding, self.relu,
                                                 resolve("conv_bn_act", x.device.type, self.requested_backend))
 
+    def _emit(self, b: "replay.Builder", x: int, residual: Optional[int] = None) -> int:
+        """The forward's step (``replay.py``): its kept oneDNN primitives, where a CPU call has made them."""
+        weight, bias = self._buffers["weight"], self._buffers["bias"]
+        if resolve("conv_bn_act", "cpu", self.requested_backend) != "cpu":
+            raise replay.NotReplayable(f"a conv runs on the {self.requested_backend!r} backend")
+        prepared = self._prepared.current(weight)
+        if prepared is None:
+            raise replay.NotReady()
+        if type(prepared) is not OnednnConv:
+            raise replay.NotReplayable("a conv runs on ATen's path")
+        return b.conv(prepared._handle, weight, bias, self.relu, x, residual)
+
     def extra_repr(self) -> str:
         cout, cin, k, _ = self.weight.shape
         return (f"{cin}->{cout}, {k}x{k}, stride={self.stride}, padding={self.padding}, relu={self.relu}, "
@@ -152,6 +165,11 @@ def make_conv(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool, dtype: 
 class FusedChain(nn.Sequential):
     """Fused conv steps applied one after another (transition and downsampling chains)."""
 
+    def _emit(self, b: "replay.Builder", x: int) -> int:
+        for step in self:
+            x = b.emit(step, x)
+        return x
+
 
 class FusedBlock(nn.Module):
     """A ResNet BasicBlock/Bottleneck: the residual add and final ReLU run in the last conv's epilogue."""
@@ -173,6 +191,15 @@ class FusedBlock(nn.Module):
         for conv in convs[:-1]:
             y = conv(y)
         return convs[-1](y, residual=shortcut, residual_is_free=free)
+
+    def _emit(self, b: "replay.Builder", x: int) -> int:
+        # Where the residual may be summed in place is the builder's to decide, from what reads it later.
+        shortcut = x if self.downsample is None else b.emit(self.downsample, x)
+        convs = list(self.convs)
+        y = x
+        for conv in convs[:-1]:
+            y = b.emit(conv, y)
+        return b.emit(convs[-1], y, residual=shortcut)
 
 
 def _hooked(m: nn.Module) -> bool:
@@ -196,13 +223,27 @@ def _hooked(m: nn.Module) -> bool:
 class FusedBranch(nn.Sequential):
     """A run of ``FusedBlock``s (an HRNet branch, layer1). Each block's input is the previous block's output,
     which nothing else reads (unless a forward hook may have kept it), so each block after the first may write
-    its result over its input: no residual copy."""
+    its result over its input: no residual copy. On CPU its calls after the first replay its steps in one call
+    (``replay.py``)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._replay = replay.Replay()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prev = None
+        out = replay.run(self, [x])
+        if out is not None:
+            return out[0]
+        y, prev = x, None
         for block in self:
-            x = block(x, input_is_free=prev is not None and not _hooked(prev))
+            y = block(y, input_is_free=prev is not None and not _hooked(prev))
             prev = block
+        replay.refresh(self, [x], as_list=False)
+        return y
+
+    def _emit(self, b: "replay.Builder", x: int) -> int:
+        for block in self:
+            x = b.emit(block, x)
         return x
 
 
@@ -234,6 +275,13 @@ class FusedHRFuse(nn.Module):
         same = [f(xs[j]) for f, j in zip(self.down, self.down_src)]
         return fuse(xs[self.index], low, same, self.mode, self.align_corners, self.requested_backend)
 
+    def _emit(self, b: "replay.Builder", xs: List[int]) -> int:
+        if self.requested_backend not in (None, "cpu") or not direct.cpu_fuse_available():
+            raise replay.NotReplayable("the fusion does not run on the compiled CPU kernel")
+        low = [b.emit(f, xs[j]) for f, j in zip(self.up, self.up_src)]
+        same = [b.emit(f, xs[j]) for f, j in zip(self.down, self.down_src)]
+        return b.fuse(xs[self.index], low, same, self.mode, self.align_corners)
+
     def extra_repr(self) -> str:
         return f"index={self.index}, mode={self.mode!r}" + (
             f", align_corners={self.align_corners}" if self.mode == "bilinear" else "")
@@ -250,19 +298,55 @@ def fuse(x: torch.Tensor, low: List[torch.Tensor], same: List[torch.Tensor], mod
 
 
 class FusedHRModule(nn.Module):
-    """An HRNet HighResolutionModule: fused branch blocks, then one ``FusedHRFuse`` per output branch."""
+    """An HRNet HighResolutionModule: fused branch blocks, then one ``FusedHRFuse`` per output branch. On CPU its
+    calls after the first replay its steps in one call (``replay.py``)."""
 
     def __init__(self, branches: Sequence[nn.Module], fuses: Sequence[FusedHRFuse]):
         super().__init__()
         self.branches = nn.ModuleList(branches)
         self.fuses = nn.ModuleList(fuses)
+        self._replay = replay.Replay()
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
-        if not len(self.fuses):
-            return xs
-        return [fuse(xs) for fuse in self.fuses]
+        out = replay.run(self, list(xs))
+        if out is not None:
+            return out
+        ys = [branch(x) for branch, x in zip(self.branches, xs)]
+        if len(self.fuses):
+            ys = [fuse(ys) for fuse in self.fuses]
+        replay.refresh(self, xs)
+        return ys
+
+    def _emit(self, b: "replay.Builder", xs: List[int]) -> List[int]:
+        ys = [b.emit(branch, x) for branch, x in zip(self.branches, xs)]
+        return [b.emit(fuse, ys) for fuse in self.fuses] if len(self.fuses) else ys
+
+
+class FusedStage(nn.Sequential):
+    """An HRNet stage: its ``FusedHRModule``s one after another, on the list of branch maps. On CPU its calls
+    after the first replay all their steps in one call (``replay.py``), where each module's branches may also
+    sum their first residuals in place: the previous module's outputs, which nothing else reads."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._replay = replay.Replay()
+
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        out = replay.run(self, list(xs))
+        if out is not None:
+            return out
+        ys = xs
+        for module in self:
+            ys = module(ys)
+        replay.refresh(self, xs)
+        return ys
+
+    def _emit(self, b: "replay.Builder", xs: List[int]) -> List[int]:
+        for module in self:
+            xs = b.emit(module, xs)
+        return xs
 
 
 # Every module the converter produces whose forward runs fused ops only.
-FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule)
+FUSED_MODULES = (FusedConvBNAct, FoldedConv, FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule,
+                 FusedStage)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from . import probe
-from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule, make_conv
+from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule, FusedStage, make_conv
 from .heads import FusedSegmentation, fuse_rest, official_segmentation_widths, segmentation_head, split_head
 from .report import FusionReport
 
@@ -201,8 +201,13 @@ class Rewriter:
             if new is not None:
                 return new
         self.children(path, m)
-        if type(m) is nn.Sequential and len(m) > 1 and all(isinstance(b, FusedBlock) for b in m):
-            return FusedBranch(collections.OrderedDict(m.named_children()))  # same child names, so the same state_dict keys
+        # A plain Sequential of blocks or of HR modules becomes the fused run of them, with the same child names
+        # (so the same state_dict keys).
+        if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward and len(m):
+            if all(isinstance(b, FusedBlock) for b in m):
+                return FusedBranch(collections.OrderedDict(m.named_children()))
+            if all(isinstance(b, FusedHRModule) for b in m):
+                return FusedStage(collections.OrderedDict(m.named_children()))
         return m
 
     def children(self, path: str, m: nn.Module) -> None:

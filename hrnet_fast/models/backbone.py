@@ -171,12 +171,8 @@ class HighResolutionModule(nn.Module):
 
 
 class Stage(nn.Sequential):
-    """A sequence of HighResolutionModules over a list of branch tensors."""
-
-    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:  # type: ignore[override]
-        for module in self:
-            xs = module(xs)
-        return xs
+    """A sequence of HighResolutionModules over a list of branch tensors (``nn.Sequential``'s forward passes the
+    list from one to the next)."""
 
 
 def make_transition(prev: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:

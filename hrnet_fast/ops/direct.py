@@ -30,6 +30,11 @@ def _cpu_entry() -> Optional[Callable]:
     return getattr(extension.module(), "multires_fuse_cpu", None)
 
 
+def cpu_fuse_available() -> bool:
+    """Whether eager CPU fusions run the compiled kernel (the cpu backend resolved, the extension loaded)."""
+    return _cpu_entry() is not None
+
+
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
