@@ -147,6 +147,7 @@ def main() -> None:
     out = {"command": command(), "model": args.model, "input_size": [h, w],
            "batch": args.batch, "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__,
            "cpu": cpu_features.summary(), "conv_path": cpu_conv.availability()[1],
+           "replay": os.environ.get("HRNET_FAST_NO_REPLAY") != "1",
            "loadavg_before_after": [load_before, os.getloadavg()[0]], **result}
     emit(out, args.json)
 

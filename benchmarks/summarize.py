@@ -56,7 +56,10 @@ def is_pytest_benchmark(data: Dict) -> bool:
 
 def is_script_result(data: Dict) -> bool:
     """The ``--json`` output of one of the measurement scripts in benchmarks/ (it records its command)."""
-    return str(data.get("command", "")).startswith("python benchmarks/") and data.get("schema") is None
+    words = str(data.get("command", "")).split()
+    while words and "=" in words[0]:  # the environment it recorded (script_support.command)
+        words.pop(0)
+    return " ".join(words[:2]).startswith("python benchmarks/") and data.get("schema") is None
 
 
 def load_results(directory: Path) -> List[Tuple[str, Dict]]:

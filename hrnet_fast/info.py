@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def extension_summary() -> str:
     """Whether the compiled extension is loaded, whether (and for which GPUs) it holds CUDA kernels, and whether
-    its CPU convolution keeps oneDNN primitives (``hrnet_fast/ops/onednn_conv.py``)."""
+    its CPU convolution keeps oneDNN primitives (``hrnet_fast/ops/onednn_conv.py``) and replays stages
+    (``hrnet_fast/convert/replay.py``)."""
+    from .convert import replay
     from .ops import extension, onednn_conv
     mod = extension.module()
     if mod is None:
@@ -22,8 +24,11 @@ def extension_summary() -> str:
     cuda = (f"CUDA kernels compiled for {', '.join(archs)}" if archs else
             "CPU kernels only (built without the CUDA kernels)")
     own, why = onednn_conv.available()
-    return f"{mod.__file__}: {cuda}; " + (f"CPU convolution on {why}, primitives kept per layer" if own else
-                                         f"CPU convolution through ATen's oneDNN op ({why})")
+    if not own:
+        return f"{mod.__file__}: {cuda}; CPU convolution through ATen's oneDNN op ({why})"
+    calls = ("stages and branches replayed in one call each" if replay.enabled() else
+             "each conv called from Python (HRNET_FAST_NO_REPLAY=1)")
+    return f"{mod.__file__}: {cuda}; CPU convolution on {why}, primitives kept per layer, {calls}"
 
 
 def main(args: argparse.Namespace) -> int:

@@ -154,16 +154,24 @@ def test_summary_renders_op_level_runs_with_speedups(suite_json, tmp_path):
 def test_measurement_scripts_run_and_their_results_are_summarized(tmp_path, script, args):
     """Each CPU measurement script runs on tiny settings, records its command, and summarize.py lists it."""
     out = tmp_path / "result.json"
+    # The settings a result records in front of its command: none but the one this test sets.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HRNET_FAST_", "ONEDNN_", "ATEN_CPU_CAPABILITY", "MALLOC_"))}
+    setting = "HRNET_FAST_NO_REPLAY=1 " if script == "cpu_overhead.py" else ""
+    if setting:
+        env["HRNET_FAST_NO_REPLAY"] = "1"
     proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args, "--json", str(out)], capture_output=True,
-                          text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+                          text=True, cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["command"].startswith(f"python benchmarks/{script}")
+    assert result["command"].startswith(f"{setting}python benchmarks/{script}")
+    assert result["command"].endswith(f"--json {out}")
     if script == "cpu_overhead.py":
         assert result["wall_ms"] > 0 and 0 <= result["kernels_pct"] <= 100 and result["onednn_primitives"] > 0
+        assert result["replay"] is False and result["replayed_calls"] == 0
     else:
         assert result["rows"] and all(v for row in result["rows"] for v in row.values() if not isinstance(v, int))
     summarize = _summarize_module()
     assert summarize.main(["--results", str(tmp_path)]) == 0
     text = (tmp_path / "SUMMARY.md").read_text()
-    assert "## Measurement scripts (benchmarks/*.py)" in text and f"`python benchmarks/{script}" in text
+    assert "## Measurement scripts (benchmarks/*.py)" in text and f"`{setting}python benchmarks/{script}" in text

@@ -65,8 +65,17 @@ def test_info_says_which_gpu_code_the_extension_holds(capsys):
         assert "CPU kernels only" in line
     own = hasattr(extension.module(), "onednn_conv_new")
     assert ("primitives kept per layer" in line) == own and ("through ATen's oneDNN op" in line) == (not own)
+    assert ("replayed in one call each" in line) == own
     status, out, err = run(["info", "--json"], capsys)
     assert status == 0 and "compiled extension: " + json.loads(out)["compiled_extension"] == line
+
+
+def test_info_says_when_replay_is_off(capsys, monkeypatch):
+    monkeypatch.setenv("HRNET_FAST_NO_REPLAY", "1")
+    status, out, err = run(["info"], capsys)
+    line = next(l for l in out.splitlines() if l.startswith("compiled extension:"))
+    own = hasattr(extension.module(), "onednn_conv_new")
+    assert status == 0 and ("each conv called from Python (HRNET_FAST_NO_REPLAY=1)" in line) == own
 
 
 def _compile(tmp_path: Path, source: str, suffix: str, command) -> Path:

@@ -65,6 +65,11 @@ def _entry(name: str) -> Optional[Callable]:
     return getattr(extension.module(), name, None)
 
 
+def enabled() -> bool:
+    """Whether owners list and replay their steps (``HRNET_FAST_NO_REPLAY=1`` says no)."""
+    return os.environ.get("HRNET_FAST_NO_REPLAY") != "1"
+
+
 def run(owner: nn.Module, inputs: List[torch.Tensor]) -> Optional[List[torch.Tensor]]:
     """The owner's outputs from its steps, or None where the call must take the module path."""
     program = owner._replay.program
@@ -77,7 +82,7 @@ def refresh(owner: nn.Module, inputs: Sequence[object], as_list: bool = True) ->
     """After the owner's module path ran on ``inputs``: list its steps where they are missing or stale.
     ``as_list``: the owner's forward takes the list of tensors (else the one tensor)."""
     state = owner._replay
-    if os.environ.get("HRNET_FAST_NO_REPLAY") == "1":
+    if not enabled():
         state.program, state.watch = None, None
         return
     if not inputs or type(inputs[0]) is not torch.Tensor or not inputs[0].is_cpu or \
