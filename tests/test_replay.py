@@ -280,3 +280,35 @@ def test_the_extension_refuses_malformed_steps():
         mod.replay_new([("fuse", 0, [5], [], "nearest", False, 1, [])], 1, 2, [1])
     with pytest.raises(TypeError):
         mod.replay_new([("conv", None)], 1, 2, [1])
+
+
+def test_a_dropped_model_is_freed():
+    """The steps hold the layers' primitives and the watch the modules' dicts (the owner's own among them, which
+    hold the watch): neither may keep a model alive once the caller drops it."""
+    import gc
+    import weakref
+    fast, _, x = pair("ours")
+    warm(fast, x)
+    ref = weakref.ref(fast)
+    del fast
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_hook_on_a_stage_itself_keeps_it_replayed(monkeypatch):
+    """Feature extraction hooks a stage: the hook runs around the replayed call and sees its outputs, which no
+    later step overwrites."""
+    fast, plain, x = pair("ours")
+    warm(fast, x)
+    seen, want_seen = [], []
+    fast.inner.stage3.register_forward_hook(lambda m, i, o: seen.append([t.clone() for t in o] + list(o)))
+    plain.inner.stage3.register_forward_hook(lambda m, i, o: want_seen.append([t.clone() for t in o]))
+    want = module_path(monkeypatch, plain, x)
+    for _ in range(2):
+        assert_same(fast(x), want)
+    assert replays(fast, x) == top_owners(fast)
+    assert len(seen) == 3
+    for got in seen:
+        n = len(got) // 2
+        assert_same(got[:n], want_seen[0])
+        assert_same(got[n:], want_seen[0])  # the tensors the hook kept were not written afterwards

@@ -10,14 +10,15 @@ wherever no later step reads it (an HR module's first blocks too, which the modu
 after its last read.
 
 The steps stand for the modules only while those are as they were: each call checks (in C++, ~85 us for a whole W18
-forward's 15,000 watched entries, 0.3 % of it) that no hook was added to a module inside the owner or globally, that
-no attribute, child, parameter or buffer of one was set, and that no conv weight was replaced or written in place.
-Where anything changed, the call takes the module path and the steps are listed again. The module path also runs for
-everything the steps do not take as given: torch.compile or torch.jit tracing, dispatch or function modes, tensors
-needing grad, another dtype or layout, oneDNN switched off (``torch.backends.mkldnn``), a conv on ATen's path or
-another backend, a module that does not list its own steps (a class without its own ``_emit``: one the converter did
-not make, or a subclass), and calls off the CPU. ``HRNET_FAST_NO_REPLAY=1`` (read when steps are listed) keeps every
-call on the module path.
+forward's 15,000 watched entries, 0.3 % of it) that no hook was added or removed on the owner, a module inside it or
+globally, that no attribute, child, parameter or buffer of one was set, and that no conv weight was replaced or
+written in place. Where anything changed, the call takes the module path and the steps are listed again (a hook on
+the owner itself runs around its replayed calls as around any; one inside it keeps the owner on the module path
+while it is there). The module path also runs for everything the steps do not take as given: torch.compile or
+torch.jit tracing, dispatch or function modes, tensors needing grad, another dtype or layout, oneDNN switched off
+(``torch.backends.mkldnn``), a conv on ATen's path or another backend, a module that does not list its own steps (a
+class without its own ``_emit``: one the converter did not make, or a subclass), and calls off the CPU.
+``HRNET_FAST_NO_REPLAY=1`` (read when steps are listed) keeps every call on the module path.
 """
 from __future__ import annotations
 
@@ -102,16 +103,14 @@ def refresh(owner: nn.Module, inputs: Sequence[object], as_list: bool = True) ->
 
 
 def watch(owner: nn.Module) -> Watch:
-    """(dict, snapshot of its keys and values) for what the steps depend on: the global hook dicts, and for each
-    module inside the owner its attributes, children, parameters, buffers and hooks. The owner's own attributes
-    and hooks are left out: its hooks run around the replayed forward as around any, and its ``__dict__`` holds
-    this very state (a reference cycle through the extension's handle, which the garbage collector cannot see)."""
+    """(dict, snapshot of its keys and values) for what the steps depend on: the global hook dicts, and for the
+    owner and each module inside it its attributes, children, parameters, buffers and hooks. The watch is a
+    Python list on the owner's ``Replay``, not inside the extension's handle, so the garbage collector sees the
+    references it holds (the handle holds C++ objects only)."""
     g = nn.modules.module
-    dicts = [g._global_forward_hooks, g._global_forward_pre_hooks, owner._modules, owner._parameters,
-             owner._buffers]
+    dicts = [g._global_forward_hooks, g._global_forward_pre_hooks]
     for m in owner.modules():
-        if m is not owner:
-            dicts += [m.__dict__, m._modules, m._parameters, m._buffers, m._forward_hooks, m._forward_pre_hooks]
+        dicts += [m.__dict__, m._modules, m._parameters, m._buffers, m._forward_hooks, m._forward_pre_hooks]
     return [(d, tuple(itertools.chain.from_iterable(d.items()))) for d in dicts]
 
 
