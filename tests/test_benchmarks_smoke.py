@@ -150,6 +150,8 @@ def test_summary_renders_op_level_runs_with_speedups(suite_json, tmp_path):
     ("cpu_page_faults.py", ["--model", "hrnet_w18_small", "--input-size", "64x64", "--batch", "1", "--calls", "2",
                             "--threads", "1"]),
     ("cpu_conv_call_cost.py", ["--calls", "3", "--threads", "1"]),
+    ("cpu_forward_routes.py", ["--model", "hrnet_w18_small", "--input-size", "64x64", "--threads", "1",
+                               "--min-time", "0", "--no-compile"]),
 ])
 def test_measurement_scripts_run_and_their_results_are_summarized(tmp_path, script, args):
     """Each CPU measurement script runs on tiny settings, records its command, and summarize.py lists it."""
@@ -169,6 +171,10 @@ def test_measurement_scripts_run_and_their_results_are_summarized(tmp_path, scri
     if script == "cpu_overhead.py":
         assert result["wall_ms"] > 0 and 0 <= result["kernels_pct"] <= 100 and result["onednn_primitives"] > 0
         assert result["replay"] is False and result["replayed_calls"] == 0
+    elif script == "cpu_forward_routes.py":
+        rows = {r["route"]: r for r in result["rows"]}
+        assert set(rows) == {"module path", "replayed"} and all(r["median_ms"] > 0 for r in rows.values())
+        assert rows["replayed"]["max_abs_diff_vs_module_path"] == 0.0  # the same kernels, the same bits
     else:
         assert result["rows"] and all(v for row in result["rows"] for v in row.values() if not isinstance(v, int))
     summarize = _summarize_module()
