@@ -66,6 +66,23 @@ def test_converting_a_converted_model_returns_it_with_new_options(model):
         hrnet_fast.convert(fast, dtype=torch.bfloat16)
 
 
+def test_a_new_backend_in_place_drops_the_old_backends_prepared_weights(model):
+    """After CPU calls have made each conv's kept oneDNN primitives, switching the same model to the torch backend
+    runs ATen's convolution: no call may reach the primitives prepared for the cpu backend."""
+    from torch.profiler import ProfilerActivity, profile
+    fast = hrnet_fast.convert(model)
+    x = image()
+    want = fast(x)
+    fast(x)
+    hrnet_fast.convert(fast, backend="torch", inplace=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = fast(x)
+    ran = {e.key for e in prof.key_averages()}
+    assert "hrnet_fast_C::onednn_conv" not in ran and "hrnet_fast_C::replay" not in ran
+    assert "aten::convolution" in ran or "aten::mkldnn_convolution" in ran, sorted(ran)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 # -- dtype and device moves -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("move", ["half", "bfloat16", "double", "to_dtype", "float_of_half"])

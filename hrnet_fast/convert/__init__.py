@@ -237,6 +237,8 @@ def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Opt
         for m in target.modules():
             if hasattr(m, "requested_backend"):
                 m.requested_backend = backend
+            if isinstance(m, FusedConvBNAct):
+                m._prepared.clear()  # a form prepared for the old backend (kept oneDNN primitives) would still run
     if channels_last is not None:
         target.channels_last = channels_last
         _store_weights(target.inner, channels_last)
