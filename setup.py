@@ -9,7 +9,7 @@ ships as the package ``hrnet_fast_kernels``. Metadata lives in pyproject.toml.
 import importlib.util
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _load_extension_module():
@@ -41,7 +41,8 @@ def extension():
 
 
 setup(
-    packages=["hrnet_fast", "hrnet_fast.ops", "hrnet_fast.convert", "hrnet_fast_kernels"],
+    # Every subpackage (models, checkpoints, bench, evaluate ...): a hand-kept list left some out of wheels.
+    packages=find_packages(include=["hrnet_fast", "hrnet_fast.*"]) + ["hrnet_fast_kernels"],
     package_dir={"hrnet_fast_kernels": "kernels"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
