@@ -1,11 +1,13 @@
-"""Hypothesis profiles for the property-based op tests (tests/test_fuzz_ops.py), chosen with ``HRNET_FAST_FUZZ``.
+"""Hypothesis profiles for the property-based op tests (tests/test_fuzz_conv_bn_act.py,
+tests/test_fuzz_multires_fuse.py; their runner: tests/fuzz_harness.py), chosen with ``HRNET_FAST_FUZZ``.
 
     ci    (default) 100 cases per op and backend, 15 on the triton backend under TRITON_INTERPRET=1 (its
           interpreter is ~1,000x slower), derandomized: every CI run checks the same cases
     long  1,000 cases per op and backend, the interpreted triton included (its cases are drawn smaller);
           fresh random cases on every run (a failure prints the ``@reproduce_failure`` blob that replays it)
 
-    HRNET_FAST_FUZZ=long .venv/bin/python -m pytest tests/test_fuzz_ops.py -q -rA -s -p no:cacheprovider
+    HRNET_FAST_FUZZ=long .venv/bin/python -m pytest tests/test_fuzz_conv_bn_act.py tests/test_fuzz_multires_fuse.py \
+        tests/test_ops_special_values.py -q -rA -s -p no:cacheprovider
 
 Neither profile keeps an example database: the ci cases are fixed by derandomization, and a long-run failure is
 reproduced from its printed blob.

@@ -11,7 +11,7 @@ import hrnet_fast
 from hrnet_fast.ops import extension
 
 
-from test_bad_inputs import run_cli as run  # (exit status, stdout, stderr) of hrnet-fast argv in this process
+from bad_inputs import run_cli as run  # (exit status, stdout, stderr) of hrnet-fast argv in this process
 
 
 def test_version(capsys):

@@ -30,7 +30,7 @@ CAPS = {
     "avx512_core": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
 }
 TESTS = ["tests/test_cpu_conv_paths.py", "tests/test_cpu_conv.py",
-         "tests/test_fuzz_ops.py::test_conv_bn_act_fp16_accumulates_in_fp32"]
+         "tests/test_ops_special_values.py::test_conv_bn_act_fp16_accumulates_in_fp32"]
 SELECTION = "not 56x56 and not 64x48"
 # Converted models' CPU convolutions (the kept oneDNN primitives read the cap too) and what compares them.
 CONVERTED_TESTS = ["tests/test_onednn_conv.py", "tests/test_residual_in_place.py", "tests/test_replay.py",
