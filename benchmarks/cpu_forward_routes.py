@@ -18,11 +18,10 @@ import time
 
 import torch
 
-import hrnet_fast
 from hrnet_fast import cpu_features
-from hrnet_fast.calibrate import calibrate_bn
+from hrnet_fast.convert import replay
 from hrnet_fast.timing import time_round_robin
-from script_support import command, emit
+from script_support import add_model_arguments, command, converted_model, emit
 
 
 def module_path(model):
@@ -37,25 +36,14 @@ def module_path(model):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="hrnet_w18")
-    p.add_argument("--input-size", default="224x224", help="HxW")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    add_model_arguments(p)
     p.add_argument("--min-time", type=float, default=5.0, help="seconds of timed calls per route")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out (it compiles for minutes)")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
-    if os.environ.get("HRNET_FAST_NO_REPLAY") == "1":
+    if not replay.enabled():
         p.error("HRNET_FAST_NO_REPLAY=1 is set: the replayed route would take the module path too")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    h, w = (int(v) for v in args.input_size.lower().split("x"))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    model = hrnet_fast.create_model(args.model)
-    calibrate_bn(model, (h, w), steps=1, batch=2)
-    fast = hrnet_fast.convert(model.eval(), dtype=dtype)
-    x = torch.randn(args.batch, 3, h, w).to(dtype)
+    fast, x, (h, w) = converted_model(args)
     routes = {"module path": module_path(copy.deepcopy(fast)), "replayed": fast}
     compile_s = None
     if not args.no_compile:

@@ -36,11 +36,10 @@ from typing import Dict, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import hrnet_fast
 from hrnet_fast import cpu_features
-from hrnet_fast.calibrate import calibrate_bn
+from hrnet_fast.convert import replay
 from hrnet_fast.ops import cpu_conv, extension
-from script_support import command, emit
+from script_support import add_model_arguments, command, converted_model, emit
 
 # Ops whose self time is oneDNN's execution plus ATen's set-up of the call.
 ONEDNN_OPS = ("hrnet_fast_C::onednn_conv", "mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_",
@@ -123,22 +122,11 @@ def measure(model, x, repeats: int) -> Dict[str, object]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="hrnet_w18")
-    p.add_argument("--input-size", default="224x224", help="HxW")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_model_arguments(p)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    h, w = (int(v) for v in args.input_size.lower().split("x"))
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    model = hrnet_fast.create_model(args.model)
-    calibrate_bn(model, (h, w), steps=1, batch=2)
-    fast = hrnet_fast.convert(model.eval(), dtype=dtype)
-    x = torch.randn(args.batch, 3, h, w).to(dtype)
+    fast, x, (h, w) = converted_model(args)
     with torch.inference_mode():
         for _ in range(3):
             fast(x)
@@ -147,7 +135,7 @@ def main() -> None:
     out = {"command": command(), "model": args.model, "input_size": [h, w],
            "batch": args.batch, "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__,
            "cpu": cpu_features.summary(), "conv_path": cpu_conv.availability()[1],
-           "replay": os.environ.get("HRNET_FAST_NO_REPLAY") != "1",
+           "replay": replay.enabled(),
            "loadavg_before_after": [load_before, os.getloadavg()[0]], **result}
     emit(out, args.json)
 
