@@ -14,6 +14,7 @@ import torch.nn as nn
 import hrnet_fast
 from hrnet_fast.convert import cuda_graph
 from hrnet_fast.ops import extension
+from tolerance import assert_model_matches
 
 
 def small_model() -> nn.Module:
@@ -76,8 +77,8 @@ def cache(monkeypatch):
     model = small_model()
     captures = []
 
-    def capture(self, x):
-        static_in = x.clone()
+    def capture(self, x, batch):
+        static_in = self._static_input(x, batch)
         graph = FakeGraph(self.fn, static_in)
         captures.append(graph)
         return graph, static_in, graph.static_out
@@ -86,6 +87,11 @@ def cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     gc = cuda_graph.GraphCache(lambda x: model(x), max_graphs=2, module=model)
     return gc, model, captures
+
+
+def test_batch_bucket_is_the_next_power_of_two():
+    assert [cuda_graph.batch_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 31, 32, 33)] == [1, 2, 4, 4, 8, 8, 16, 32,
+                                                                                     32, 64]
 
 
 def test_graphs_are_reused_until_the_model_changes(cache):
@@ -116,6 +122,60 @@ def test_cache_is_bounded_and_clear_drops_everything(cache):
         assert len(gc) == 0
         gc(torch.randn(1, 3, 8, 8))
         assert len(captures) == 5
+
+
+def test_bucketed_batches_share_a_graph_and_return_their_own_rows(cache):
+    gc, model, captures = cache
+    gc.bucket_batches = True
+    gc.max_graphs = 8
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n in (3, 4, 2, 3):  # buckets 4, 4, 2, 4
+            x = torch.randn(n, 3, 8, 8)
+            y = gc(x)
+            assert y.shape[0] == n
+            torch.testing.assert_close(y, model(x), rtol=0, atol=0)
+        assert len(captures) == 2 and len(gc) == 2
+        assert [g.static_in.shape[0] for g in captures] == [4, 2]
+        x = torch.randn(5, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(gc(x), model(x), rtol=0, atol=0)
+        assert captures[-1].static_in.shape[0] == 8
+        assert captures[-1].static_in.is_contiguous(memory_format=torch.channels_last)
+        assert gc(torch.randn(0, 3, 8, 8)).shape[0] == 0 and len(captures) == 3  # batch 0: no graph
+
+
+def test_bucketing_turns_off_for_outputs_without_a_batch_dimension(cache):
+    gc, model, captures = cache
+    gc.fn = lambda x: model(x).sum(dim=0).flatten()  # one output for the whole batch: padded rows would change it
+    gc.bucket_batches = True
+    x = torch.randn(3, 3, 8, 8)
+    assert gc.key(x)[0][0] == 4
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="do not all lead with the batch dimension"):
+        y = gc(x)
+    assert not gc.bucket_batches and gc.key(x)[0][0] == 3
+    assert [g.static_in.shape[0] for g in captures] == [4, 3] and len(gc) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(x).sum(dim=0).flatten(), rtol=0, atol=0)
+
+
+def test_graph_mode_of_converted_models():
+    """None (the default) replays graphs for CUDA inputs only; False never builds a cache; a converted model
+    given to convert() again keeps its mode unless told otherwise."""
+    model = calibrated()
+    fast = hrnet_fast.convert(model)
+    assert fast.cuda_graph is None and fast.graphs is not None and fast.graphs.bucket_batches
+    assert "cuda_graph=auto" in repr(fast)
+    called = []
+    fast.graphs = type("Recorder", (), {"__call__": lambda self, x: called.append(x)})()
+    fast(torch.randn(1, 3, 64, 64))
+    assert not called  # a CPU input runs the fused model directly
+    off = hrnet_fast.convert(model, cuda_graph=False)
+    assert off.graphs is None and "cuda_graph=False" in repr(off)
+    again = hrnet_fast.convert(off)
+    assert again.graphs is None and again.cuda_graph is False
+    import torchvision
+    generic = hrnet_fast.convert(torchvision.models.resnet18().eval())
+    assert not generic.graphs.bucket_batches  # not an HRNet: graphs per exact shape
 
 
 # -- GPU --------------------------------------------------------------------------------------------------------
@@ -177,3 +237,36 @@ def test_gpu_model_on_the_second_device(backend, graphs):
     y = fast(x.to("cuda:1"))
     assert y.device == torch.device("cuda:1")
     torch.testing.assert_close(y.cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=("fp16", "bf16"))
+def test_gpu_triton_backend_under_graphs(dtype, tmp_path, monkeypatch):
+    """The Triton convs and fusions captured in a graph: the tuned configs are what capture launches (warm-up
+    loads them), also when the choice comes from the tuning file of an earlier process."""
+    from hrnet_fast_kernels import tuning
+    monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path / "tuning.json"))
+    ref = calibrated().cuda()
+    x = torch.randn(3, 3, 64, 64, device="cuda")
+    for _ in range(2):  # second round: a fresh process's view, every choice read from the file
+        tuning.forget()
+        fast = hrnet_fast.convert(ref, dtype=dtype, backend="triton", cuda_graph=True)
+        y = assert_model_matches(ref, fast, x, dtype)[0]
+        assert len(fast.graphs) == 1
+        torch.testing.assert_close(fast(x.to(dtype)), y, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_default_replays_graphs_per_batch_bucket():
+    ref = calibrated().cuda()
+    fast = hrnet_fast.convert(ref)
+    assert fast.cuda_graph is None
+    with torch.no_grad():
+        for n in (5, 8, 6):  # one graph, for batch 8
+            assert_model_matches(ref, fast, torch.randn(n, 3, 64, 64, device="cuda"))
+        assert len(fast.graphs) == 1
+        fast(torch.randn(1, 3, 64, 64, device="cuda"))
+        assert len(fast.graphs) == 2
+        eager = hrnet_fast.convert(ref, cuda_graph=False)
+        x = torch.randn(5, 3, 64, 64, device="cuda")
+        torch.testing.assert_close(fast(x), eager(x), rtol=1e-3, atol=1e-3)

@@ -91,8 +91,8 @@ def equivalent_command(settings: Settings) -> str:
              "--warmup", str(settings.warmup)]
     if settings.peers:
         parts += ["--peers", ",".join(settings.peers)]
-    if settings.cuda_graph:
-        parts.append("--cuda-graph")
+    if settings.cuda_graph is not None:
+        parts.append("--cuda-graph" if settings.cuda_graph else "--no-cuda-graph")
     if settings.threads is not None:
         parts += ["--threads", str(settings.threads)]
     parts += ["--reps", str(settings.reps)] if settings.reps is not None else ["--min-time", f"{settings.min_time:g}"]

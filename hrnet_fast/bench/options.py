@@ -98,7 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch, ONNX Runtime and OpenVINO (default: torch's, one per core); on "
                              "a busy machine 1 avoids threads waiting on each other at every op")
-    parser.add_argument("--cuda-graph", action="store_true", help="convert with cuda_graph=True (GPU only)")
+    graphs = parser.add_mutually_exclusive_group()
+    graphs.add_argument("--cuda-graph", dest="cuda_graph", action="store_const", const=True, default=None,
+                        help="convert with cuda_graph=True (GPU only; the default on a GPU already replays graphs)")
+    graphs.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_const", const=False,
+                        help="convert with cuda_graph=False: time the converted model launching kernel by kernel")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per implementation and cell (default: 3)")
     parser.add_argument("--reps", type=int, default=None,
                         help="exact timed calls per implementation and cell (default: as many as --min-time takes)")

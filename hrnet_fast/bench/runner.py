@@ -103,8 +103,9 @@ def _count(results: Results, name: str, dtype: str, model: nn.Module, impls: Dic
     s = results.settings
     x = _input(COUNT_BATCH, s, dtype)
     converted = impls["converted"]
-    if s.cuda_graph:
-        converted = build_implementation("converted", model, s.device, dtype, input_size=s.input_size)
+    if s.device.type == "cuda" and s.cuda_graph is not False:
+        converted = build_implementation("converted", model, s.device, dtype, input_size=s.input_size,
+                                         cuda_graph=False)
     for impl, runner in (("reference", impls["reference"]), ("converted", converted)):
         with torch.no_grad():
             runner.forward(runner.prepare(x))  # first-call work (CPU weight packing, autotuning) is not per forward

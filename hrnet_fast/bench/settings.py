@@ -26,7 +26,7 @@ class Settings:
     device: torch.device
     input_size: Tuple[int, int]
     peers: List[str]
-    cuda_graph: bool = False
+    cuda_graph: Optional[bool] = None  # convert()'s cuda_graph: None = its default (graphs on CUDA)
     threads: Optional[int] = None
     warmup: int = 3
     reps: Optional[int] = None

@@ -74,7 +74,7 @@ def describe_backend(backend: Optional[str], device: torch.device) -> str:
 
 
 def build_converted(reference: nn.Module, dtype: torch.dtype, backend: Optional[str],
-                    cuda_graph: bool) -> nn.Module:
+                    cuda_graph: Optional[bool]) -> nn.Module:
     """``hrnet_fast.convert`` of the reference (a new module; the reference is left as it is)."""
     from ..convert import convert
 

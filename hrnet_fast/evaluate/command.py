@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> Dict:
         candidates.append(Candidate("reference", reference, "fp32", "eager"))
     if not args.no_converted:
         backend = describe_backend(args.backend, device)
-        converted = build_converted(reference, DTYPES[args.dtype], args.backend, args.cuda_graph)
+        converted = build_converted(reference, DTYPES[args.dtype], args.backend, args.cuda_graph or None)
         candidates.append(Candidate("converted", converted, args.dtype, backend))
 
     dataset = EvalImageDataset(samples, args.resize, args.crop)

@@ -6,7 +6,7 @@ follow from the spec.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ def peer_implementations(peer: str) -> List[str]:
 
 
 def build_implementation(name: str, model: nn.Module, device: torch.device, dtype: str, *,
-                         input_size: Tuple[int, int] = (224, 224), cuda_graph: bool = False) -> Implementation:
+                         input_size: Tuple[int, int] = (224, 224), cuda_graph: Optional[bool] = None) -> Implementation:
     """The implementation ``name`` (reference, converted or a peer's) of ``model`` at precision ``dtype``."""
     if name not in SPECS:
         raise ValueError(f"unknown implementation {name!r}; choose from {', '.join(SPECS)}")

@@ -45,7 +45,7 @@ class BuildContext:
     device: torch.device
     dtype: str
     input_size: Tuple[int, int] = (224, 224)
-    cuda_graph: bool = False
+    cuda_graph: Optional[bool] = None  # convert()'s: None = graphs wherever the model runs on CUDA
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -1,5 +1,5 @@
-"""``hrnet_fast.convert()``: the model with BN folded and the fused ops swapped in; with ``--cuda-graph`` the
-converted model replays each input shape's forward from one captured CUDA graph."""
+"""``hrnet_fast.convert()``: the model with BN folded and the fused ops swapped in; on a GPU (unless
+``--no-cuda-graph``) the converted model replays each input shape's forward from one captured CUDA graph."""
 from __future__ import annotations
 
 import copy
