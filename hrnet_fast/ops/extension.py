@@ -14,9 +14,11 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import shlex
 import shutil
 import struct
 import sys
+import tempfile
 from types import ModuleType
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -133,6 +135,48 @@ def build_config(with_cuda: bool, root: str = ROOT) -> Dict[str, List[str]]:
         "nvcc": ["-O3", "-lineinfo"] + defines,
         "ldflags": ldflags,
     }
+
+
+def ninja_variable(build_ninja: str, name: str) -> List[str]:
+    """The flags a build.ninja file assigns to the variable ``name`` (``name = ...`` at the top level), split as
+    the shell would; [] when the file does not set it. torch writes flags unescaped, one line per variable."""
+    prefix = f"{name} = "
+    line = next((line for line in build_ninja.splitlines() if line.startswith(prefix) or line == name + " ="), None)
+    return [] if line is None else shlex.split(line[len(prefix):])
+
+
+def nvcc_flags(cpp_extension: ModuleType, arch: str = "9.0") -> List[str]:
+    """Every nvcc flag torch's own extension build (``cpp_extension``: the module ``torch.utils.cpp_extension``
+    of the torch to build against) puts on the command line of csrc/**/*.cu for GPU ``arch`` (a compute capability
+    like "9.0"), the extension's ``build_config`` flags included: the C++ standard, COMMON_NVCC_FLAGS, the
+    ``-gencode`` arch flags, the defines and the include directories (torch's headers under its ``_TORCH_PATH``).
+
+    Torch keeps the standard (c++17 up to 2.11, c++20 since) as a literal inside the function that writes the
+    ninja file, so the flags are read from a build.ninja that function writes into a temporary directory: the same
+    line ``build()`` compiles with, and the same ingredients setup.py's ``BuildExtension`` uses. Needs CUDA_HOME
+    set before ``cpp_extension`` was imported (``cuda_toolchain()``); nothing is compiled.
+    """
+    cfg = build_config(with_cuda=True)
+    saved = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch  # one binary: torch's arch flags, from its own arch-list parsing
+    try:
+        with tempfile.TemporaryDirectory(prefix="hrnet_fast_flags_") as tmp:
+            path = os.path.join(tmp, "build.ninja")
+            cpp_extension._write_ninja_file_to_build_library(
+                path, "_C", [s for s in cfg["sources"] if s.endswith(".cu")], cfg["cxx"], cfg["nvcc"], [],
+                cfg["ldflags"], cfg["include_dirs"], True, False, False)  # with_cuda, with_sycl, is_standalone
+            with open(path) as f:
+                text = f.read()
+    finally:
+        if saved is None:
+            del os.environ["TORCH_CUDA_ARCH_LIST"]
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = saved
+    flags = ninja_variable(text, "cuda_cflags") + ninja_variable(text, "cuda_post_cflags")
+    if not any(flag.startswith("-std=") for flag in flags):
+        raise RuntimeError(f"torch {getattr(cpp_extension, '__file__', cpp_extension)} wrote no -std= flag for nvcc "
+                           f"into build.ninja; its build helpers changed:\n{text}")
+    return flags
 
 
 @functools.lru_cache(maxsize=None)
