@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import extension
-from ..ops.weights import version
+from ..ops.tensor_identity import version
 
 Watch = List[Tuple[dict, tuple]]
 

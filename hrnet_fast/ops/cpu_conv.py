@@ -41,8 +41,9 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from . import onednn_conv, weights
+from . import onednn_conv
 from .onednn_conv import OnednnConv
+from .tensor_identity import version
 
 
 # oneDNN's fused post-op convolution and weight packing (``_convolution_pointwise``, its ``.binary`` variant,
@@ -161,7 +162,7 @@ _packed_cache: Dict[int, Tuple[weakref.ref, Tuple, Optional[torch.Tensor]]] = {}
 
 def _packed_for(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequence[int]) -> Optional[torch.Tensor]:
     """``pack_weight(weight, ...)``, packed once per weight tensor (and again after an in-place change)."""
-    key = (weights.version(weight), stride, padding, tuple(x_shape[1:]))
+    key = (version(weight), stride, padding, tuple(x_shape[1:]))
     entry = _packed_cache.get(id(weight))
     if entry is not None and entry[0]() is weight and entry[1] == key:
         return entry[2]

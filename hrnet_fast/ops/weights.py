@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import cpu_conv
+from .tensor_identity import signature, version
+
 if TYPE_CHECKING:
     from .onednn_conv import OnednnConv
 
@@ -46,7 +49,6 @@ def dense_in_activation_layout(weight: torch.Tensor, *, stride: int, padding: in
 def preparer(backend: str) -> Preparer:
     """The function building conv_bn_act's weight for ``backend`` (see the module docstring)."""
     if backend == "cpu":
-        from . import cpu_conv
         return cpu_conv.prepare_weight
     if backend == "triton":
         return _triton_packed
@@ -57,19 +59,6 @@ def _triton_packed(weight: torch.Tensor, **_) -> torch.Tensor:
     """The Triton conv's K-major, 16-byte padded form (a [Cout, Cin, k, k] view the kernel reads directly)."""
     from hrnet_fast_kernels.conv_bn_act import pack_weight
     return pack_weight(weight)
-
-
-def version(t: torch.Tensor) -> int:
-    """``t``'s in-place write counter; -1 for an inference tensor, which keeps none (and cannot be written in
-    place outside inference mode)."""
-    return -1 if t.is_inference() else t._version
-
-
-def signature(t: torch.Tensor) -> Tuple:
-    """What identifies ``t``'s contents for a consumer holding its pointer: where it lives and how often it was
-    written in place. A move, a cast or a replaced tensor changes the pointer; an in-place write the version
-    (inference tensors keep no version counter: in-place writes to them under inference mode go unseen)."""
-    return t.data_ptr(), version(t), t.device, t.dtype
 
 
 class PreparedWeight:
