@@ -22,11 +22,14 @@ class FakeNative:
         self.calls = []
         self.refuse_channels = refuse_channels
         self.error = error or RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+        self.fallback_error = None  # raised by the unfused path, for every problem
 
     def __call__(self, x, weight, bias, residual, stride, padding, relu, library_fused):
         self.calls.append(library_fused)
         if library_fused and x.shape[1] == self.refuse_channels:
             raise self.error
+        if not library_fused and self.fallback_error is not None:
+            raise self.fallback_error
         return conv_bn_act_ref(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=relu)
 
 
@@ -111,11 +114,78 @@ def test_without_relu_or_cudnn_there_is_nothing_to_decide(native, monkeypatch):
     assert native.calls == [False, False] and cuda_conv.decisions() == {}
 
 
-def test_out_of_memory_is_not_taken_for_a_refusal(native):
-    native.error = torch.cuda.OutOfMemoryError("CUDA out of memory")
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        run(*problem(3))
+# What torch 2.11 raises when cuDNN declines a fused problem (aten/src/ATen/native/cudnn/Conv_v8.cpp for the v8/v9
+# API; cudnn_frontend's exception text, "<what failed> cudnn_status: <status>"; the v7 path's CuDNNError).
+REFUSALS = [
+    "GET was unable to find an engine to execute this computation",
+    "FIND was unable to find an engine to execute this computation",
+    "CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: cudnnFinalize Descriptor Failed cudnn_status: CUDNN_STATUS_NOT_SUPPORTED",
+    "CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: cudnnFinalize Descriptor Failed cudnn_status: "
+    "CUDNN_STATUS_NOT_SUPPORTED_GRAPH_PATTERN",
+    "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED",
+]
+
+
+@pytest.mark.parametrize("message", REFUSALS)
+def test_each_cudnn_refusal_falls_back_with_one_warning(native, message):
+    native.error = RuntimeError(f"{message}\nException raised from run_fused_conv at Conv_v8.cpp (most recent call "
+                                f"first)")
+    x, w, b, r = problem(3)
+    with pytest.warns(RuntimeWarning, match="cuDNN has no fused conv") as record:
+        y = run(x, w, b, r)
+    assert len(record) == 1 and message in str(record[0].message)
+    assert "(1, 3, 9, 9)" in str(record[0].message)  # names the problem
+    assert native.calls == [True, False] and list(cuda_conv.decisions().values()) == [False]
+    assert_matches_reference(y, conv_bn_act_ref, x, w, b, stride=1, padding=1, residual=r, relu=True)
+
+
+FAULTS = [  # (type, message) of errors that are not cuDNN declining: each must propagate
+    (torch.AcceleratorError, "CUDA error: an illegal memory access was encountered"),
+    (RuntimeError, "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be asynchronously "
+                   "reported at some other API call"),
+    (RuntimeError, "CUDA error: unspecified launch failure"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_BAD_PARAM"),
+    (RuntimeError, "cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"),
+    (RuntimeError, "CUDNN_BACKEND_TENSOR_DESCRIPTOR: Check and Set CUDNN_ATTR_TENSOR_STRIDES cudnn_status: "
+                   "CUDNN_STATUS_BAD_PARAM"),
+    (RuntimeError, "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cuda:1!"),
+    (torch.cuda.OutOfMemoryError, "CUDA out of memory. Tried to allocate 2.00 GiB"),
+]
+
+
+@pytest.mark.parametrize("kind, message", FAULTS, ids=lambda v: v.__name__ if isinstance(v, type) else v[:40])
+def test_a_fault_is_raised_with_the_problem_and_decides_nothing(native, kind, message):
+    native.error = error = kind(message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no refusal warning
+        with pytest.raises(kind) as raised:
+            run(*problem(3))
+    assert raised.value is error  # same object: type and traceback kept
+    assert message in str(raised.value)
+    assert "cuDNN's fused conv+bias+ReLU failed on x (1, 3, 9, 9) torch.float32 channels_last" in str(raised.value)
+    assert "weight (8, 3, 3, 3), stride 1, padding 1" in str(raised.value)
+    assert native.calls == [True]  # no fallback ran over the fault
     assert cuda_conv.decisions() == {}
+
+
+def test_a_refusal_whose_fallback_fails_is_a_fault(native):
+    """A CUDA fault inside cuDNN's engine search reads as "no engine"; the sticky error then fails the fallback."""
+    native.error = RuntimeError(REFUSALS[0])
+    native.fallback_error = torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(torch.AcceleratorError, match="failed after cuDNN refused to run it fused") as raised:
+            run(*problem(3))
+    assert "illegal memory access" in str(raised.value)
+    assert native.calls == [True, False] and cuda_conv.decisions() == {}
+
+
+@pytest.mark.parametrize("message", REFUSALS)
+def test_is_refusal_reads_only_cudnn_declining(message):
+    assert cuda_conv.is_refusal(RuntimeError(message))
+    assert not cuda_conv.is_refusal(torch.cuda.OutOfMemoryError(message))
+    assert not cuda_conv.is_refusal(ValueError(message))
+    assert not any(cuda_conv.is_refusal(kind(fault)) for kind, fault in FAULTS)
 
 
 def test_triton_fp32_dot_precision_follows_the_cudnn_tf32_flag(monkeypatch):

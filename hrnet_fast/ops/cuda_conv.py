@@ -6,7 +6,9 @@ cuDNN's fused operation (``at::cudnn_convolution_relu`` / ``_add_relu``) has no 
 68506 report such failures). Which problems it takes is decided once per (shapes, stride, padding, residual,
 dtype, layout, TF32 flag, device), on the first call outside a CUDA-graph capture: the fused op is tried, and
 if cuDNN refuses, the problem is recorded as unfused (with one warning) and that call and every later one run
-the fallback. Inside a capture nothing is tried (a failing cuDNN call would invalidate the capture): an
+the fallback. Only cuDNN's own "not supported" errors count as a refusal (``is_refusal``); any other error (a CUDA
+fault such as an illegal address or a failed launch, a bad argument, out of memory) propagates, naming the problem,
+and decides nothing. Inside a capture nothing is tried (a failing cuDNN call would invalidate the capture): an
 undecided problem runs the fallback there, undecided still. Converted models warm up before capturing, so
 their problems are decided by then.
 
@@ -15,6 +17,7 @@ Both paths follow ``torch.backends.cudnn.allow_tf32`` for fp32, as an eager conv
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from typing import Callable, Dict, Optional, Tuple
 
@@ -40,9 +43,34 @@ def problem_key(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.
             torch.backends.cudnn.allow_tf32, x.device)
 
 
-def _refused(error: RuntimeError) -> bool:
-    """Whether ``error`` is cuDNN declining the problem, as opposed to running out of memory."""
-    return not isinstance(error, torch.cuda.OutOfMemoryError)
+# What torch raises when cuDNN declines a fused conv problem (ATen/native/cudnn/Conv_v8.cpp, the cuDNN v8/v9 API path
+# of at::cudnn_convolution_relu / _add_relu): after every heuristic and fallback engine config failed, "GET was unable
+# to find an engine to execute this computation" ("FIND ..." under torch.backends.cudnn.benchmark); building the
+# operation graph fails before that with a cudnn_frontend error ending in "cudnn_status: CUDNN_STATUS_NOT_SUPPORTED"
+# (cuDNN 9 adds sub-codes: _GRAPH_PATTERN, _SHAPE, _DATA_TYPE, _LAYOUT ...); the legacy v7 path raises "cuDNN error:
+# CUDNN_STATUS_NOT_SUPPORTED". Other statuses (BAD_PARAM, EXECUTION_FAILED, INTERNAL_ERROR) and CUDA errors are faults.
+_REFUSAL = re.compile(r"(GET|FIND) was unable to find an engine to execute this computation|CUDNN_STATUS_NOT_SUPPORTED")
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is cuDNN declining the problem (no engine for it), as opposed to a fault."""
+    return (isinstance(error, RuntimeError) and not isinstance(error, torch.cuda.OutOfMemoryError)
+            and _REFUSAL.search(str(error)) is not None)
+
+
+def describe_problem(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor], stride: int,
+                     padding: int) -> str:
+    """The problem a call poses, in words: for warnings and errors."""
+    layout = "channels_last" if output_memory_format(x) == torch.channels_last else "NCHW"
+    return (f"x {tuple(x.shape)} {x.dtype} {layout}, weight {tuple(weight.shape)}, stride {stride}, padding {padding}, "
+            f"{'with' if residual is not None else 'no'} residual, on {x.device}")
+
+
+def _with_context(error: BaseException, context: str) -> BaseException:
+    """``error``, its message prefixed with ``context``; its type (an out-of-memory or accelerator error stays one)
+    and traceback kept."""
+    error.args = (f"{context}: {error.args[0]}" if error.args else context, *error.args[1:])
+    return error
 
 
 def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int, padding: int,
@@ -59,14 +87,21 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         try:
             y = native(x, weight, bias, residual, stride, padding, relu, True)
         except RuntimeError as e:
-            if not _refused(e):
-                raise
+            problem = describe_problem(x, weight, residual, stride, padding)
+            if not is_refusal(e):
+                raise _with_context(e, f"hrnet_fast: cuDNN's fused conv+bias+ReLU failed on {problem}")
+            # A fault inside cuDNN's engine search can surface as "no engine" too; a sticky CUDA error then fails
+            # the fallback, which must not be recorded as a refusal.
+            try:
+                y = native(x, weight, bias, residual, stride, padding, relu, False)
+            except RuntimeError as fallback_error:
+                raise _with_context(fallback_error, f"hrnet_fast: conv {problem} failed after cuDNN refused to run "
+                                                    f"it fused ({str(e).splitlines()[0]})") from e
             _fused_ok[key] = False
-            warnings.warn(f"hrnet_fast: cuDNN has no fused conv+bias+ReLU for x {tuple(x.shape)} {x.dtype} "
-                          f"{'channels_last' if output_memory_format(x) == torch.channels_last else 'NCHW'}, weight "
-                          f"{tuple(weight.shape)}, stride {stride} ({str(e).splitlines()[0]}); this conv runs as "
-                          f"convolution + epilogue kernel", RuntimeWarning, stacklevel=2)
-            return native(x, weight, bias, residual, stride, padding, relu, False)
+            warnings.warn(f"hrnet_fast: cuDNN has no fused conv+bias+ReLU for {problem} "
+                          f"({str(e).splitlines()[0]}); this conv runs as convolution + epilogue kernel",
+                          RuntimeWarning, stacklevel=2)
+            return y
         _fused_ok[key] = True
         return y
     return native(x, weight, bias, residual, stride, padding, relu, fused)
