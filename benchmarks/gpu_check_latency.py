@@ -1,4 +1,6 @@
-"""gpu_check stage 'latency': the seed's latency table through ``python -m hrnet_fast bench --json``.
+"""gpu_check stage 'latency' (only with ``gpu_check.sh OUT --stage latency``: the default run's 'measure' stage
+times these implementations and more, interleaved in one process): the seed's latency table through
+``python -m hrnet_fast bench --json``.
 
 On the GPU: HRNet-W18 and W48 at batch 1/8/32, FP32 and FP16, eager NCHW (the reference), eager channels_last,
 converted; then converted with CUDA graphs; then torch.compile with the time left. Each run gets a share of the
@@ -11,7 +13,7 @@ import os
 import sys
 import tempfile
 
-from gpu_check_common import SMOKE, remaining, run_command, stage_main
+from gpu_check_common import SMOKE, run_command, stage_main
 
 GPU_RUNS = [  # (name, extra arguments, share of the budget left when the run starts)
     ("eager_and_converted", ["--models", "w18,w48", "--batch", "1,8,32", "--dtype", "fp32,fp16",
@@ -21,33 +23,37 @@ GPU_RUNS = [  # (name, extra arguments, share of the budget left when the run st
     ("compile", ["--models", "w18", "--batch", "1,8,32", "--dtype", "fp16", "--peers", "compile",
                  "--min-time", "0.5"], 1.0),
 ]
+MIN_RUN_S = 20 if not SMOKE else 5
 SMOKE_RUNS = [("eager_and_converted", ["--models", "w18_small", "--batch", "1", "--dtype", "fp32", "--device", "cpu",
                                        "--input-size", "64", "--peers", "channels_last", "--reps", "2",
                                        "--warmup", "0"], 1.0)]
 
 
-def body(args):
-    runs = {}
+def body(stage, args) -> None:
+    runs = stage.record["runs"] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # Triton's choices persist across the runs (they share tuning keys): later runs skip the timing.
         env = {"HRNET_FAST_TUNING_CACHE": os.path.join(tmp, "tuning.json")}
         for name, extra, share in (SMOKE_RUNS if SMOKE else GPU_RUNS):
-            budget = remaining(args) * share
-            if budget < 20:
-                runs[name] = {"skipped": f"{budget:.0f} s of the stage's budget left"}
+            budget = stage.remaining() * share
+            if budget < MIN_RUN_S:
+                runs[name] = {"skipped": f"budget: {budget:.0f} s of the stage's budget left"}
+                stage.cut(f"run {name} not reached")
                 continue
             path = os.path.join(tmp, f"{name}.json")
             run = run_command([sys.executable, "-m", "hrnet_fast", "bench", "--json", path] + extra, budget, env)
             if run.get("rc") == 0:
                 del run["output_tail"]  # the bench JSON holds the figures
+            elif run.get("timed_out"):
+                stage.cut(f"run {name} stopped by its share of the budget")
             if os.path.exists(path):
                 with open(path) as f:
                     run["bench"] = json.load(f)
             runs[name] = run
-    out = {"runs": runs}
-    if runs["eager_and_converted"].get("rc") != 0:
-        out["status_override"] = "failed"
-    return out
+            stage.save()
+    first = runs[(SMOKE_RUNS if SMOKE else GPU_RUNS)[0][0]]
+    if first.get("rc") not in (0, None):
+        stage.fail(f"the eager and converted run exited {first.get('rc')}")
 
 
 if __name__ == "__main__":

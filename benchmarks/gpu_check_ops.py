@@ -17,13 +17,14 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from gpu_check_common import DEVICE, SMOKE, remaining, stage_main, stats
+from gpu_check_common import DEVICE, SMOKE, stage_main
 
 INPUT_SIZE = (64, 64) if SMOKE else (224, 224)
 DTYPE = torch.float32 if SMOKE else torch.float16
 FUSE_BATCH, CONV_BATCH = (1, 1) if SMOKE else (32, 8)
 TIMING = dict(reps=2, warmup=0) if SMOKE else dict(min_time=0.1, warmup=2)
 REPEAT = 1 if SMOKE else 10
+MIN_ROW_S = 2.0  # a call is not started with less of the budget left (its Triton compile alone may take that)
 
 
 def _time(fns):
@@ -54,13 +55,13 @@ def copy_bandwidth():
     return {"bytes": 2 * n, **t.as_dict(), "GBps": 2 * n / (t.median_ms * 1e6)}
 
 
-def fuse_rows(fuses, copy_gbps, args):
+def fuse_rows(fuses, copy_gbps, stage):
     from hrnet_fast import ops
     from hrnet_fast.ops.reference import multires_fuse_ref
     rows = []
     for f in fuses:
-        if remaining(args) < 10:
-            rows.append({"call": f, "skipped": "stage budget spent"})
+        if stage.remaining() < MIN_ROW_S:
+            rows.append({"call": f, "skipped": "budget"})
             continue
         x = _cl(FUSE_BATCH, f["c"], f["h"], f["w"])
         low = [_cl(FUSE_BATCH, f["c"], h, w) for h, w in f["low"]]
@@ -76,12 +77,12 @@ def fuse_rows(fuses, copy_gbps, args):
     return rows
 
 
-def conv_rows(convs, args):
+def conv_rows(convs, stage):
     from hrnet_fast import ops
     rows = []
     for s in convs:
-        if remaining(args) < 10:
-            rows.append({"call": s, "skipped": "stage budget spent"})
+        if stage.remaining() < MIN_ROW_S:
+            rows.append({"call": s, "skipped": "budget"})
             continue
         conv = torch.nn.Conv2d(s["cin"], s["cout"], s["k"], s["stride"], s["padding"], bias=False)
         bn = torch.nn.BatchNorm2d(s["cout"]).eval()
@@ -114,17 +115,22 @@ def conv_rows(convs, args):
     return rows
 
 
-def body(args):
+def body(stage, args) -> None:
     from w18_calls import w18_calls
     torch.manual_seed(0)
     convs, fuses = w18_calls(INPUT_SIZE)
     # Most-called first: if the budget runs out, the calls that dominate a forward have been timed.
     convs.sort(key=lambda s: -s["count"])
     fuses.sort(key=lambda f: -f["count"])
-    copy = copy_bandwidth()
-    fuse = fuse_rows(fuses, copy["GBps"], args)
-    conv = conv_rows(convs, args)
-    return {"dtype": str(DTYPE), "layout": "channels_last", "copy": copy, "multires_fuse": fuse, "conv_bn_act": conv}
+    rec = stage.record
+    rec.update(dtype=str(DTYPE), layout="channels_last", copy=copy_bandwidth())
+    stage.save()
+    rec["multires_fuse"] = fuse_rows(fuses, rec["copy"]["GBps"], stage)
+    stage.save()
+    rec["conv_bn_act"] = conv_rows(convs, stage)
+    skipped = sum(1 for r in rec["multires_fuse"] + rec["conv_bn_act"] if "skipped" in r)
+    if skipped:
+        stage.cut(f"{skipped} of {len(fuses) + len(convs)} calls not reached")
 
 
 if __name__ == "__main__":
