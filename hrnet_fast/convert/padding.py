@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.backends import select
-from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct
+from .fused import FUSED_MODULES, FoldedConv, FusedBlock, FusedBranch, FusedConvBNAct, FusedHRModule
 from .heads import FusedSegHead, FusedSegmentation
 from .report import FusionReport
 
@@ -45,6 +45,9 @@ from .report import FusionReport
 _PER_CHANNEL = (nn.Identity, nn.ReLU, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.AdaptiveAvgPool2d,
                 nn.AdaptiveMaxPool2d, nn.ModuleList)
 _PER_CHANNEL_NAMES = ("SequentialList",)
+# What a classification HRNet runs after its final_layer (ours, timm's, the official one): it reads that conv's
+# output, which keeps its width, so it sees no padded map.
+_AFTER_FINAL_LAYER = ("global_pool", "head_drop", "classifier")
 
 
 def check_pad_channels(value: Any) -> None:
@@ -163,6 +166,29 @@ def _is_features_model(net: nn.Module) -> bool:
     return getattr(net, "features_only", False) is True or type(net).__name__ == "HighResolutionNetFeatures"
 
 
+def _last_conv(m: Any) -> Optional[FusedConvBNAct]:
+    """The conv writing a fused branch's output (its last block's last conv)."""
+    if isinstance(m, FusedBranch) and len(m) and isinstance(m[-1], FusedBlock):
+        return m[-1].convs[-1]
+    return None
+
+
+def _returned_widths(net: nn.Module) -> Union[List[int], str]:
+    """The widths of the maps a features_only HRNet returns, in order, read off the convs that write them: the
+    stem (index 0), then each branch's incre module or, without them, stage 4's branch (indices 1..4). (Not from
+    ``feature_info``: timm's gives the stem 64 channels whatever its width.) Ours returns them in ``out_indices``
+    order, timm's by increasing index."""
+    last = net.stage4[-1] if len(net.stage4) else None
+    sources = list(net.incre_modules) if net.incre_modules is not None else \
+        list(last.branches) if isinstance(last, FusedHRModule) else []
+    convs = [net.conv1] + [_last_conv(s) for s in sources]
+    if len(convs) != 5 or not all(isinstance(c, FusedConvBNAct) for c in convs):
+        return "the returned feature maps are not the stem's and four fused branches' outputs"
+    order = getattr(net, "out_indices", None)
+    order = sorted(net.feature_info.out_indices) if order is None else order
+    return [convs[i].weight.shape[0] for i in order]
+
+
 def _plan(inner: nn.Module) -> Union[_Plan, str]:
     """What to pad in ``inner`` (the rewritten model), or why it cannot be padded safely."""
     if isinstance(inner, FusedSegmentation):
@@ -177,10 +203,9 @@ def _plan(inner: nn.Module) -> Union[_Plan, str]:
                         f"in ways padding cannot follow")
             return "only HRNet-structured models are padded"
         if _is_features_model(net):
-            channels = net.feature_info.channels()
-            if not (isinstance(channels, list) and all(isinstance(c, int) for c in channels)):
-                return "feature_info.channels() does not give the returned maps' widths"
-            outlets, outputs = set(), channels
+            outlets, outputs = set(), _returned_widths(net)
+            if isinstance(outputs, str):
+                return outputs
         else:
             final = getattr(net, "final_layer", None)
             if not isinstance(final, FusedConvBNAct):
@@ -189,12 +214,14 @@ def _plan(inner: nn.Module) -> Union[_Plan, str]:
     stem = getattr(net, "conv1", None)
     if not isinstance(stem, FusedConvBNAct):
         return "the stem conv is not a fused conv"
+    unpadded = set()
+    if id(getattr(net, "final_layer", None)) in outlets:
+        unpadded = {id(m) for a in _AFTER_FINAL_LAYER if isinstance(getattr(net, a, None), nn.Module)
+                    for m in getattr(net, a).modules()}
     for name, m in inner.named_modules():
-        if m is inner or m is net or isinstance(m, FUSED_MODULES + (FusedSegHead, FusedSegmentation)) and \
-                not isinstance(m, FoldedConv):
+        if m is inner or m is net or id(m) in unpadded or \
+                isinstance(m, FUSED_MODULES + (FusedSegHead, FusedSegmentation)) and not isinstance(m, FoldedConv):
             continue
-        if isinstance(m, nn.Linear) and name.endswith("classifier") and outputs is None:
-            continue  # after the head's last conv, which keeps its width
         if isinstance(m, _PER_CHANNEL) or type(m).__name__ in _PER_CHANNEL_NAMES or \
                 type(m) is nn.Sequential:
             continue
