@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from .models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet
+from .pretrained import default_cfg, load_pretrained, set_cfg
 
 
 def _stage(modules: int, blocks: Sequence[int], channels: Sequence[int], block: str = "BASIC") -> Dict:
@@ -130,30 +131,6 @@ def resolve_name(name: str) -> str:
     return parse_name(name)[0]
 
 
-def _features_filter(state_dict: Dict, model: HighResolutionNet) -> Dict:
-    """timm's state dict without the entries a features_only model has no modules for (as timm drops them)."""
-    own = model.state_dict()
-    return {k: v for k, v in state_dict.items() if k in own or not model.features_only}
-
-
-def load_pretrained(model: HighResolutionNet, name: str, tag: Optional[str] = None,
-                    pretrained_cfg_overlay: Optional[Dict] = None) -> None:
-    """Loads timm's published weights for ``name`` (``tag``: which of them; None: timm's default) through timm's
-    own machinery: its pretrained config, download and hub cache, classifier and input-channel adaptation.
-    ``pretrained_cfg_overlay=dict(file=PATH)`` loads a local copy instead, as in ``timm.create_model``. Sets
-    ``model.pretrained_cfg`` (and ``default_cfg``) as timm does."""
-    try:
-        from timm.models import load_pretrained as timm_load_pretrained, resolve_pretrained_cfg
-    except ImportError as e:
-        raise ImportError(f"pretrained=True fetches the published weights through timm, which is not installed "
-                          f"(pip install timm); or load a file with hrnet_fast.load_checkpoint ({e})") from e
-    variant = name if tag is None else f"{name}.{tag}"
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
-    timm_load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, in_chans=model.in_chans,
-                         filter_fn=_features_filter, strict=True)
-    model.pretrained_cfg = model.default_cfg = cfg
-
-
 def create_model(name: str, num_classes: Optional[int] = None, features_only: bool = False,
                  out_indices: Optional[Sequence[int]] = None, feature_location: str = "incre",
                  in_chans: int = 3, align_corners: Optional[bool] = None, pretrained: bool = False,
@@ -183,6 +160,17 @@ def create_model(name: str, num_classes: Optional[int] = None, features_only: bo
                          f"only; load a {task} checkpoint into {key} with hrnet_fast.load_checkpoint")
     if pretrained_cfg_overlay is not None and not pretrained:
         raise ValueError("pretrained_cfg_overlay only applies with pretrained=True")
+    model = _build(key, task, num_classes, features_only, out_indices, feature_location, in_chans, align_corners)
+    if pretrained:
+        load_pretrained(model, key, tag, pretrained_cfg_overlay)
+    else:  # what timm's models carry without weights too: the weights' facts, for preprocessing and tools
+        set_cfg(model, default_cfg(key, task, tag or PRETRAINED_TAGS.get(key, (None,))[0], features_only))
+    return model
+
+
+def _build(key: str, task: str, num_classes: int, features_only: bool, out_indices: Optional[Sequence[int]],
+           feature_location: str, in_chans: int, align_corners: Optional[bool]) -> nn.Module:
+    """The freshly initialised model of canonical name ``key`` (arguments checked by ``create_model``)."""
     cfg = layout_of(key)
     if task == "pose":
         return PoseHighResolutionNet(cfg, num_joints=num_classes, in_chans=in_chans)
@@ -192,9 +180,6 @@ def create_model(name: str, num_classes: Optional[int] = None, features_only: bo
     if out_indices is not None and not isinstance(out_indices, (list, tuple, range)):
         raise TypeError(f"out_indices must be a sequence of feature indices within 0..4, e.g. (1, 2, 3, 4); "
                         f"got {out_indices!r}")
-    model = HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
-                              features_only=features_only, feature_location=feature_location,
-                              out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))
-    if pretrained:
-        load_pretrained(model, key, tag, pretrained_cfg_overlay)
-    return model
+    return HighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans, head_conv_bias=key not in SSLD,
+                             features_only=features_only, feature_location=feature_location,
+                             out_indices=tuple(out_indices) if out_indices is not None else (0, 1, 2, 3, 4))

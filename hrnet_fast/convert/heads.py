@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, List, Optional
 import torch
 import torch.nn as nn
 
-from ..ops.folding import fold_bn
+from ..ops.folding import fold_bn, is_foldable_bn
 from . import probe
 from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, fuse, make_conv
 from .fx_fuse import fuse_graph
+from .norm_steps import bn_relu_after
 
 if TYPE_CHECKING:
     from .rewrite import Rewriter
@@ -55,7 +56,11 @@ class FusedSegmentation(nn.Module):
         self.backbone = backbone
         self.head = head
         self.official_layout = official_layout
-        self.num_classes = getattr(backbone, "num_classes", None)  # read through ConvertedModel as on the model
+        # Read through ConvertedModel as on the model.
+        self.num_classes = getattr(backbone, "num_classes", None)
+        for name in ("num_features", "pretrained_cfg", "default_cfg"):
+            if hasattr(backbone, name):
+                setattr(self, name, getattr(backbone, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.official_layout:
@@ -75,7 +80,7 @@ def _head_layers(last: nn.Module, widths: Optional[List[int]]) -> bool:
     if not (isinstance(last, nn.Sequential) and len(last) == 4 and widths):
         return False
     conv, bn, relu, classifier = last
-    return (_is_conv1x1(conv) and isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)
+    return (_is_conv1x1(conv) and is_foldable_bn(bn) and isinstance(relu, nn.ReLU)
             and isinstance(classifier, nn.Conv2d) and conv.in_channels == sum(widths))
 
 
@@ -174,11 +179,12 @@ def _sequential_runs(rw: "Rewriter", path: str, seq: nn.Sequential) -> nn.Sequen
     while i < len(mods):
         m = mods[i]
         if isinstance(m, nn.Conv2d):
-            bn = mods[i + 1] if i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d) else None
-            j = i + 1 + (bn is not None)
-            relu = j < len(mods) and isinstance(mods[j], nn.ReLU)
+            bn, relu, taken = bn_relu_after(mods, i + 1)
+            if bn is None:  # no BN: the conv still takes a ReLU right after it
+                relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
+                taken = int(relu)
             out.append(rw.conv(f"{path}.{i}", m, bn, relu))
-            i = j + relu
+            i += 1 + taken
         else:
             out.append(_fused(rw, f"{path}.{i}", m))
             i += 1

@@ -64,6 +64,9 @@ class HighResolutionNet(HRNetBackbone):
             [dict(num_chs=c, reduction=2 ** (i + 1), module="stem" if i == 0 else f"stage{i}")
              for i, c in enumerate([self.conv1.out_channels] + list(branch))],
             self.out_indices if features_only else range(1 + len(branch)))
+        # Channels of what the classifier sees (the pooled map) or, for a feature extractor, of the last map it
+        # returns (timm's features_only models keep a leftover 2048 / 256 that matches no map).
+        self.num_features = self.feature_info.channels()[-1] if features_only else NUM_FEATURES
         if not features_only:
             head = [c * Bottleneck.expansion for c in HEAD_CHANNELS]
             self.downsamp_modules = nn.ModuleList(

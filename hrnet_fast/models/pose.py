@@ -23,7 +23,8 @@ class PoseHighResolutionNet(HRNetBackbone):
 
     def __init__(self, cfg: Dict, num_joints: int = 17, in_chans: int = 3):
         super().__init__(cfg, in_chans, multi_scale_output=False)
-        self.num_joints = num_joints
+        self.num_joints = self.num_classes = num_joints  # num_classes: the name timm-style code reads
+        self.num_features = self.stage_channels[0]  # channels into the heatmap conv
         self.final_layer = nn.Conv2d(self.stage_channels[0], num_joints, 1, 1, 0)
         self.init_weights()
 

@@ -32,7 +32,7 @@ class SegHighResolutionNet(HRNetBackbone):
         self.num_classes = num_classes
         self.align_corners = resize.align_corners
         self.head_resize = resize
-        width = sum(self.stage_channels)
+        width = self.num_features = sum(self.stage_channels)  # the concatenated branches, and last_layer's width
         self.last_layer = nn.Sequential(
             nn.Conv2d(width, width, 1, 1, 0), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, num_classes, 1, 1, 0))
