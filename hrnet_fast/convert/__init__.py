@@ -22,6 +22,7 @@ from .converted_model import FORWARDED_ATTRIBUTES, ConvertedModel, check_options
 from .cuda_graph import GraphCache
 from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, FusedHRFuse
 from .fx_fuse import fuse_graph
+from .padding import check_pad_channels, default_multiple, pad_model
 from .report import FusionReport
 from .rewrite import Rewriter, find_hrnet, rewrite_hrnet
 
@@ -68,12 +69,17 @@ def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
 
 def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Optional[str],
                channels_last: Optional[bool], cuda_graph: bool, keep_channels_last: bool,
-               inplace: bool) -> ConvertedModel:
-    """``convert`` of a converted model: the same model with the new run options. The dtype cannot change (BN
-    was folded for it); a new backend is set on every fused module."""
+               inplace: bool, pad_channels: Optional[int] = None) -> ConvertedModel:
+    """``convert`` of a converted model: the same model with the new run options. The dtype and the channel
+    padding cannot change (BN was folded for the one, the weights are padded for the other); a new backend is set
+    on every fused module."""
     if dtype is not None and dtype != model.dtype:
         raise TypeError(f"this model was already converted for {model.dtype}; convert the original model for "
                         f"{dtype} instead: hrnet_fast.convert(model, dtype={dtype})")
+    if pad_channels is not None and pad_channels != model.padding.multiple:
+        raise ValueError(f"this model was already converted with pad_channels={model.padding.multiple} (its weights "
+                         f"are padded for it); convert the original model instead: "
+                         f"hrnet_fast.convert(model, pad_channels={pad_channels})")
     check_options(model.device, model.dtype, backend, cuda_graph)
     target = model if inplace else copy.deepcopy(model)
     if backend is not None:
@@ -116,7 +122,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: Optional[str] = None,
             channels_last: Optional[bool] = None, cuda_graph: bool = False, inplace: bool = False,
-            keep_channels_last: bool = False) -> ConvertedModel:
+            keep_channels_last: bool = False, pad_channels: Optional[int] = None) -> ConvertedModel:
     """Returns an inference module with the same outputs as ``model``, running fused kernels.
 
     Args:
@@ -129,11 +135,18 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
         inplace: rewrite ``model`` itself instead of a copy (saves memory; ``model`` is consumed).
         keep_channels_last: return feature maps as the fused kernels wrote them (channels_last) instead of in the
             input's layout, saving one copy per output feature map.
+        pad_channels: round every channel count of an HRNet's fused convs up to this multiple, with zero weights
+            and biases on the added channels (``padding.py``): the same outputs, at the widths cuDNN's fused
+            conv+bias+ReLU and Triton's tensor-core tiles take. None (default): 8 on CUDA (cuDNN), 16 with the
+            triton backend, no padding on CPU (oneDNN blocks channels itself); an int >= 1 on any device (1 = off).
+            The fusion report and the model's repr say what was padded. A converted model keeps its padding.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() takes an nn.Module, got {type(model).__name__}")
+    check_pad_channels(pad_channels)
     if isinstance(model, ConvertedModel):
-        return _reconvert(model, dtype, backend, channels_last, cuda_graph, keep_channels_last, inplace)
+        return _reconvert(model, dtype, backend, channels_last, cuda_graph, keep_channels_last, inplace,
+                          pad_channels)
     if model.training:
         raise RuntimeError("convert() folds BatchNorm running statistics, so the model must be in eval mode: "
                            "call model.eval() first")
@@ -157,13 +170,15 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
                 Rewriter(dtype, backend, report).children("", target)
     inner.to(dtype).eval().requires_grad_(False)
     channels_last = True if channels_last is None else channels_last
-    _store_weights(inner, channels_last)
     _report_leftovers(inner, report)
     net = find_hrnet(inner)[1]
     in_chans = _first_conv_in_chans(net if net is not None else inner)
+    # After in_chans: a padded model still takes the unpadded image (its stem pads it).
+    padding = pad_model(inner, default_multiple(device, backend) if pad_channels is None else pad_channels, report)
+    _store_weights(inner, channels_last)
     # HRNets that upsample by nearest neighbour take only sizes whose branches halve exactly; bilinear (segmentation)
     # ones take any size.
     nearest = hrnet and any(getattr(m, "mode", None) == "nearest" for m in inner.modules()
                             if isinstance(m, (FusedHRFuse, nn.Upsample)))
     return ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
-                          keep_channels_last)
+                          keep_channels_last, padding=padding)

@@ -12,6 +12,7 @@ from ..models import check_input_size
 from ..ops.backends import BACKENDS, select
 from ..ops.library import output_memory_format
 from .cuda_graph import GraphCache
+from .padding import ChannelPadding
 from .report import FusionReport
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -47,8 +48,9 @@ class ConvertedModel(nn.Module):
 
     def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool, in_chans: Optional[int],
                  hrnet: bool, report: FusionReport, cuda_graph: bool, backend: Optional[str] = None,
-                 keep_channels_last: bool = False):
+                 keep_channels_last: bool = False, padding: Optional[ChannelPadding] = None):
         super().__init__()
+        self.padding = padding if padding is not None else ChannelPadding()  # what convert() padded
         self.inner = inner
         self.dtype = dtype
         self.channels_last = channels_last
@@ -139,9 +141,9 @@ class ConvertedModel(nn.Module):
     def _run(self, x: torch.Tensor) -> Any:
         """The fused model on ``x``, outputs in ``x``'s layout (what CUDA graphs capture)."""
         restore = not self.keep_channels_last and output_memory_format(x) != torch.channels_last
-        if self.channels_last:
+        if self.channels_last and not self.padding.pads_image:  # a padding stem lays the image out as it pads it
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.inner(x)
+        out = self.padding.slice_outputs(self.inner(x), dense=not restore)
         return _contiguous(out) if restore else out
 
     def forward(self, x: torch.Tensor) -> Any:
@@ -155,7 +157,8 @@ class ConvertedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dtype={self.dtype}, channels_last={self.channels_last}, "
-                f"keep_channels_last={self.keep_channels_last}, cuda_graph={self.graphs is not None}")
+                f"keep_channels_last={self.keep_channels_last}, cuda_graph={self.graphs is not None}"
+                + self.padding.repr_suffix())
 
 
 def check_options(device: torch.device, dtype: torch.dtype, backend: Optional[str], cuda_graph: bool) -> None:
