@@ -19,7 +19,6 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .converted_model import FORWARDED_ATTRIBUTES, ConvertedModel, check_options
-from .cuda_graph import GraphCache
 from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, FusedHRFuse
 from .fx_fuse import fuse_graph
 from .padding import check_pad_channels, default_multiple, pad_model
@@ -68,7 +67,7 @@ def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
 
 
 def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Optional[str],
-               channels_last: Optional[bool], cuda_graph: bool, keep_channels_last: bool,
+               channels_last: Optional[bool], cuda_graph: Optional[bool], keep_channels_last: bool,
                inplace: bool, pad_channels: Optional[int] = None) -> ConvertedModel:
     """``convert`` of a converted model: the same model with the new run options. The dtype and the channel
     padding cannot change (BN was folded for the one, the weights are padded for the other); a new backend is set
@@ -80,7 +79,7 @@ def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Opt
         raise ValueError(f"this model was already converted with pad_channels={model.padding.multiple} (its weights "
                          f"are padded for it); convert the original model instead: "
                          f"hrnet_fast.convert(model, pad_channels={pad_channels})")
-    check_options(model.device, model.dtype, backend, cuda_graph)
+    check_options(model.device, model.dtype, backend, cuda_graph is True)
     target = model if inplace else copy.deepcopy(model)
     if backend is not None:
         target.backend = backend
@@ -93,8 +92,8 @@ def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Opt
         target.channels_last = channels_last
         _store_weights(target.inner, channels_last)
     target.keep_channels_last = keep_channels_last
-    if cuda_graph != (target.graphs is not None):
-        target.graphs = GraphCache(target._run, module=target.inner) if cuda_graph else None
+    if cuda_graph is not None and cuda_graph != target.cuda_graph:
+        target.set_cuda_graph(cuda_graph)
     return target
 
 
@@ -121,7 +120,7 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: Optional[str] = None,
-            channels_last: Optional[bool] = None, cuda_graph: bool = False, inplace: bool = False,
+            channels_last: Optional[bool] = None, cuda_graph: Optional[bool] = None, inplace: bool = False,
             keep_channels_last: bool = False, pad_channels: Optional[int] = None) -> ConvertedModel:
     """Returns an inference module with the same outputs as ``model``, running fused kernels.
 
@@ -131,7 +130,10 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
         dtype: run dtype (float32, float16, bfloat16); default: the model's. BN is folded in fp32, then cast.
         backend: "torch", "triton", "cuda", "cpu", or None for the fastest live one per op on the model's device.
         channels_last: lay activations out NHWC; default True (what oneDNN and tensor cores prefer).
-        cuda_graph: replay CUDA graphs, one per input shape (CUDA models only; see ``cuda_graph.py``).
+        cuda_graph: replay CUDA graphs (``cuda_graph.py``): None (default) whenever the model runs on a CUDA device,
+            True always (CUDA models only), False never. HRNets get one graph per batch rounded up to a power of
+            two (and per image size, dtype, layout); other models one per input shape. A converted model given
+            again keeps its setting unless this is True or False.
         inplace: rewrite ``model`` itself instead of a copy (saves memory; ``model`` is consumed).
         keep_channels_last: return feature maps as the fused kernels wrote them (channels_last) instead of in the
             input's layout, saving one copy per output feature map.
@@ -153,7 +155,7 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     device = _device_of(model)
     if dtype is None:
         dtype = next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
-    check_options(device, dtype, backend, cuda_graph)
+    check_options(device, dtype, backend, cuda_graph is True)
 
     target = model if inplace else copy.deepcopy(model)
     report = FusionReport()
@@ -181,4 +183,4 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     nearest = hrnet and any(getattr(m, "mode", None) == "nearest" for m in inner.modules()
                             if isinstance(m, (FusedHRFuse, nn.Upsample)))
     return ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
-                          keep_channels_last, padding=padding)
+                          keep_channels_last, batch_independent=hrnet, padding=padding)

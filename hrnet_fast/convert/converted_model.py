@@ -38,17 +38,23 @@ def _contiguous(out: Any) -> Any:
 
 
 class ConvertedModel(nn.Module):
-    """Inference wrapper: validates the input, lays it out, runs the fused model (optionally as CUDA graphs).
+    """Inference wrapper: validates the input, lays it out, runs the fused model (on CUDA as CUDA graphs).
 
     Inference only: it is in eval mode and ``.train()`` raises; the forward runs under ``torch.no_grad()``, so
     outputs never require grad, and the fused ops have no backward. Outputs come in the input's layout (NCHW for
     a contiguous input) unless ``keep_channels_last``. Attributes in ``FORWARDED_ATTRIBUTES`` (``num_classes``,
     ``feature_info``, ``pretrained_cfg`` ...) are the wrapped model's.
+
+    ``cuda_graph``: None replays CUDA graphs whenever the input is on a CUDA device (the default: without graphs a
+    converted forward on GPU waits on Python and launches, and is no faster than eager); True always (CUDA only);
+    False never. ``batch_independent``: each output row depends on its own input row only (HRNets), so graphs
+    are captured per batch rounded up to a power of two.
     """
 
     def __init__(self, inner: nn.Module, dtype: torch.dtype, channels_last: bool, in_chans: Optional[int],
-                 hrnet: bool, report: FusionReport, cuda_graph: bool, backend: Optional[str] = None,
-                 keep_channels_last: bool = False, padding: Optional[ChannelPadding] = None):
+                 hrnet: bool, report: FusionReport, cuda_graph: Optional[bool], backend: Optional[str] = None,
+                 keep_channels_last: bool = False, batch_independent: bool = False,
+                 padding: Optional[ChannelPadding] = None):
         super().__init__()
         self.padding = padding if padding is not None else ChannelPadding()  # what convert() padded
         self.inner = inner
@@ -59,8 +65,15 @@ class ConvertedModel(nn.Module):
         self.in_chans = in_chans
         self.hrnet = hrnet
         self.report = report
-        self.graphs = GraphCache(self._run, module=inner) if cuda_graph else None
+        self.batch_independent = batch_independent
+        self.set_cuda_graph(cuda_graph)
         super().train(False)
+
+    def set_cuda_graph(self, cuda_graph: Optional[bool]) -> None:
+        """Sets the CUDA-graph mode (see the class docstring); graphs captured so far are dropped."""
+        self.cuda_graph = cuda_graph
+        self.graphs = None if cuda_graph is False else GraphCache(self._run, module=self.inner,
+                                                                   bucket_batches=self.batch_independent)
 
     def fusion_report(self) -> FusionReport:
         return self.report
@@ -89,7 +102,7 @@ class ConvertedModel(nn.Module):
                             f"hrnet_fast.convert(model, dtype={probe.dtype})")
         moved = probe.device != self.device
         if moved:
-            check_options(probe.device, self.dtype, self.backend, self.graphs is not None)
+            check_options(probe.device, self.dtype, self.backend, self.cuda_graph is True)
         out = super()._apply(fn, recurse)
         if moved and self.graphs is not None:
             self.graphs.clear()  # graphs hold the old device's memory: free it now rather than at the next call
@@ -105,7 +118,8 @@ class ConvertedModel(nn.Module):
     def __setstate__(self, state):
         super().__setstate__(state)
         if isinstance(self.graphs, int):
-            self.graphs = GraphCache(self._run, self.graphs, module=self.inner)
+            self.graphs = GraphCache(self._run, self.graphs, module=self.inner,
+                                     bucket_batches=self.batch_independent)
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this hook first
         raise RuntimeError(_NO_TORCHSCRIPT)
@@ -151,13 +165,13 @@ class ConvertedModel(nn.Module):
             raise RuntimeError(_NO_TORCHSCRIPT)
         self.check_input(x)
         with torch.no_grad():
-            if self.graphs is not None and not torch.compiler.is_compiling():
+            if self.graphs is not None and x.is_cuda and not torch.compiler.is_compiling():
                 return self.graphs(x)
             return self._run(x)
 
     def extra_repr(self) -> str:
         return (f"dtype={self.dtype}, channels_last={self.channels_last}, "
-                f"keep_channels_last={self.keep_channels_last}, cuda_graph={self.graphs is not None}"
+                f"keep_channels_last={self.keep_channels_last}, cuda_graph={'auto' if self.cuda_graph is None else self.cuda_graph}"
                 + self.padding.repr_suffix())
 
 
