@@ -6,7 +6,7 @@ inputs already validated by ``hrnet_fast/ops/checks.py``.
 
 ``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is decorated, that is when its module is imported: set the
 variable before the first import (tests/conftest.py does) and the kernels run on CPU tensors through the
-interpreter. The modules read the same knob at import to keep one small autotuning config there.
+interpreter. The modules read the same knob at import to keep one launch config there (no tuning).
 
 Only the small launch helpers both ops share live here; nothing in this file imports triton.
 """

@@ -56,7 +56,7 @@ from triton import knobs
 from hrnet_fast.ops.checks import conv_out_shape
 from hrnet_fast.ops.library import output_memory_format
 
-from . import conv_dot_precision, needs_int64, tuning
+from . import conv_dot_precision, launch, needs_int64, tuning
 
 # Candidate tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per shape class, best guess first (the one
 # used without timing, e.g. during CUDA-graph capture). Small maps (7x7, 14x14 at small batch) want short M tiles
@@ -227,23 +227,23 @@ def is_packed(weight: torch.Tensor) -> bool:
     return (cout_pad * size) % 16 == 0 and weight.data_ptr() % 16 == 0 and end <= weight.untyped_storage().nbytes()
 
 
-# id(weight) -> (weakref to it, its version counter, the packed copy): a weight not yet packed (e.g. one passed to
-# the public op) is packed on first use and the copy reused while the tensor lives unchanged (an in-place change
-# bumps _version).
-_packed: Dict[int, Tuple[weakref.ref, int, torch.Tensor]] = {}
+# id(weight) -> (weakref to it, what identifies its contents, the packed copy or None where the weight is itself
+# packed): a weight not yet packed (e.g. one passed to the public op) is packed on first use and the copy reused
+# while the tensor lives unchanged (an in-place change bumps _version; set_ or as_strided_ change the pointer or
+# strides). Packed weights are remembered too, so a call checks the layout once, not every time.
+_packed: Dict[int, Tuple[weakref.ref, Tuple, Optional[torch.Tensor]]] = {}
 
 
 def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` itself when it is packed, else ``pack_weight(weight)``, computed once per tensor and version."""
-    if is_packed(weight):
-        return weight
+    state = (weight._version, weight.data_ptr(), weight.stride())
     entry = _packed.get(id(weight))
-    if entry is not None and entry[0]() is weight and entry[1] == weight._version:
-        return entry[2]
-    packed = pack_weight(weight)
+    if entry is not None and entry[0]() is weight and entry[1] == state:
+        return weight if entry[2] is None else entry[2]
+    packed = None if is_packed(weight) else pack_weight(weight)
     ref = weakref.ref(weight, lambda _, k=id(weight): _packed.pop(k, None))
-    _packed[id(weight)] = (ref, weight._version, packed)
-    return packed
+    _packed[id(weight)] = (ref, state, packed)
+    return weight if packed is None else packed
 
 
 def tuning_key(x: torch.Tensor, weight: torch.Tensor, stride: int, nhwc: bool, m: int) -> Tuple:
@@ -251,13 +251,53 @@ def tuning_key(x: torch.Tensor, weight: torch.Tensor, stride: int, nhwc: bool, m
     return (str(x.dtype).replace("torch.", ""), "nhwc" if nhwc else "strided", cin, cout, k, stride, m_bucket(m))
 
 
+# plan key (plan_key) -> (output size, strides, dtype, device, LaunchPlan or None for an empty output)
+_plans: Dict[Tuple, Tuple[Tuple[int, ...], Tuple[int, ...], torch.dtype, torch.device,
+                          Optional[launch.LaunchPlan]]] = {}
+
+
+def plan_key(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+             stride: int, padding: int, relu: bool) -> Tuple:
+    """Everything that decides a launch: the variant Triton compiles (dtypes, 16-byte alignment of the pointers,
+    divisibility of the scalars, the constexprs), the grid and the tile. The output is allocated by the call, so
+    always aligned; the packed weight is aligned by construction (is_packed)."""
+    return (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() & 15, packed.shape, packed.stride(1),
+            None if bias is None else (bias.stride(0), bias.data_ptr() & 15),
+            None if residual is None else (residual.stride(), residual.data_ptr() & 15),
+            stride, padding, relu, x.dtype is torch.float32 and torch._C._get_cudnn_allow_tf32())
+
+
 def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *, stride: int, padding: int,
                 residual: Optional[torch.Tensor], relu: bool) -> torch.Tensor:
     """``relu(conv2d(x, weight, bias, stride, padding) + residual)`` on validated inputs (see checks.py).
 
     Returns a new tensor in x's dtype and memory format; an empty output (batch 0, or no output channels) is
-    returned without a launch. Raises NotImplementedError for bfloat16 under the Triton interpreter.
+    returned without a launch. Compiled kernels launch through a plan made by the first call per ``plan_key``
+    (``launch.py``); raises tuning.NotWarmedUp if that first call happens during CUDA-graph capture, and
+    NotImplementedError for bfloat16 under the Triton interpreter.
     """
+    if _INTERPRETED:
+        return _launch(x, weight, bias, stride, padding, residual, relu, make_plan=False)[0]
+    packed = packed_weight(weight)
+    key = plan_key(x, packed, bias, residual, stride, padding, relu)
+    plan = _plans.get(key)
+    if plan is None:
+        if tuning.capturing(x.device):
+            raise tuning.not_warmed_up("conv_bn_act", f"x {tuple(x.shape)} {x.dtype} strides {x.stride()}, "
+                                                      f"weight {tuple(weight.shape)}")
+        y, _plans[key] = _launch(x, packed, bias, stride, padding, residual, relu, make_plan=True)
+        return y
+    size, strides, dtype, device, run = plan
+    y = torch.empty_strided(size, strides, dtype=dtype, device=device)
+    if run is not None:
+        run(x, packed, packed if bias is None else bias, x if residual is None else residual, y)
+    return y
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int, padding: int,
+            residual: Optional[torch.Tensor], relu: bool, make_plan: bool):
+    """The call through ``kernel[grid]``, tuning first where the key is new: (output, (its size, strides, the
+    launch plan repeating the launch, or None) if ``make_plan`` else None)."""
     if _INTERPRETED and x.dtype == torch.bfloat16:
         raise NotImplementedError("the Triton interpreter (TRITON_INTERPRET=1) cannot run tl.dot on bfloat16 "
                                   "operands (it multiplies their raw bits as integers); run bfloat16 convolutions "
@@ -266,7 +306,7 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     out_format = output_memory_format(x)
     y = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=out_format)
     if y.numel() == 0:
-        return y
+        return y, (tuple(y.shape), y.stride(), y.dtype, y.device, None) if make_plan else None
     n, cin, h, w = x.shape
     cout, _, k, _ = weight.shape
     _, _, ho, wo = out_shape
@@ -282,10 +322,16 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                  INT64=needs_int64(*(t for t in (x, packed, y, residual) if t is not None)),
                  DOT_PRECISION=conv_dot_precision(x.dtype))
 
-    def run(config: triton.Config) -> None:
-        grid = (triton.cdiv(m, config.kwargs["BLOCK_M"]), triton.cdiv(cout, config.kwargs["BLOCK_N"]))
-        _conv_bn_act_kernel[grid](*args, **flags, **config.all_kwargs())
+    def grid(config: triton.Config) -> Tuple[int, int]:
+        return triton.cdiv(m, config.kwargs["BLOCK_M"]), triton.cdiv(cout, config.kwargs["BLOCK_N"])
 
-    configs = candidates(cin, cout, m)
-    run(tuning.pick("conv_bn_act", tuning_key(x, weight, stride, nhwc, m), configs, run, x.device))
-    return y
+    def run(config: triton.Config) -> None:
+        _conv_bn_act_kernel[grid(config)](*args, **flags, **config.all_kwargs())
+
+    config = tuning.pick("conv_bn_act", tuning_key(x, weight, stride, nhwc, m), candidates(cin, cout, m), run,
+                         x.device)
+    if not make_plan:
+        run(config)
+        return y, None
+    plan = launch.make(_conv_bn_act_kernel, grid(config), args, {**flags, **config.all_kwargs()}, 5, x.device)
+    return y, (tuple(y.shape), y.stride(), y.dtype, y.device, plan)

@@ -13,7 +13,7 @@ The op is memory-bound, so the kernel reads every input once and writes the outp
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -22,30 +22,28 @@ from triton import knobs
 
 from hrnet_fast.ops.library import output_memory_format
 
-from . import needs_int64
+from . import launch, needs_int64, tuning
 
 MAX_TERMS = 4  # slots per input kind in the kernel signature (checks.MAX_TERMS)
 
 
-def _configs() -> List[triton.Config]:
-    # Read when the module is imported, as triton.jit reads it when decorating. The interpreter runs each program
-    # in Python, at a cost that grows with the number of programs: one large block, no benchmarking of alternatives.
-    if knobs.runtime.interpret:
-        return [triton.Config({"BLOCK": 4096})]
-    return [triton.Config({"BLOCK": block}, num_warps=warps)
-            for block, warps in ((256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8))]
-
+# triton.jit decides at decoration whether the kernel is interpreted; read the same knob once, here.
+_INTERPRETED = knobs.runtime.interpret
 
 # Output elements a thread sums at most in the bilinear variant: four taps per term keep more values live, and
 # at 16 a thread (BLOCK 4096 on 8 warps) ptxas spills hundreds of bytes on sm_90.
 MAX_BILINEAR_ELEMENTS_PER_THREAD = 8
+_GPU_BLOCKS = ((256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8))  # (BLOCK, num_warps)
 
 
-def _prune_configs(configs: List[triton.Config], named_args, **kwargs) -> List[triton.Config]:
-    """The autotuning configs a launch may use: all for nearest, those within the per-thread bound for bilinear."""
-    if not kwargs.get("BILINEAR"):
-        return configs
-    return [c for c in configs if c.kwargs["BLOCK"] // (32 * c.num_warps) <= MAX_BILINEAR_ELEMENTS_PER_THREAD]
+def candidates(bilinear: bool) -> List[triton.Config]:
+    """The configs tuning times (``tuning.pick``): every block size for nearest, those within the per-thread bound
+    for bilinear. The interpreter runs each program in Python, at a cost that grows with the number of programs:
+    one large block there."""
+    if _INTERPRETED:
+        return [triton.Config({"BLOCK": 4096})]
+    return [triton.Config({"BLOCK": block}, num_warps=warps) for block, warps in _GPU_BLOCKS
+            if not bilinear or block // (32 * warps) <= MAX_BILINEAR_ELEMENTS_PER_THREAD]
 
 
 @triton.jit
@@ -102,10 +100,6 @@ def _load_same(ptr, n, c, h, w, sn, sc, sh, sw, mask):
     return tl.load(ptr + n * sn + c * sc + h * sh + w * sw, mask=mask, other=0.0).to(tl.float32)
 
 
-# cache_results: the choice per key is kept in Triton's on-disk cache (TRITON_CACHE_DIR), so a key is timed once per
-# machine, not once per process; at most six memory-bound candidates are timed per fusion shape.
-@triton.autotune(configs=_configs(), key=["total", "C", "H", "W", "N_LOW", "N_SAME", "CHANNELS_LAST", "BILINEAR"],
-                 prune_configs_by={"early_config_prune": _prune_configs}, cache_results=True)
 @triton.jit
 def _multires_fuse_kernel(
     y_ptr,  # [N, C, H, W] output, dense in NCHW order (NHWC order when CHANNELS_LAST)
@@ -188,16 +182,52 @@ def linear_scale(size_in: int, size_out: int, align_corners: bool) -> float:
     return (torch.tensor(size_in, dtype=torch.float32) / size_out).item()
 
 
+# plan key (plan_key) -> (output size, output strides, LaunchPlan or None for an empty output)
+_plans: Dict[Tuple, Tuple[Tuple[int, ...], Tuple[int, ...], Optional[launch.LaunchPlan]]] = {}
+
+
+def plan_key(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], relu: bool, mode: str,
+             align_corners: bool) -> Tuple:
+    """Everything that decides a launch: shapes, strides, dtype, device and 16-byte alignment of every input (the
+    variant Triton compiles, the scalars and the grid), and the flags."""
+    return (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() & 15,
+            tuple((z.shape, z.stride(), z.data_ptr() & 15) for z in low_res),
+            tuple((d.stride(), d.data_ptr() & 15) for d in same_res), relu, mode, align_corners)
+
+
 def multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], *,
                   relu: bool, mode: str = "nearest", align_corners: bool = False) -> torch.Tensor:
     """``relu(x + sum_j up(low_res[j]) + sum_k same_res[k])`` on validated inputs (see checks.py).
 
     Returns a new tensor in x's dtype and memory format; an empty x gives an empty output without a launch.
+    Compiled kernels launch through a plan made by the first call per ``plan_key`` (``launch.py``); raises
+    tuning.NotWarmedUp if that first call happens during CUDA-graph capture.
     """
+    if _INTERPRETED:
+        return _launch(x, low_res, same_res, relu, mode, align_corners, make_plan=False)[0]
+    key = plan_key(x, low_res, same_res, relu, mode, align_corners)
+    plan = _plans.get(key)
+    if plan is None:
+        if tuning.capturing(x.device):
+            raise tuning.not_warmed_up("multires_fuse", f"x {tuple(x.shape)} {x.dtype}, {len(low_res)} low_res, "
+                                                        f"{len(same_res)} same_res, {mode}")
+        y, _plans[key] = _launch(x, low_res, same_res, relu, mode, align_corners, make_plan=True)
+        return y
+    size, strides, run = plan
+    y = torch.empty_strided(size, strides, dtype=x.dtype, device=x.device)
+    if run is not None:
+        run(y, x, *low_res, *[x] * (MAX_TERMS - len(low_res)), *same_res, *[x] * (MAX_TERMS - len(same_res)))
+    return y
+
+
+def _launch(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.Tensor], relu: bool, mode: str,
+            align_corners: bool, make_plan: bool):
+    """The call through ``kernel[grid]``, tuning first where the key is new: (output, (its size, strides, the
+    launch plan repeating the launch, or None) if ``make_plan`` else None)."""
     y = torch.empty_like(x, memory_format=output_memory_format(x))
     if y.numel() == 0:
-        return y
-    _, c, h, w = x.shape
+        return y, (tuple(y.shape), y.stride(), None) if make_plan else None
+    n, c, h, w = x.shape
     bilinear = mode == "bilinear"
     # Unused slots alias x with zero strides; N_LOW / N_SAME keep the kernel from reading them.
     low_args, same_args = [], []
@@ -214,11 +244,23 @@ def multires_fuse(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[t
     same_args += [0] * (4 * (MAX_TERMS - len(same_res)))
 
     total = y.numel()
-    grid = lambda meta: (triton.cdiv(total, meta["BLOCK"]),)  # noqa: E731
-    _multires_fuse_kernel[grid](
-        y, x, *low_ptrs, *same_ptrs, total, c, h, w, *x.stride(), *low_args, *same_args,
-        N_LOW=len(low_res), N_SAME=len(same_res), RELU=bool(relu),
-        CHANNELS_LAST=output_memory_format(x) == torch.channels_last, BILINEAR=bilinear,
-        ALIGN_CORNERS=bool(align_corners), INT64=needs_int64(y, x, *low_res, *same_res),
-    )
-    return y
+    channels_last = output_memory_format(x) == torch.channels_last
+    args = (y, x, *low_ptrs, *same_ptrs, total, c, h, w, *x.stride(), *low_args, *same_args)
+    flags = dict(N_LOW=len(low_res), N_SAME=len(same_res), RELU=bool(relu), CHANNELS_LAST=channels_last,
+                 BILINEAR=bilinear, ALIGN_CORNERS=bool(align_corners), INT64=needs_int64(y, x, *low_res, *same_res))
+
+    def grid(config: triton.Config) -> Tuple[int]:
+        return (triton.cdiv(total, config.kwargs["BLOCK"]),)
+
+    def run(config: triton.Config) -> None:
+        _multires_fuse_kernel[grid(config)](*args, **flags, **config.all_kwargs())
+
+    key = (str(x.dtype).replace("torch.", ""), "nhwc" if channels_last else "nchw", n, c, h, w, len(low_res),
+           len(same_res), mode)
+    config = tuning.pick("multires_fuse", key, candidates(bilinear), run, x.device)
+    if not make_plan:
+        run(config)
+        return y, None
+    plan = launch.make(_multires_fuse_kernel, grid(config), args, {**flags, **config.all_kwargs()},
+                       2 + 2 * MAX_TERMS, x.device)
+    return y, (tuple(y.shape), y.stride(), plan)

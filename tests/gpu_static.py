@@ -168,10 +168,9 @@ def conv_records(shapes: List[Dict], dtypes, int64: bool, cache: Dict) -> List[D
                     recorder = Recorder()
                     kernel.run = recorder
                     conv.candidates = lambda *a, c=config: [c]  # the launcher runs exactly this config
-                    conv.conv_bn_act(x, weight, bias, stride=s["stride"], padding=s["padding"], residual=residual,
-                                     relu=s["relu"])
-                    conv.conv_bn_act(x, weight, None, stride=s["stride"], padding=s["padding"], residual=None,
-                                     relu=False)
+                    # The ordinary launch (launch plans would need a compiled kernel).
+                    conv._launch(x, weight, bias, s["stride"], s["padding"], residual, s["relu"], make_plan=False)
+                    conv._launch(x, weight, None, s["stride"], s["padding"], None, False, make_plan=False)
                     conv.candidates = original_candidates
                     (args, kwargs), (op_args, op_kwargs) = recorder.launches
                     variants = [(False, kwargs)] + ([(True, {**kwargs, "INT64": True})] if int64 else [])
@@ -208,7 +207,7 @@ def _mode_label(fusion: Dict) -> str:
 
 
 def fuse_records(fuses: List[Dict], dtypes, int64: bool, cache: Dict) -> List[Dict]:
-    """One record per (fusion call, dtype, autotuning config) for the multires_fuse kernel, channels_last."""
+    """One record per (fusion call, dtype, tuning candidate) for the multires_fuse kernel, channels_last."""
     import torch
 
     import hrnet_fast_kernels.multires_fuse as fuse
@@ -224,13 +223,14 @@ def fuse_records(fuses: List[Dict], dtypes, int64: bool, cache: Dict) -> List[Di
                 recorder = Recorder()
                 kernel.run = recorder
                 mode = dict(mode=f.get("mode", "nearest"), align_corners=f.get("align_corners", False))
-                fuse.multires_fuse(t(f["h"], f["w"]), [t(*hw) for hw in f["low"]],
-                                   [t(f["h"], f["w"]) for _ in range(f["same"])], relu=True, **mode)
+                fuse._launch(t(f["h"], f["w"]), [t(*hw) for hw in f["low"]],
+                             [t(f["h"], f["w"]) for _ in range(f["same"])], True, mode["mode"], mode["align_corners"],
+                             make_plan=False)
                 (args, kwargs), = recorder.launches
-                for config in fuse._prune_configs(kernel.configs, {}, **kwargs):
+                for config in fuse.candidates(kwargs["BILINEAR"]):
                     kw = {**kwargs, **config.all_kwargs()}
                     for is_int64 in ([False, True] if int64 else [False]):
-                        rec = compile_recorded(kernel.fn, args, {**kw, "INT64": is_int64}, cache)
+                        rec = compile_recorded(kernel, args, {**kw, "INT64": is_int64}, cache)
                         records.append(dict(kernel="multires_fuse", dtype=dtype, int64=is_int64,
                                             shape=f"{f['c']}x{f['h']}x{f['w']} low {len(f['low'])} "
                                                   f"same {f['same']}{_mode_label(f)}",

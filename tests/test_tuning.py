@@ -1,8 +1,8 @@
 """Triton launch-config choice (kernels/tuning.py): timed once per key, remembered in memory and in a JSON file
 keyed by device, Triton version, kernel and key; re-timed when the stored choice is no longer a candidate.
 
-No GPU here: the device is a torch.device("cuda") object, and do_bench, the device name and the capture check
-are replaced by stand-ins that record what was timed."""
+No GPU here: the device is a torch.device("cuda") object, and the timing (``_bench``), the device name and the
+capture check are replaced by stand-ins that record what was timed."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ import torch
 import triton
 
 from hrnet_fast_kernels import tuning
+from launch_stub import FakeKernel
 
 CONFIGS = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=3) for m in (32, 64, 128)]
 CUDA = torch.device("cuda")
@@ -22,12 +23,11 @@ def fake_gpu(monkeypatch, tmp_path):
     """Times: BLOCK_M 64 is fastest. Returns the list of timed BLOCK_M values."""
     timed = []
 
-    def do_bench(fn, **kwargs):
-        config = fn()
-        timed.append(config.kwargs["BLOCK_M"])
+    def bench(run, config):
+        timed.append(run(config).kwargs["BLOCK_M"])
         return {32: 3.0, 64: 1.0, 128: 2.0}[config.kwargs["BLOCK_M"]]
 
-    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    monkeypatch.setattr(tuning, "_bench", bench)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setenv(tuning.CACHE_ENV, str(tmp_path / "tuning.json"))
@@ -95,14 +95,48 @@ def test_default_location(monkeypatch, tmp_path):
     assert tuning.cache_path() == str(tmp_path / "hrnet_fast" / "triton_tuning.json")
 
 
-def test_multires_fuse_autotuning_is_kept_on_disk():
-    """The fusion kernel's autotuner keeps its choice per key in Triton's on-disk cache, so a new process does not
-    re-time it. The interpreter turns that cache off, so the compiled kernel is inspected in a process without it."""
-    import os
-    import subprocess
-    import sys
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import hrnet_fast_kernels.multires_fuse as m; k = m._multires_fuse_kernel; "
-            "print(type(k).__name__, k.cache_results, len(k.configs))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["Autotuner", "True", "6"], out.stdout + out.stderr
+def capture(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+
+
+def test_capture_returns_the_remembered_choice(fake_gpu, monkeypatch):
+    """During capture the choice made outside it is launched, not the first candidate."""
+    tuning.pick("conv", ("fp16", 18), CONFIGS, run, CUDA)
+    capture(monkeypatch)
+    assert tuning.pick("conv", ("fp16", 18), CONFIGS, run, CUDA) is CONFIGS[1]
+    assert len(fake_gpu) == 3
+
+
+def test_capture_returns_the_file_choice(fake_gpu, monkeypatch):
+    tuning.pick("conv", ("fp16", 18), CONFIGS, run, CUDA)
+    tuning.forget()  # a new process: only the file knows the choice
+    capture(monkeypatch)
+    assert tuning.pick("conv", ("fp16", 18), CONFIGS, run, CUDA) is CONFIGS[1]
+    assert len(fake_gpu) == 3
+
+
+def test_capture_of_an_unknown_key_says_to_warm_up(fake_gpu, monkeypatch):
+    capture(monkeypatch)
+    with pytest.raises(tuning.NotWarmedUp, match=r"hrnet_fast\.warmup\(model, shapes\) or one ordinary forward"):
+        tuning.pick("conv", ("fp16", 18), CONFIGS, run, CUDA)
+    assert fake_gpu == []
+
+
+def test_multires_fuse_is_tuned_by_pick(monkeypatch):
+    """The fusion kernel is a plain JIT function whose configs tuning.pick chooses (one policy for both kernels:
+    HRNET_FAST_TUNING=off, no timing during capture), with the bilinear variant's candidates bounded per thread."""
+    import hrnet_fast_kernels.multires_fuse as fuse
+    assert not hasattr(fuse._multires_fuse_kernel, "configs")  # no triton.autotune wrapper
+    monkeypatch.setattr(fuse, "_INTERPRETED", False)
+    nearest, bilinear = fuse.candidates(False), fuse.candidates(True)
+    assert len(nearest) == 6 and 0 < len(bilinear) < len(nearest)
+    assert all(c.kwargs["BLOCK"] // (32 * c.num_warps) <= fuse.MAX_BILINEAR_ELEMENTS_PER_THREAD for c in bilinear)
+    picks = []
+
+    def pick(kernel, key, configs, run_config, device):
+        picks.append((kernel, key, len(configs)))
+        return configs[0]
+    monkeypatch.setattr(fuse.tuning, "pick", pick)
+    monkeypatch.setattr(fuse, "_multires_fuse_kernel", FakeKernel(fuse._multires_fuse_kernel))
+    fuse._launch(torch.zeros(1, 18, 8, 8), [torch.zeros(1, 18, 4, 4)], [], True, "nearest", False, make_plan=False)
+    assert picks == [("multires_fuse", ("float32", "nchw", 1, 18, 8, 8, 1, 0, "nearest"), 6)]

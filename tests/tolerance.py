@@ -106,8 +106,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 spec = json.loads(sys.argv[1])
-kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
-configs, jit_fn = kernel.configs, kernel.fn  # the autotuner's GPU configs and the kernel beneath it
+module = importlib.import_module(spec["module"])
+jit_fn, configs = getattr(module, spec["kernel"]), module.candidates(False)  # the kernel and its tuning configs
 for v in spec["variants"]:
     tiles = configs if v["all_configs"] else configs[:1]
     for config in tiles:
@@ -121,9 +121,9 @@ for v in spec["variants"]:
 
 
 def compile_for_gpu(module: str, kernel: str, variants: List[Dict[str, Any]]) -> None:
-    """Compiles ``module.kernel`` (an autotuned Triton kernel) for each variant: a dict with "dtype" (a Triton
-    type name: fp32, fp16, bf16), "constexprs" (all but the autotuned ones), "archs" (compute capabilities) and
-    "all_configs" (every autotuning config, or only the first)."""
+    """Compiles ``module.kernel`` (a Triton kernel whose module lists its tuning configs, ``candidates(False)``)
+    for each variant: a dict with "dtype" (a Triton type name: fp32, fp16, bf16), "constexprs" (all but the tuned
+    ones), "archs" (compute capabilities) and "all_configs" (every tuning config, or only the first)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
