@@ -34,6 +34,10 @@ from gpu_check_plan import smoke_mode
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = smoke_mode()
 DEVICE = torch.device("cpu" if SMOKE else "cuda")
+if SMOKE:
+    # One thread: on a 2-core machine shared with other work, OpenMP's spinning threads made a 30 ms forward of
+    # the tiny smoke models take seconds; smoke figures mean nothing, but the stage must keep its pace.
+    torch.set_num_threads(1)
 
 
 def _driver() -> Optional[str]:

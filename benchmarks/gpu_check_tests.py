@@ -68,7 +68,8 @@ class Chunk:
         # The plugin lives beside this program; the checkout's package is the one under test.
         path = [os.path.join(ROOT, "benchmarks"), ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), REPORT_ENV: self.report,
-               "HRNET_FAST_TUNING": "off", "HRNET_FAST_TUNING_CACHE": "off"}
+               "HRNET_FAST_TUNING": "off", "HRNET_FAST_TUNING_CACHE": "off",
+               **({"OMP_NUM_THREADS": "1"} if SMOKE else {})}  # smoke: WORKERS processes on as many cores
         self.begin = time.perf_counter()
         # A session of its own: stopping the chunk stops whatever its tests started too.
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
