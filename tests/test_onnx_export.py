@@ -11,6 +11,7 @@ import torch.nn as nn
 import hrnet_fast
 from hrnet_fast import ops
 from hrnet_fast.ops import onnx_translation
+from tiny_hrnet import TINY
 from tolerance import assert_matches_reference
 
 ort = pytest.importorskip("onnxruntime")  # a test dependency; onnxscript too (pyproject's test extra)
@@ -71,6 +72,34 @@ def test_converted_feature_extractor_exports(tmp_path):
     outs, _ = run_onnx(fast, [x], tmp_path / "features.onnx")
     assert [o.shape[1] for o in outs] == fast.feature_info.channels()
     assert_as_close_as_eager(model, outs, x)
+
+
+def tiny_task_model(task):
+    """A calibrated model of ``task`` on the tiny layout (one module per stage): exports in seconds."""
+    torch.manual_seed(0)
+    model, size = {"classification": (hrnet_fast.HighResolutionNet(TINY), SMALL),
+                   "pose": (hrnet_fast.PoseHighResolutionNet(TINY), (64, 32)),
+                   "segmentation": (hrnet_fast.SegHighResolutionNet(TINY, num_classes=5), (36, 52))}[task]
+    return hrnet_fast.calibrate_bn(model, size, steps=2, batch=2), size
+
+
+@pytest.mark.parametrize("task", ["classification", "pose", "segmentation"])
+def test_converted_model_exports_with_a_dynamic_batch(tmp_path, task):
+    """Exported at batch 1 with ``dynamic_shapes={"x": {0: Dim("batch")}}`` (the README's recipe), the file
+    runs in ONNX Runtime at batch 1 and 4 (a plain export fixes the batch to the example's)."""
+    model, size = tiny_task_model(task)
+    fast = hrnet_fast.convert(model)
+    program = torch.onnx.export(fast, (torch.randn(1, 3, *size),), dynamo=True, verbose=False,
+                                dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    program.save(str(tmp_path / "dynamic.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "dynamic.onnx"), providers=["CPUExecutionProvider"])
+    (feed,) = session.get_inputs()
+    assert feed.shape == ["batch", 3, *size] and all(o.shape[0] == "batch" for o in session.get_outputs())
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(batch))
+        outs = [torch.from_numpy(o) for o in session.run(None, {feed.name: x.numpy()})]
+        assert outs[0].shape[0] == batch
+        assert_as_close_as_eager(model, outs, x)
 
 
 class ConvModule(nn.Module):
