@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from .models import BilinearResize
+from .ops.folding import is_batchnorm
 from .registry import create_model, list_models, resolve_name, task_of
 
 
@@ -76,13 +77,21 @@ def _count_linear(m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> Tuple[int, 
 COUNTERS: Dict[type, Tuple[str, Counter]] = {
     nn.Conv2d: ("conv", _count_conv),
     nn.Linear: ("linear", _count_linear),
-    nn.BatchNorm2d: ("bn", lambda m, x, y: (0, 2 * y.numel())),
     nn.ReLU: ("relu", lambda m, x, y: (0, y.numel())),
     nn.Upsample: ("upsample", lambda m, x, y: (0, y.numel())),
     BilinearResize: ("upsample", lambda m, x, y: (0, y.numel())),
     nn.AdaptiveAvgPool2d: ("pool", lambda m, x, y: (0, x.numel())),
     nn.AvgPool2d: ("pool", lambda m, x, y: (0, x.numel())),
 }
+# Every BatchNorm form (BatchNorm2d, SyncBatchNorm, frozen BNs: ``is_batchnorm``) is one scale and one shift.
+BN_COUNTER: Tuple[str, Counter] = ("bn", lambda m, x, y: (0, 2 * y.numel()))
+
+
+def _counter(m: nn.Module) -> Optional[Tuple[str, Counter]]:
+    """The counter of layer ``m``, or None when it has none."""
+    return BN_COUNTER if is_batchnorm(m) else COUNTERS.get(type(m))
+
+
 # Leaf layers that do no arithmetic worth counting.
 FREE_LAYERS = (nn.Identity, nn.Flatten, nn.Dropout)
 
@@ -90,7 +99,7 @@ FREE_LAYERS = (nn.Identity, nn.Flatten, nn.Dropout)
 def _check_countable(model: nn.Module) -> None:
     """Every leaf layer must be one we know how to count, or the totals would silently be too low."""
     unknown = sorted({type(m).__name__ for m in model.modules()
-                      if not list(m.children()) and type(m) not in COUNTERS and not isinstance(m, FREE_LAYERS)})
+                      if not list(m.children()) and _counter(m) is None and not isinstance(m, FREE_LAYERS)})
     if unknown:
         raise TypeError(f"profile() counts the reference HRNet layers (conv, BN, ReLU, upsample, pooling, linear); "
                         f"this model also has {', '.join(unknown)}. Profile the model before convert().")
@@ -116,12 +125,12 @@ def profile(model: Union[nn.Module, str], input_size: Sequence[int] = (224, 224)
     macs_total = [0]
 
     def hook(module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        kind, count = COUNTERS[type(module)]
+        kind, count = _counter(module)
         macs, flops = count(module, inputs[0], output)
         macs_total[0] += macs
         totals[kind] = totals.get(kind, 0) + flops
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in COUNTERS]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _counter(m) is not None]
     # Meta stand-ins for every parameter and buffer: shapes flow through the forward, nothing is computed and
     # the model's own tensors are neither copied nor touched (BN running stats included).
     meta_state = {name: torch.empty_like(t, device="meta")

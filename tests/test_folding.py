@@ -129,3 +129,71 @@ def test_bn_without_running_statistics_is_an_error():
 def test_channel_mismatch_is_an_error():
     with pytest.raises(ValueError, match="conv has 16 output channels but BatchNorm2d has 8"):
         fold_bn(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(8))
+
+
+# -- every BatchNorm form ------------------------------------------------------------------------------------------
+
+from bn_forms import FORMS  # noqa: E402
+
+from hrnet_fast.ops.folding import bn_not_foldable, bn_scale_shift, is_batchnorm, is_foldable_bn  # noqa: E402
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_every_form_folds_to_its_own_eval_forward(form):
+    """The form's own forward (float64, eval mode) is the truth: bn(x) = x * s + t, and the fold of conv -> bn."""
+    torch.manual_seed(0)
+    conv, bn = conv_bn(8, 12, 3, conv_bias=True, affine=True, eps=1e-3)
+    module = FORMS[form](bn).double().eval()
+    assert is_batchnorm(module) and is_foldable_bn(module) and bn_not_foldable(module) is None
+    x = torch.randn(2, 12, 5, 7, dtype=torch.float64)
+    scale, shift = bn_scale_shift(module)
+    assert scale.dtype == shift.dtype == torch.float32 and scale.shape == shift.shape == (12,)
+    with torch.no_grad():
+        expected = module(x)
+    torch.testing.assert_close(x * scale.double().view(1, -1, 1, 1) + shift.double().view(1, -1, 1, 1), expected,
+                               rtol=1e-5, atol=1e-5)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    weight, bias = fold_bn(conv, module)
+    with torch.no_grad():
+        expected = module(conv(x))
+    torch.testing.assert_close(folded_output(x, conv, weight, bias), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", [f for f in FORMS if f != "FrozenBatchNorm2d"])
+def test_a_bn_that_uses_batch_statistics_is_not_foldable(form):
+    """In train mode, or without running statistics, a BN normalises with each batch's statistics."""
+    _, bn = conv_bn(8, 8, 1, conv_bias=False, affine=True)
+    training = FORMS[form](bn).train()
+    assert is_batchnorm(training) and not is_foldable_bn(training)
+    assert "train mode" in bn_not_foldable(training) and type(training).__name__ in bn_not_foldable(training)
+    stateless = FORMS[form](nn.BatchNorm2d(8, track_running_stats=False)).eval()
+    assert not is_foldable_bn(stateless) and "track_running_stats=False" in bn_not_foldable(stateless)
+    with pytest.raises(ValueError, match="without running statistics"):
+        bn_scale_shift(stateless)
+
+
+def test_a_frozen_bn_is_foldable_in_train_mode_too():
+    """FrozenBatchNorm2d's forward never uses batch statistics: the same in either mode."""
+    _, bn = conv_bn(8, 8, 1, conv_bias=False, affine=True)
+    frozen = FORMS["FrozenBatchNorm2d"](bn).double()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(frozen.train()(x), frozen.eval()(x), rtol=0, atol=0)
+    assert is_foldable_bn(frozen.train())
+
+
+class NotABatchNorm(nn.Module):
+    """The frozen BN's buffers, but not its name: no structure alone says what its forward computes."""
+
+    def __init__(self):
+        super().__init__()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.register_buffer(name, torch.ones(4))
+        self.eps = 1e-5
+
+
+@pytest.mark.parametrize("module", [nn.BatchNorm1d(4), nn.BatchNorm3d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4),
+                                    nn.LayerNorm(4), NotABatchNorm(), nn.Conv2d(4, 4, 1)], ids=lambda m: type(m).__name__)
+def test_other_modules_are_not_batchnorms(module):
+    assert not is_batchnorm(module) and not is_foldable_bn(module)
+    with pytest.raises(ValueError, match="is not a BatchNorm"):
+        bn_scale_shift(module)

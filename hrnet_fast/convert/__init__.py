@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..ops.folding import bn_not_foldable, is_batchnorm
 from .converted_model import FORWARDED_ATTRIBUTES, ConvertedModel, check_options
 from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, FusedHRFuse
 from .fx_fuse import fuse_graph
@@ -50,20 +51,26 @@ def _first_conv_in_chans(module: nn.Module) -> Optional[int]:
 
 
 def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
-    """Lists leaf modules the rewrite did not absorb (a conv or BN here is a missed fusion)."""
-    def walk(m: nn.Module, path: str) -> None:
-        if isinstance(m, FUSED_MODULES) or isinstance(m, _NEUTRAL):
+    """Lists leaf modules the rewrite did not absorb (a conv or BN here is a missed fusion). Inside a fused module
+    only BNs are listed: a fused module keeps no BN it folded, while its plain convs may hold folded weights."""
+    def walk(m: nn.Module, path: str, in_fused: bool) -> None:
+        if isinstance(m, _NEUTRAL):
             return
+        in_fused = in_fused or isinstance(m, FUSED_MODULES)
         children = list(m.named_children())
         if not children:
             kind = type(m).__name__
-            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+            if is_batchnorm(m):  # the reason it was not folded: its mode or statistics, else where it sits
+                report.skip(path, kind, bn_not_foldable(m) or "not after a conv in a pattern the converter recognises")
+            elif in_fused:
+                pass
+            elif isinstance(m, nn.Conv2d):
                 report.skip(path, kind, "not in a conv->BN(->ReLU) pattern the converter recognises")
             else:
                 report.skip(path, kind, "no fused op for this layer; runs as is")
         for name, child in children:
-            walk(child, f"{path}.{name}" if path else name)
-    walk(module, "")
+            walk(child, f"{path}.{name}" if path else name, in_fused)
+    walk(module, "", False)
 
 
 def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Optional[str],

@@ -14,6 +14,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.folding import bn_not_foldable, is_batchnorm, is_foldable_bn
 from .fused import make_conv
 from .report import FusionReport
 
@@ -31,6 +32,20 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function":
         return node.target in _RELU_FUNCS
     return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer with every BatchNorm form a leaf: torchvision's FrozenBatchNorm2d and mmcv's _BatchNormXd
+    live outside torch.nn, so fx would trace into their forward and the conv -> BN chain would be lost."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_batchnorm(m) or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _Tracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _only_user(node: fx.Node) -> Optional[fx.Node]:
@@ -52,7 +67,7 @@ def fuse_graph(model: nn.Module, dtype: torch.dtype, backend: Optional[str], rep
     """Traces ``model`` and replaces its conv->BN(->add)(->ReLU) chains; raises torch.fx's error if the model
     cannot be traced. ``path``: where ``model`` sits in the converted model (for the report)."""
     prefix = f"{path}." if path else ""
-    gm = fx.symbolic_trace(model)
+    gm = _trace(model)
     _drop_inert(gm)
     count = 0
     for node in list(gm.graph.nodes):
@@ -61,7 +76,9 @@ def fuse_graph(model: nn.Module, dtype: torch.dtype, backend: Optional[str], rep
             continue
         bn_node = _only_user(node)
         bn = _module(gm, bn_node) if bn_node is not None else None
-        if not isinstance(bn, nn.BatchNorm2d):
+        if not is_foldable_bn(bn):
+            if bn is not None and is_batchnorm(bn):  # train mode or no running statistics: said now, before eval()
+                report.skip(prefix + str(bn_node.target), "conv+bn", f"not folded: {bn_not_foldable(bn)}")
             continue
         chain, residual, relu = [node, bn_node], None, False
         nxt = _only_user(bn_node)

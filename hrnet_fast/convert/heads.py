@@ -180,7 +180,8 @@ def _sequential_runs(rw: "Rewriter", path: str, seq: nn.Sequential) -> nn.Sequen
         m = mods[i]
         if isinstance(m, nn.Conv2d):
             bn, relu, taken = bn_relu_after(mods, i + 1)
-            if bn is None:  # no BN: the conv still takes a ReLU right after it
+            if bn is None:  # no foldable BN: the conv still takes a ReLU right after it
+                rw.bn_refused(f"{path}.{i + 1}", "conv step", mods[i + 1:i + 2])
                 relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
                 taken = int(relu)
             out.append(rw.conv(f"{path}.{i}", m, bn, relu))

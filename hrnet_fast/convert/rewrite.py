@@ -2,7 +2,9 @@
 
 HRNet parts are recognised by structure, not by class: a residual block is a module with ``conv1/bn1, conv2/bn2
 [, conv3/bn3]`` and a ``downsample`` slot; an HR module has ``branches`` and ``fuse_layers``; a conv step is a
-``Sequential(Conv2d, BatchNorm2d[, ReLU])`` or an mmcv ``ConvModule``. Each recognised part is replaced, in place, by its fused module, so
+``Sequential(Conv2d, BN[, ReLU])`` (the BN and ReLU may sit in a Sequential of their own) or an mmcv ``ConvModule``;
+a BN is any foldable form (``hrnet_fast.ops.folding.is_foldable_bn``: BatchNorm2d, SyncBatchNorm, frozen BNs, mmcv's
+subclasses). Each recognised part is replaced, in place, by its fused module, so
 the model's own ``forward`` keeps running (its control flow, its outputs) but calls fused kernels. BatchNorm and
 ReLU modules absorbed into a fused conv become ``nn.Identity``.
 """
@@ -16,10 +18,11 @@ import torch.nn as nn
 
 from . import probe
 from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule, FusedStage, make_conv
+from ..ops.folding import bn_not_foldable, is_batchnorm, is_foldable_bn
 from .heads import FusedSegmentation, fuse_rest, official_segmentation_widths, segmentation_head, split_head
+from .norm_steps import bn_relu_after
 from .report import FusionReport
 
-BN = nn.BatchNorm2d
 # Children a residual block may carry that are identities at inference (timm: drop_block, aa, se, drop_path).
 _INERT = (nn.Identity, nn.Dropout, nn.Dropout2d)
 _INERT_NAMES = ("DropPath", "DropBlock2d")
@@ -40,10 +43,22 @@ class Rewriter:
         self.backend = backend
         self.report = report
 
+    def bn_refused(self, path: str, pattern: str, modules) -> bool:
+        """Whether one of ``modules`` is a BatchNorm that normalises with batch statistics (so nothing it is part
+        of folds), reported with the reason: when the leftovers are listed, convert() has put every module in eval
+        mode."""
+        for m in modules:
+            why = bn_not_foldable(m) if m is not None and is_batchnorm(m) else None
+            if why is not None:
+                self.report.skip(path, pattern, f"not folded: {why}")
+                return True
+        return False
+
     # -- conv steps --------------------------------------------------------------------------------------------
     def conv(self, path: str, conv: nn.Conv2d, bn: Optional[nn.Module], relu: bool) -> nn.Module:
-        if bn is not None and not isinstance(bn, BN):
-            raise TypeError(f"{path}: expected BatchNorm2d after the conv, got {type(bn).__name__}")
+        if bn is not None and not is_foldable_bn(bn):
+            raise TypeError(f"{path}: expected a foldable BatchNorm after the conv, got {type(bn).__name__}"
+                            + (f" ({bn_not_foldable(bn)})" if is_batchnorm(bn) else ""))
         fused, why = make_conv(conv, bn, relu, self.dtype, self.backend)
         pattern = "conv" + ("+bn" if bn is not None else "") + ("+relu" if relu else "")
         if why is None:
@@ -53,26 +68,34 @@ class Rewriter:
         return fused
 
     def sequential(self, path: str, seq: nn.Sequential) -> Optional[nn.Module]:
-        """Sequential(Conv2d, BN[, ReLU]) or a Sequential of such steps -> a fused conv or chain; else None."""
+        """Sequential(Conv2d, BN[, ReLU]) (``bn_relu_after``) or a Sequential of such steps -> a fused conv or
+        chain; else None."""
         mods = list(seq)
         if mods and all(isinstance(m, nn.Sequential) for m in mods):
             steps = [self.sequential(f"{path}.{i}", m) for i, m in enumerate(mods)]
             return FusedChain(*steps) if all(s is not None for s in steps) else None
-        if 2 <= len(mods) <= 3 and isinstance(mods[0], nn.Conv2d) and isinstance(mods[1], BN):
-            if len(mods) == 3 and not isinstance(mods[2], nn.ReLU):
-                return None
-            return self.conv(path, mods[0], mods[1], relu=len(mods) == 3)
+        if mods and isinstance(mods[0], nn.Conv2d):
+            bn, relu, taken = bn_relu_after(mods, 1)
+            if bn is not None and 1 + taken == len(mods):
+                return self.conv(path, mods[0], bn, relu=relu)
+            self.bn_refused(path, "conv step", list(seq.modules())[1:])
         return None
 
     def conv_module(self, path: str, m: nn.Module) -> Optional[nn.Module]:
-        """mmcv's ConvModule (mmpretrain's HRFuseScales neck): ``conv``, a BN named by ``norm_name``, an optional
-        ReLU ``activate``, applied in the order ('conv', 'norm', 'act')."""
+        """mmcv's ConvModule (mmcv/cnn/bricks/conv_module.py; mmpretrain's HRFuseScales neck, mmseg's heads):
+        ``conv``, a BN named by ``norm_name`` (``bn`` for BN and SyncBN), a ReLU ``activate`` when
+        ``with_activation``, applied in ``order`` ('conv', 'norm', 'act'); an explicit padding layer
+        (``with_explicit_padding``) runs before the conv, so such a module is left as it is."""
         conv, norm_name = getattr(m, "conv", None), getattr(m, "norm_name", None)
         if not isinstance(conv, nn.Conv2d) or not isinstance(norm_name, str):
             return None
-        bn, act = getattr(m, norm_name, None), getattr(m, "activate", None)
-        if not isinstance(bn, BN) or tuple(getattr(m, "order", ("conv", "norm", "act"))) != ("conv", "norm", "act") \
-                or not (act is None or isinstance(act, nn.ReLU)):
+        bn = getattr(m, norm_name, None)
+        act = getattr(m, "activate", None) if getattr(m, "with_activation", True) else None
+        if is_batchnorm(bn) and bn_not_foldable(bn) is not None:
+            self.report.skip(path, "ConvModule", bn_not_foldable(bn))
+            return None
+        if not is_foldable_bn(bn) or tuple(getattr(m, "order", ("conv", "norm", "act"))) != ("conv", "norm", "act") \
+                or not (act is None or isinstance(act, nn.ReLU)) or getattr(m, "with_explicit_padding", False):
             self.report.skip(path, "ConvModule", "not conv -> BN (-> ReLU)")
             return None
         return self.conv(path, conv, bn, relu=act is not None)
@@ -83,7 +106,7 @@ class Rewriter:
         if not all(isinstance(getattr(m, n, None), nn.Conv2d) for n in names) or not hasattr(m, "downsample"):
             return None
         bns = [_norm(m, k + 1) for k in range(len(names))]
-        if not all(isinstance(b, BN) for b in bns):
+        if self.bn_refused(path, "residual block", bns) or not all(is_foldable_bn(b) for b in bns):
             return None
         known = set(names) | {f"bn{k + 1}" for k in range(len(names))} | {"downsample"}
         for name, child in m.named_children():
@@ -163,8 +186,9 @@ class Rewriter:
                     ok = (len(mods) == 3 and isinstance(mods[2], nn.Upsample) and mods[2].mode == "nearest"
                           and mods[2].scale_factor in (2 ** (j - i), float(2 ** (j - i))))
                     expected = "Sequential(conv, bn, nearest Upsample)"
-                if not (ok and isinstance(mods[0], nn.Conv2d) and isinstance(mods[1], BN)):
-                    self.report.skip(p, "hr fuse", f"upsample term is not {expected}")
+                if not (ok and isinstance(mods[0], nn.Conv2d) and is_foldable_bn(mods[1])):
+                    if not (ok and self.bn_refused(p, "hr fuse", mods[1:2])):
+                        self.report.skip(p, "hr fuse", f"upsample term is not {expected}")
                     return None
                 up[j] = self.conv(f"{p}.0", mods[0], mods[1], relu=False)
             else:
@@ -224,13 +248,13 @@ def _resized_by_forward(fuse_layers: nn.ModuleList) -> bool:
     """Whether every upsampled term is a bare Sequential(conv, BN), which the module's forward must resize."""
     terms = [f for i, row in enumerate(fuse_layers) for j, f in enumerate(row) if j > i]
     return bool(terms) and all(isinstance(f, nn.Sequential) and len(f) == 2 and isinstance(f[0], nn.Conv2d)
-                               and isinstance(f[1], BN) for f in terms)
+                               and is_foldable_bn(f[1]) for f in terms)
 
 
 def is_hrnet(m: nn.Module) -> bool:
     """HRNet layout: stem conv1/bn1/conv2/bn2, layer1, transition1..3, stage2..4."""
     return all(hasattr(m, a) for a in ("conv1", "conv2", "layer1", "transition1", "stage2", "stage3", "stage4")) \
-        and all(isinstance(_norm(m, k), BN) for k in (1, 2))
+        and all(is_foldable_bn(_norm(m, k)) for k in (1, 2))
 
 
 def find_hrnet(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:

@@ -5,6 +5,10 @@ For y = BN(conv(x, w) + b) with running mean mu, variance var, scale gamma, shif
     w' = w * s            (per output channel)
     b' = (b - mu) * s + beta
 so y = conv(x, w') + b'. Done in fp32 whatever the parameters' dtype; cast to the run dtype afterwards.
+
+Which modules are such a BN is decided here, once, by structure (``is_batchnorm``, ``is_foldable_bn``): torch's
+BatchNorm2d and SyncBatchNorm (the same op in eval mode) and their subclasses (mmcv's wrappers, its ``_BatchNormXd``),
+and frozen BNs that hold the four statistics as buffers (torchvision's ``FrozenBatchNorm2d``).
 """
 from __future__ import annotations
 
@@ -12,6 +16,49 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+_STATISTICS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _is_frozen_bn(m: nn.Module) -> bool:
+    """torchvision's FrozenBatchNorm2d by structure: ``x * w / sqrt(var + eps) + (b - mean * ...)`` with the four
+    statistics as 1-d buffers of one length, a float ``eps``, no parameters and no children (detectron2's frozen BN
+    has the same layout)."""
+    buffers = dict(m.named_buffers(recurse=False))
+    if not type(m).__name__.endswith("BatchNorm2d") or not all(n in buffers for n in _STATISTICS):
+        return False
+    shapes = {tuple(buffers[n].shape) for n in _STATISTICS}
+    return (len(shapes) == 1 and len(next(iter(shapes))) == 1 and isinstance(getattr(m, "eps", None), float)
+            and not list(m.parameters(recurse=False)) and not list(m.children()))
+
+
+def is_batchnorm(m: nn.Module) -> bool:
+    """Whether ``m`` is a BatchNorm over [N, C, H, W] feature maps, in any of the forms the converter reads:
+    torch's BatchNorm2d / SyncBatchNorm and subclasses of torch's ``_BatchNorm`` for any rank (mmcv's
+    ``_BatchNormXd``), or a frozen BN (``_is_frozen_bn``). BatchNorm1d and BatchNorm3d reject 4-d input."""
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm3d)):
+        return False
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) or _is_frozen_bn(m)
+
+
+def bn_not_foldable(m: nn.Module) -> Optional[str]:
+    """Why the BatchNorm ``m`` (``is_batchnorm``) is not a fixed per-channel affine map, or None when it is.
+
+    torch's BN normalises with the batch's statistics in train mode, and in eval mode too without running statistics
+    (``track_running_stats=False``); a frozen BN always uses its buffers."""
+    if _is_frozen_bn(m):
+        return None
+    if m.running_mean is None or m.running_var is None:
+        return f"{type(m).__name__} has no running statistics (track_running_stats=False): it normalises with each " \
+               f"batch's statistics"
+    if m.training:
+        return f"{type(m).__name__} is in train mode (it normalises with each batch's statistics): call .eval() on it"
+    return None
+
+
+def is_foldable_bn(m: Optional[nn.Module]) -> bool:
+    """Whether ``m`` is a BatchNorm whose forward is a fixed per-channel affine map, so it folds into a conv."""
+    return m is not None and is_batchnorm(m) and bn_not_foldable(m) is None
 
 
 def fold_bn_weights(weight: torch.Tensor, bias: Optional[torch.Tensor], running_mean: torch.Tensor,
@@ -28,11 +75,29 @@ def fold_bn_weights(weight: torch.Tensor, bias: Optional[torch.Tensor], running_
     return w * scale.reshape(-1, 1, 1, 1), (b - mean) * scale + shift
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(w', b') in fp32 for ``bn(conv(x))``; BN must hold running statistics (eval-mode semantics)."""
+def _statistics(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, float, Optional[torch.Tensor],
+                                        Optional[torch.Tensor]]:
+    """(running_mean, running_var, eps, gamma, beta) of any ``is_batchnorm`` form; ValueError naming why not."""
+    if not is_batchnorm(bn):
+        raise ValueError(f"{type(bn).__name__} is not a BatchNorm over [N, C, H, W] feature maps")
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
-    if conv.out_channels != bn.num_features:
-        raise ValueError(f"conv has {conv.out_channels} output channels but BatchNorm2d has {bn.num_features}")
-    return fold_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                           bn.weight if bn.affine else None, bn.bias if bn.affine else None)
+        raise ValueError(f"cannot fold a {type(bn).__name__} without running statistics (track_running_stats=False)")
+    affine = _is_frozen_bn(bn) or bn.affine
+    return bn.running_mean, bn.running_var, bn.eps, bn.weight if affine else None, bn.bias if affine else None
+
+
+def bn_scale_shift(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) in fp32 with ``bn(x) = x * s + t`` per channel (eval-mode semantics) for any ``is_batchnorm`` form:
+    s = gamma / sqrt(var + eps), t = beta - mean * s."""
+    mean, var, eps, gamma, beta = _statistics(bn)
+    scale, shift = fold_bn_weights(torch.ones(mean.numel(), 1, 1, 1), None, mean, var, eps, gamma, beta)
+    return scale.flatten(), shift
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(w', b') in fp32 for ``bn(conv(x))``, ``bn`` in any ``is_batchnorm`` form holding running statistics
+    (eval-mode semantics: a BN left in train mode folds its running statistics)."""
+    mean, var, eps, gamma, beta = _statistics(bn)
+    if conv.out_channels != mean.numel():
+        raise ValueError(f"conv has {conv.out_channels} output channels but {type(bn).__name__} has {mean.numel()}")
+    return fold_bn_weights(conv.weight, conv.bias, mean, var, eps, gamma, beta)
