@@ -68,6 +68,11 @@ _TILES = {
     "large": ((64, 64, 32, 4, 3), (128, 32, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 4, 3)),
 }
 _INTERPRETER_TILE = (128, 64, 32)  # the interpreter's cost grows with the number of programs, not tile size
+# A small-class GEMM whose first (smallest) tile makes at most this many programs is not tuned: half of an H100's
+# 132 SMs, so every candidate runs a single partial wave in which each program walks the same K loop, and a larger
+# tile only gives each SM more of the same work. Timing the others would cost their compiles (most of a first
+# forward's compile time: at batch 1, 33 of W18's 54 conv shapes are this small) for no real choice.
+HALF_WAVE_PROGRAMS = 66
 
 # triton.jit decides at decoration whether the kernel is interpreted; read the same knob once, here.
 _INTERPRETED = knobs.runtime.interpret
@@ -80,13 +85,19 @@ def m_bucket(m: int) -> int:
 
 def candidates(cin: int, cout: int, m: int) -> List[triton.Config]:
     """The configs worth timing for a GEMM of M = m rows, N = cout, K chunks of cin: the shape class's tiles
-    with BLOCK_N and BLOCK_K clamped to the padded channel counts (larger ones only add masked lanes)."""
+    with BLOCK_N and BLOCK_K clamped to the padded channel counts (larger ones only add masked lanes); only the
+    first where it fills at most half a wave (``HALF_WAVE_PROGRAMS``)."""
     n_cap = max(16, triton.next_power_of_2(cout))
     k_cap = max(16, triton.next_power_of_2(cin))
     if _INTERPRETED:
         bm, bn, bk = _INTERPRETER_TILE
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": min(bn, n_cap), "BLOCK_K": min(bk, k_cap)})]
-    tiles = _TILES["small" if m_bucket(m) <= _SMALL_M else "large"]
+    small = m_bucket(m) <= _SMALL_M
+    tiles = _TILES["small" if small else "large"]
+    if small:
+        bm, bn = tiles[0][:2]
+        if triton.cdiv(m_bucket(m), bm) * triton.cdiv(cout, min(bn, n_cap)) <= HALF_WAVE_PROGRAMS:
+            tiles = tiles[:1]
     seen, out = set(), []
     for bm, bn, bk, warps, stages in tiles:
         tile = (bm, min(bn, n_cap), min(bk, k_cap), warps, stages)
@@ -100,7 +111,7 @@ def candidates(cin: int, cout: int, m: int) -> List[triton.Config]:
 def all_gpu_configs(cin: int, cout: int) -> List[triton.Config]:
     """Every config ``candidates`` can return for these channel counts, over all M (for static checks)."""
     seen, out = set(), []
-    for m in (1, 2 * _SMALL_M):
+    for m in (_SMALL_M, 2 * _SMALL_M):  # the largest small-class and a large-class M: every tile of each class
         for c in candidates(cin, cout, m):
             rec = (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
             if rec not in seen:
@@ -109,7 +120,12 @@ def all_gpu_configs(cin: int, cout: int) -> List[triton.Config]:
     return out
 
 
-@triton.jit
+# Sizes and strides are not specialised on divisibility by 16 (or on equalling 1): no index they enter is loaded as a
+# vector (NHWC rows get their alignment from the CIN/COUT constexprs; the strided path loads element by element),
+# so specialising only multiplied the compiled variants, one per divisibility pattern of the map sizes. The bias
+# stride stays specialised: converted models pass 1, which makes the bias load a vector.
+@triton.jit(do_not_specialize=["M", "H", "W", "Ho", "Wo", "sxn", "sxc", "sxh", "sxw", "srn", "src", "srh", "srw",
+                               "syn", "syc", "syh", "syw"])
 def _conv_bn_act_kernel(
     x_ptr,  # [N, CIN, H, W], strides sxn, sxc, sxh, sxw (dense NHWC when NHWC)
     w_ptr,  # [KH * KH * CIN, COUT_PAD] packed weight (pack_weight), BN folded in

@@ -33,17 +33,24 @@ _INTERPRETED = knobs.runtime.interpret
 # Output elements a thread sums at most in the bilinear variant: four taps per term keep more values live, and
 # at 16 a thread (BLOCK 4096 on 8 warps) ptxas spills hundreds of bytes on sm_90.
 MAX_BILINEAR_ELEMENTS_PER_THREAD = 8
-_GPU_BLOCKS = ((256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8))  # (BLOCK, num_warps)
+_GPU_BLOCKS = ((256, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (4096, 8))  # (BLOCK, num_warps), smallest first
+# A fusion the smallest block covers in at most this many programs (half of an H100's SMs) takes that block
+# untimed: with a partial wave, larger blocks only leave more SMs idle on a memory-bound sum.
+HALF_WAVE_PROGRAMS = 66
 
 
-def candidates(bilinear: bool) -> List[triton.Config]:
-    """The configs tuning times (``tuning.pick``): every block size for nearest, those within the per-thread bound
-    for bilinear. The interpreter runs each program in Python, at a cost that grows with the number of programs:
-    one large block there."""
+def candidates(bilinear: bool, total: Optional[int] = None) -> List[triton.Config]:
+    """The configs tuning times (``tuning.pick``) for an output of ``total`` elements (None: every config any size
+    can get): every block size for nearest, those within the per-thread bound for bilinear, only the smallest
+    where it fills at most half a wave. The interpreter runs each program in Python, at a cost that grows with the
+    number of programs: one large block there."""
     if _INTERPRETED:
         return [triton.Config({"BLOCK": 4096})]
-    return [triton.Config({"BLOCK": block}, num_warps=warps) for block, warps in _GPU_BLOCKS
-            if not bilinear or block // (32 * warps) <= MAX_BILINEAR_ELEMENTS_PER_THREAD]
+    configs = [triton.Config({"BLOCK": block}, num_warps=warps) for block, warps in _GPU_BLOCKS
+               if not bilinear or block // (32 * warps) <= MAX_BILINEAR_ELEMENTS_PER_THREAD]
+    if total is not None and triton.cdiv(total, configs[0].kwargs["BLOCK"]) <= HALF_WAVE_PROGRAMS:
+        return configs[:1]
+    return configs
 
 
 @triton.jit
@@ -257,7 +264,7 @@ def _launch(x: torch.Tensor, low_res: List[torch.Tensor], same_res: List[torch.T
 
     key = (str(x.dtype).replace("torch.", ""), "nhwc" if channels_last else "nchw", n, c, h, w, len(low_res),
            len(same_res), mode)
-    config = tuning.pick("multires_fuse", key, candidates(bilinear), run, x.device)
+    config = tuning.pick("multires_fuse", key, candidates(bilinear, total), run, x.device)
     if not make_plan:
         run(config)
         return y, None

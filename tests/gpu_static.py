@@ -280,6 +280,68 @@ def _job(spec) -> Tuple[List[Dict], int]:
     return records, sum(1 for per_kernel in cache.values() for k in per_kernel if isinstance(k, tuple))
 
 
+# ------------------------------------------------------------------------------------------ first-forward variants
+
+def forward_variants(input_size: Tuple[int, int] = (224, 224)) -> Dict[str, int]:
+    """How many kernel variants a first W18 forward (batch 1, fp16, channels_last) compiles: distinct
+    (signature with specialisations, constexprs, compile options) over every launch it makes, each tuning
+    candidate included. Launches are reproduced as ``conv_records`` reproduces them; nothing is compiled."""
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    import hrnet_fast_kernels.conv_bn_act as conv
+    import hrnet_fast_kernels.multires_fuse as fuse
+    backend = make_backend(GPUTarget("cuda", ARCH, 32))
+
+    def variant(jit_fn, launch):
+        args, kwargs = launch
+        kwargs = {**kwargs, "debug": False}
+        binder = create_function_from_signature(jit_fn.signature, jit_fn.params, backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = jit_fn._pack_args(backend, kwargs, bound, specialization, options)
+        return repr((sorted(signature.items()), sorted(constexprs.items()), sorted(attrs.items()), options))
+
+    def launches(kernel, module, call):
+        """Every launch ``call`` makes with each of the candidates the launcher offers it."""
+        recorder, original_run, original_candidates = Recorder(), kernel.run, module.candidates
+        offered = []
+        try:
+            module.candidates = lambda *a: offered.extend(original_candidates(*a)) or offered[:1]
+            kernel.run = recorder
+            call()  # learns the candidates
+            for config in offered[1:]:
+                module.candidates = lambda *a, c=config: [c]
+                call()
+        finally:
+            kernel.run, module.candidates = original_run, original_candidates
+        return recorder.launches
+
+    convs, fuses = w18_calls(input_size)
+    cl, dt = torch.channels_last, torch.float16
+    conv_variants, fuse_variants = set(), set()
+    for s in convs:
+        x = torch.empty(1, s["cin"], s["h"], s["w"], dtype=dt).to(memory_format=cl)
+        weight = torch.empty(s["cout"], s["cin"], s["k"], s["k"], dtype=dt)
+        ho = (s["h"] + 2 * s["padding"] - s["k"]) // s["stride"] + 1
+        wo = (s["w"] + 2 * s["padding"] - s["k"]) // s["stride"] + 1
+        residual = torch.empty(1, s["cout"], ho, wo, dtype=dt).to(memory_format=cl) if s["residual"] else None
+        for launch in launches(conv._conv_bn_act_kernel, conv, lambda: conv._launch(
+                x, weight, torch.empty(s["cout"], dtype=dt), s["stride"], s["padding"], residual, s["relu"],
+                make_plan=False)):
+            conv_variants.add(variant(conv._conv_bn_act_kernel, launch))
+    for f in fuses:
+        def t(h, w):
+            return torch.empty(1, f["c"], h, w, dtype=dt).to(memory_format=cl)
+        for launch in launches(fuse._multires_fuse_kernel, fuse, lambda: fuse._launch(
+                t(f["h"], f["w"]), [t(*hw) for hw in f["low"]], [t(f["h"], f["w"]) for _ in range(f["same"])],
+                True, "nearest", False, make_plan=False)):
+            fuse_variants.add(variant(fuse._multires_fuse_kernel, launch))
+    return dict(conv_calls=len(convs), conv_bn_act=len(conv_variants), fuse_calls=len(fuses),
+                multires_fuse=len(fuse_variants))
+
+
 def format_table(result: Dict[str, Any]) -> str:
     lines = [f"{'kernel':14} {'dtype':5} {'shape':34} {'config':16} {'regs':>4} {'spill':>5} loads"]
     for r in result["records"]:
@@ -302,11 +364,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="every W18 conv shape and the int64 variants")
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--count", action="store_true",
+                        help="only count the variants a first W18 forward compiles (JSON on stdout); no compiling")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("gpu_static: run without TRITON_INTERPRET (the kernels must be compiled, not interpreted)",
               file=sys.stderr)
         return 2
+    if args.count:
+        print(json.dumps(forward_variants()))
+        return 0
     result = collect(full=args.full)
     if args.json:
         with open(args.json, "w") as f:

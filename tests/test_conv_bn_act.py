@@ -168,6 +168,18 @@ def test_triton_candidates_fit_the_channels():
     assert all(c.kwargs["BLOCK_K"] <= 256 and c.kwargs["BLOCK_N"] <= 256 for c in configs)
 
 
+def test_triton_half_wave_shapes_are_not_tuned(monkeypatch):
+    """A small map whose first tile makes at most half a wave of programs gets that tile alone (nothing to time,
+    nothing else to compile); a larger one keeps its shape class's list."""
+    import hrnet_fast_kernels.conv_bn_act as conv
+    monkeypatch.setattr(conv, "_INTERPRETED", False)
+    assert len(conv.candidates(144, 144, 7 * 7)) == 1  # 2 x 5 programs of 32x32
+    assert len(conv.candidates(36, 36, 28 * 28)) == 1  # 32 x 2
+    assert len(conv.candidates(18, 18, 56 * 56)) == 3  # 128 x 1
+    assert len(conv.candidates(18, 18, 2 * 56 * 56)) > 1  # large class
+    assert len(conv.all_gpu_configs(144, 144)) == len(conv._TILES["small"]) + len(conv._TILES["large"])
+
+
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("shape", ((18, 18, 3, 3), (144, 72, 1, 1), (36, 3, 3, 3)))
 def test_triton_packed_weight_layout(shape, dtype):

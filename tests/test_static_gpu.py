@@ -81,3 +81,21 @@ def test_ptx_load_parser():
 	st.global.b16 [ %rd5 + 0 ], { %rs2 };
 """
     assert global_loads(ptx) == {"ld2": 1, "ld16": 1, "ld8": 1, "cp.async4": 1, "cp.async16": 1}
+
+
+# Budgets for a first W18 forward at 224x224 (batch 1, fp16): 156 conv and 54 fusion variants before sizes stopped
+# being specialised and half-wave shapes stopped being tuned; 91 and 39 after.
+MAX_FIRST_FORWARD_VARIANTS = {"conv_bn_act": 100, "multires_fuse": 45}
+
+
+def test_first_forward_compiles_a_bounded_number_of_variants():
+    """Distinct compiled variants (specialisation, constexprs, options) over every launch of a first forward,
+    tuning candidates included: what bounds its compile time."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(HERE, "gpu_static.py"), "--count"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    counts = json.loads(done.stdout)
+    assert counts["conv_calls"] >= 50 and counts["fuse_calls"] >= 8  # the whole forward was seen
+    over = {k: counts[k] for k, budget in MAX_FIRST_FORWARD_VARIANTS.items() if counts[k] > budget}
+    assert not over, f"first-forward variants over budget {MAX_FIRST_FORWARD_VARIANTS}: {over}"
