@@ -6,10 +6,10 @@
 # Stages (budgets in seconds, written once in benchmarks/gpu_check_plan.py), each a program
 # benchmarks/gpu_check_<stage>.py with its own JSON in OUTDIR, rewritten as it goes (after each test chunk, each
 # measured cell), so a stage cut by its budget or killed by its backstop still leaves what it did:
-#   build (50)      pip install -e . for this GPU's architecture only, one compiler job per core
-#   tests (55)      the curated GPU test subset (gpu_check_test_list.py), chunks in parallel processes
+#   build (65)      pip install -e . for this GPU's architecture only, one compiler job per core
+#   tests (50)      the curated GPU test subset (gpu_check_test_list.py), chunks in parallel processes
 #   sanitizer (25)  compute-sanitizer memcheck over a small converted forward per backend
-#   measure (95)    every implementation per (model, dtype, batch) cell, interleaved; cells in priority order
+#   measure (85)    every implementation per (model, dtype, batch) cell, interleaved; cells in priority order
 #   ops (15)        the fused ops beside what they replace on W18's calls, most-called first
 #   latency (60)    only when named: the seed's table through `hrnet-fast bench`
 # Each stage gets a backstop `timeout` 3 s after its budget (SIGTERM: it records itself as cut), SIGKILL 2 s
