@@ -22,6 +22,7 @@ TINY_ARGS = ["--models", "w18_small", "--input-size", "64", "--batch", "1,2", "-
              "--peers", "channels_last,onnxruntime,openvino", "--device", "cpu", "--dtype", "fp32"]
 IMPLS = ["reference", "converted", "channels_last", "onnxruntime", "openvino_fp32", "openvino_default"]
 NUMBER = r"\d+\.\d+"
+MARKED = r"( \(!\))?"  # a cell this busy machine disturbed is marked (tests/test_bench_disturbance.py)
 
 
 def markdown_tables(text: str) -> Dict[str, List[List[str]]]:
@@ -58,7 +59,7 @@ def test_latency_tables_have_the_seed_layout(tiny_run):
         assert len(tables[title]) == 2
         row = tables[title][1]
         assert row[0] == "hrnet_w18_small"
-        assert all(re.fullmatch(NUMBER, cell) and float(cell) > 0 for cell in row[1:])
+        assert all(re.fullmatch(NUMBER + MARKED, cell) and float(cell.split()[0]) > 0 for cell in row[1:])
 
 
 def test_speedup_table_is_reference_over_each_implementation(tiny_run):
@@ -70,7 +71,7 @@ def test_speedup_table_is_reference_over_each_implementation(tiny_run):
     for row in table[1:]:
         for batch, cell in zip((1, 2), row[3:]):
             expected = medians[("reference", batch)] / medians[(row[2], batch)]
-            assert cell == f"{expected:.2f}x"
+            assert re.fullmatch(re.escape(f"{expected:.2f}x") + MARKED, cell)
 
 
 def test_dispatch_table_shows_conversion_removes_ops_and_bytes(tiny_run):
@@ -110,6 +111,17 @@ def test_json_records_every_timing_with_its_spread(tiny_run):
             / r["median_ms"])
 
 
+def test_marked_cells_are_the_ones_the_json_calls_disturbed(tiny_run):
+    stdout, data, _ = tiny_run
+    tables = markdown_tables(stdout)
+    for r in data["results"]:
+        cell = tables[f"FP32, {bench.LABELS[r['implementation']]}"][1][r["batch"]]  # batches 1, 2: columns 1, 2
+        assert cell.endswith("(!)") == bool(r["disturbed"]), (cell, r)
+    assert data["disturbance"]["cells"] == sum(bool(r["disturbed"]) for r in data["results"])
+    assert (data["disturbance"]["rerun"] is None) == (not data["disturbance"]["cells"]
+                                                      and data["disturbance"]["load_at_start"] is None)
+
+
 def test_json_records_environment_and_command_line(tiny_run):
     _, data, _ = tiny_run
     env = data["environment"]
@@ -127,8 +139,8 @@ def test_json_records_environment_and_command_line(tiny_run):
 
 def test_converted_outputs_agree_with_the_reference(tiny_run):
     _, data, _ = tiny_run
-    errors = data["models"]["hrnet_w18_small"]["rel_error_vs_reference"]["fp32"]
-    assert set(errors) == set(IMPLS[1:])
+    errors = data["models"]["hrnet_w18_small"]["rel_error_vs_fp32_reference"]["fp32"]
+    assert set(errors) == set(IMPLS[1:])  # the FP32 reference is the truth itself
     # The bench must time a model that gives the reference's answers: fp32 to rounding (DESIGN.md floor).
     assert errors["converted"] < 1e-5
 
@@ -141,7 +153,7 @@ def test_openvino_runs_at_fp32_and_at_its_default_precision(tiny_run):
     default = info["openvino_default"]["inference_precision"]
     assert default in ("f32", "bf16", "f16")
     assert f"hrnet_w18_small: inference precision {default} (as its runtime reports it)" in stdout
-    errors = data["models"]["hrnet_w18_small"]["rel_error_vs_reference"]["fp32"]
+    errors = data["models"]["hrnet_w18_small"]["rel_error_vs_fp32_reference"]["fp32"]
     assert errors["openvino_fp32"] < 1e-4  # fp32 kernels of another library: rounding only
     assert math.isfinite(errors["openvino_default"])  # its accuracy: tests/test_bench_peers.py
     assert data["environment"]["openvino"] is not None
@@ -286,10 +298,10 @@ def test_a_peer_that_fails_is_reported_and_the_others_are_timed(capsys, monkeypa
     stdout = capsys.readouterr().out
     tables = markdown_tables(stdout)
     for impl in ("reference", "converted", "channels_last"):
-        assert all(re.fullmatch(NUMBER, cell) for cell in tables[f"FP32, {bench.LABELS[impl]}"][1][1:])
+        assert all(re.fullmatch(NUMBER + MARKED, cell) for cell in tables[f"FP32, {bench.LABELS[impl]}"][1][1:])
     assert tables[f"FP32, {bench.LABELS['onnxruntime']}"][1][1:] == ["failed: RuntimeError: boom"] * 2
     compiled = tables[f"FP32, {bench.LABELS['compile']}"][1][1:]
-    assert re.fullmatch(NUMBER, compiled[0]) and compiled[1] == "failed: ValueError: no batch 2"
+    assert re.fullmatch(NUMBER + MARKED, compiled[0]) and compiled[1] == "failed: ValueError: no batch 2"
     speedups = {row[2]: row[3:] for row in next(rows for title, rows in tables.items() if title.startswith("Speed-up"))}
     assert speedups["onnxruntime"] == ["failed", "failed"] and speedups["compile"][1] == "failed"
     assert "later lines" not in stdout

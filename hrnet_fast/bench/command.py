@@ -10,13 +10,13 @@ import torch
 
 from .environment import environment, load_average
 from .peers import BenchError, convert_fn
+from .progress import format_plan, stderr_log
 from .report import format_report, to_json
 from .runner import run
 from .settings import resolve_settings
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
     try:
         settings = resolve_settings(args)
         convert_fn()  # fail before any work when convert() is missing
@@ -25,10 +25,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
-    cells = len(settings.models) * len(settings.dtypes) * len(settings.batches)
     env = environment(settings.device, settings.peers)
-    with tqdm(total=cells, unit="cell", file=sys.stderr, disable=None) as progress:
-        results = run(settings, progress)
+    stderr_log(format_plan(settings))
+    results = run(settings, stderr_log)
     env["load_average_1m_after"] = load_average()
     print(format_report(results, env))
     if args.json:

@@ -12,6 +12,7 @@ import torch.nn as nn
 from ..timing import TimingStats, time_round_robin
 from .compare import relative_error
 from .peers import DTYPES, SPECS, Implementation, build_implementation
+from .progress import Log, Progress
 from .settings import Settings
 
 CALIBRATION = {"steps": 2, "batch": 2}
@@ -35,7 +36,9 @@ class Results:
 
     settings: Settings
     timings: Dict[Tuple[str, str, int, str], TimingStats] = field(default_factory=dict)  # (model, dtype, batch, impl)
-    rel_error: Dict[Tuple[str, str, str], float] = field(default_factory=dict)  # (model, dtype, impl) vs reference
+    # (model, dtype, impl) -> relative L2 difference from the FP32 reference's outputs at the first batch (for
+    # dtype != fp32, "reference" is eager PyTorch at that dtype: its own rounding, shown beside the others)
+    rel_error: Dict[Tuple[str, str, str], float] = field(default_factory=dict)
     counts: Dict[Tuple[str, str, str], Any] = field(default_factory=dict)  # (model, dtype, impl) -> DispatchCounts
     info: Dict[Tuple[str, str, str], Dict[str, str]] = field(default_factory=dict)  # (model, dtype, impl) -> facts
     profiles: Dict[str, Dict[str, float]] = field(default_factory=dict)  # model -> params/macs/flops
@@ -90,6 +93,30 @@ def _build(results: Results, name: str, dtype: str, model: nn.Module, impl: str)
     return Implementation(_guarded(impl, runner.forward), _guarded(impl, runner.prepare), runner.info)
 
 
+def _build_all(results: Results, name: str, dtype: str, model: nn.Module,
+               progress: Progress) -> Dict[str, Implementation]:
+    """Every implementation of the cell's precision that builds, with a progress line each."""
+    s = results.settings
+    wanted = [impl for impl in s.implementations if s.runs(impl, dtype)]
+    impls = {}
+    for index, impl in enumerate(wanted, start=1):
+        begin = time.perf_counter()
+        runner = _build(results, name, dtype, model, impl)
+        progress.built(f"{name} {dtype}", impl, index, len(wanted), time.perf_counter() - begin,
+                       results.failed.get((name, dtype, impl)))
+        if runner is not None:
+            impls[impl] = runner
+    return impls
+
+
+def _fp32_truth(model: nn.Module, settings: Settings) -> Any:
+    """The FP32 reference's outputs at the first batch: what every precision's outputs are compared with (eager
+    BF16 has rounding of its own; comparing with it would count that against the others)."""
+    reference = build_implementation("reference", model, settings.device, "fp32", input_size=settings.input_size)
+    with torch.inference_mode():
+        return reference.forward(reference.prepare(_input(settings.batches[0], settings, "fp32")))
+
+
 def _input(batch: int, settings: Settings, dtype: str) -> torch.Tensor:
     gen = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, 3, *settings.input_size, generator=gen)
@@ -119,29 +146,27 @@ def _profile(model: nn.Module, input_size: Tuple[int, int]) -> Dict[str, float]:
     return {"params": float(p.params), "macs": float(p.macs), "flops": float(p.flops)}
 
 
-def run(settings: Settings, progress: Optional[Any] = None) -> Results:
-    """Times every (model, precision, batch) cell for every implementation; ``progress`` is a tqdm bar
-    advanced once per cell."""
+def run(settings: Settings, log: Optional[Log] = None) -> Results:
+    """Times every (model, precision, batch) cell for every implementation; ``log`` gets a line per
+    implementation built and per cell timed (``hrnet_fast.bench.progress``)."""
     results = Results(settings)
+    progress = Progress(settings, log)
     begin = time.perf_counter()
     for name in settings.models:
-        _status(progress, f"{name}: calibrating BN")
+        progress.say(f"[{name}] calibrating BatchNorm")
         model = reference_model(name, settings.device, settings.input_size)
         results.profiles[name] = _profile(model, settings.input_size)
+        truth = _fp32_truth(model, settings)
         for dtype in settings.dtypes:
-            _status(progress, f"{name} {dtype}: building implementations")
-            built = {impl: _build(results, name, dtype, model, impl)
-                     for impl in settings.implementations if settings.runs(impl, dtype)}
-            impls = {impl: runner for impl, runner in built.items() if runner is not None}
+            impls = _build_all(results, name, dtype, model, progress)
             for impl, runner in impls.items():
                 if runner.info:
                     results.info[(name, dtype, impl)] = dict(runner.info)
             _count(results, name, dtype, model, impls)
             for batch in settings.batches:
-                _status(progress, f"{name} {dtype} batch {batch}")
-                _time_cell(results, name, dtype, batch, impls)
-                if progress is not None:
-                    progress.update(1)
+                cell_begin = time.perf_counter()
+                _time_cell(results, name, dtype, batch, impls, truth)
+                progress.timed(f"{name} {dtype} batch {batch}", len(impls), time.perf_counter() - cell_begin)
             del impls
             if settings.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -149,18 +174,21 @@ def run(settings: Settings, progress: Optional[Any] = None) -> Results:
     return results
 
 
-def _time_cell(results: Results, name: str, dtype: str, batch: int, impls: Dict[str, Implementation]) -> None:
-    """Times one cell. A peer that raises is recorded as failed and removed from ``impls`` (so from the later
-    cells too), and the cell is timed again without it: its figures come from one interleaved run."""
+def _time_cell(results: Results, name: str, dtype: str, batch: int, impls: Dict[str, Implementation],
+               truth: Any) -> None:
+    """Times one cell (at the first batch, its outputs are compared with ``truth``, the FP32 reference's). A peer
+    that raises is recorded as failed and removed from ``impls`` (so from the later cells too), and the cell is
+    timed again without it: its figures come from one interleaved run."""
     while True:
         try:
-            return _time_cell_once(results, name, dtype, batch, impls)
+            return _time_cell_once(results, name, dtype, batch, impls, truth)
         except _PeerFailed as e:
             results.failed[(name, dtype, e.impl)] = e.reason
             del impls[e.impl]
 
 
-def _time_cell_once(results: Results, name: str, dtype: str, batch: int, impls: Dict[str, Implementation]) -> None:
+def _time_cell_once(results: Results, name: str, dtype: str, batch: int, impls: Dict[str, Implementation],
+                    truth: Any) -> None:
     settings = results.settings
     x = _input(batch, settings, dtype)
     inputs = {impl: runner.prepare(x) for impl, runner in impls.items()}
@@ -168,15 +196,10 @@ def _time_cell_once(results: Results, name: str, dtype: str, batch: int, impls: 
         with torch.inference_mode():
             outs = {impl: runner.forward(inputs[impl]) for impl, runner in impls.items()}
         for impl, out in outs.items():
-            if impl != "reference":
-                results.rel_error[(name, dtype, impl)] = relative_error(out, outs["reference"])
+            if impl != "reference" or dtype != "fp32":  # the FP32 reference is the truth itself
+                results.rel_error[(name, dtype, impl)] = relative_error(out, truth)
     fns = {impl: (lambda r=runner, i=inputs[impl]: r.forward(i)) for impl, runner in impls.items()}
     stats = time_round_robin(fns, settings.device, warmup=settings.warmup, reps=settings.reps,
                              min_time=settings.min_time)
     for impl, s in stats.items():
         results.timings[(name, dtype, batch, impl)] = s
-
-
-def _status(progress: Optional[Any], text: str) -> None:
-    if progress is not None:
-        progress.set_description_str(text)
