@@ -30,6 +30,12 @@ Why K is (kh, kw, cin), masked per tap, rather than flat K padded to a multiple 
   tap instead of per K element (a flat K index would need a division by Cin for every element).
 The cost is masked lanes in a tap's last chunk (Cin = 18 with BLOCK_K = 32 loads 32 channels for 18).
 
+Dense NHWC 3x3 walks a kernel row instead of a tap: the row's three taps read three adjacent input pixels, whose
+3 * Cin channels are contiguous in memory, and their weight rows are contiguous in the packed weight, so the K
+loop steps over (kernel row, chunk of 3 * Cin) with a per-element mask for the left/right zero padding (a value's
+tap is j // Cin). Cin = 18 then loads 54 useful values in one 64-wide chunk per kernel row (3 chunks instead of
+9 of 32 for 18); Cin = 72 walks 216 values in 7 chunks of 32 instead of 9 taps of 3 chunks.
+
 Cin and Cout are compile-time constants (a network has a handful of channel counts): the K loop's trip count
 and the row alignments are then known when compiling. The Triton 3.6 interpreter also needs a constant loop
 bound: with numpy >= 2.4 it cannot iterate over a runtime one (triton-lang/triton#9171).
@@ -73,6 +79,7 @@ _INTERPRETER_TILE = (128, 64, 32)  # the interpreter's cost grows with the numbe
 # tile only gives each SM more of the same work. Timing the others would cost their compiles (most of a first
 # forward's compile time: at batch 1, 33 of W18's 54 conv shapes are this small) for no real choice.
 HALF_WAVE_PROGRAMS = 66
+ROW_BLOCK_K = 64  # the widest K chunk a kernel-row run gets (_block_k)
 
 # triton.jit decides at decoration whether the kernel is interpreted; read the same knob once, here.
 _INTERPRETED = knobs.runtime.interpret
@@ -83,15 +90,24 @@ def m_bucket(m: int) -> int:
     return triton.next_power_of_2(max(m, 1))
 
 
-def candidates(cin: int, cout: int, m: int) -> List[triton.Config]:
-    """The configs worth timing for a GEMM of M = m rows, N = cout, K chunks of cin: the shape class's tiles
-    with BLOCK_N and BLOCK_K clamped to the padded channel counts (larger ones only add masked lanes); only the
-    first where it fills at most half a wave (``HALF_WAVE_PROGRAMS``)."""
+def _block_k(tile_k: int, cin: int, row_taps: int) -> int:
+    """The K chunk for a tile asking ``tile_k``: clamped to the padded K run (Cin, or a kernel row's
+    ``row_taps * cin`` values); a row run of at most ROW_BLOCK_K values is walked in one chunk (Cin = 18: 54
+    values in one 64-wide chunk per kernel row, three chunks in all instead of nine 32-wide ones of 18)."""
+    run = row_taps * cin
+    k_cap = max(16, triton.next_power_of_2(run))
+    return min(ROW_BLOCK_K if row_taps > 1 and run <= ROW_BLOCK_K else tile_k, k_cap)
+
+
+def candidates(cin: int, cout: int, m: int, row_taps: int = 1) -> List[triton.Config]:
+    """The configs worth timing for a GEMM of M = m rows, N = cout, K walked in runs of ``row_taps * cin`` values
+    (``row_taps`` = KH where a kernel row is one run, dense NHWC; else 1): the shape class's tiles with BLOCK_N
+    clamped to the padded channel count (larger ones only add masked lanes) and BLOCK_K from ``_block_k``; only
+    the first where it fills at most half a wave (``HALF_WAVE_PROGRAMS``)."""
     n_cap = max(16, triton.next_power_of_2(cout))
-    k_cap = max(16, triton.next_power_of_2(cin))
     if _INTERPRETED:
         bm, bn, bk = _INTERPRETER_TILE
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": min(bn, n_cap), "BLOCK_K": min(bk, k_cap)})]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": min(bn, n_cap), "BLOCK_K": _block_k(bk, cin, row_taps)})]
     small = m_bucket(m) <= _SMALL_M
     tiles = _TILES["small" if small else "large"]
     if small:
@@ -100,7 +116,7 @@ def candidates(cin: int, cout: int, m: int) -> List[triton.Config]:
             tiles = tiles[:1]
     seen, out = set(), []
     for bm, bn, bk, warps, stages in tiles:
-        tile = (bm, min(bn, n_cap), min(bk, k_cap), warps, stages)
+        tile = (bm, min(bn, n_cap), _block_k(bk, cin, row_taps), warps, stages)
         if tile not in seen:
             seen.add(tile)
             out.append(triton.Config({"BLOCK_M": tile[0], "BLOCK_N": tile[1], "BLOCK_K": tile[2]},
@@ -108,11 +124,11 @@ def candidates(cin: int, cout: int, m: int) -> List[triton.Config]:
     return out
 
 
-def all_gpu_configs(cin: int, cout: int) -> List[triton.Config]:
+def all_gpu_configs(cin: int, cout: int, row_taps: int = 1) -> List[triton.Config]:
     """Every config ``candidates`` can return for these channel counts, over all M (for static checks)."""
     seen, out = set(), []
     for m in (_SMALL_M, 2 * _SMALL_M):  # the largest small-class and a large-class M: every tile of each class
-        for c in candidates(cin, cout, m):
+        for c in candidates(cin, cout, m, row_taps):
             rec = (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
             if rec not in seen:
                 seen.add(rec)
@@ -177,22 +193,41 @@ def _conv_bn_act_kernel(
     w_cols_ok = rn < COUT_PAD  # the packed weight's zero padding may be read: a multiple of 16 bytes stays vector
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    chunks: tl.constexpr = (CIN + BLOCK_K - 1) // BLOCK_K
-    for kk in range(0, KH * KH * chunks):
-        tap = kk // chunks
-        ih = ih0 + tap // KH
-        iw = iw0 + tap % KH
-        ci = (kk % chunks) * BLOCK_K + rk
-        k_ok = ci < CIN
-        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # zero padding
-        if NHWC:
-            x_offs = (((n * H + ih) * W + iw) * CIN)[:, None] + ci[None, :]
-        else:
-            x_offs = (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc
-        a = tl.load(x_ptr + x_offs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w_offs = (tap * CIN + ci)[:, None] * COUT_PAD + rn[None, :]
-        b = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & w_cols_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    if NHWC and KH > 1:
+        # One kernel row's KH taps are KH adjacent input pixels: in NHWC memory and in the packed weight their
+        # KH * CIN values are one contiguous run of K. Walk it in BLOCK_K chunks; a value's tap (column) is
+        # j // CIN, and the left/right zero padding becomes a per-element mask.
+        row_k: tl.constexpr = KH * CIN
+        chunks: tl.constexpr = (row_k + BLOCK_K - 1) // BLOCK_K
+        for kk in range(0, KH * chunks):
+            kh = kk // chunks
+            ih = ih0 + kh
+            j = (kk % chunks) * BLOCK_K + rk  # [BLOCK_K] position along the row's KH * CIN values
+            k_ok = j < row_k
+            iw = iw0[:, None] + (j // CIN)[None, :]  # [BLOCK_M, BLOCK_K] input column of each value
+            ok = (m_ok & (ih >= 0) & (ih < H))[:, None] & k_ok[None, :] & (iw >= 0) & (iw < W)
+            x_offs = (((n * H + ih) * W + iw0) * CIN)[:, None] + j[None, :]  # from the row's first tap pixel
+            a = tl.load(x_ptr + x_offs, mask=ok, other=0.0)
+            w_offs = (kh * row_k + j)[:, None] * COUT_PAD + rn[None, :]
+            b = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & w_cols_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    else:
+        chunks: tl.constexpr = (CIN + BLOCK_K - 1) // BLOCK_K
+        for kk in range(0, KH * KH * chunks):
+            tap = kk // chunks
+            ih = ih0 + tap // KH
+            iw = iw0 + tap % KH
+            ci = (kk % chunks) * BLOCK_K + rk
+            k_ok = ci < CIN
+            row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # zero padding
+            if NHWC:
+                x_offs = (((n * H + ih) * W + iw) * CIN)[:, None] + ci[None, :]
+            else:
+                x_offs = (n * sxn + ih * sxh + iw * sxw)[:, None] + ci[None, :] * sxc
+            a = tl.load(x_ptr + x_offs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            w_offs = (tap * CIN + ci)[:, None] * COUT_PAD + rn[None, :]
+            b = tl.load(w_ptr + w_offs, mask=k_ok[:, None] & w_cols_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     # Epilogue: bias -> +residual -> ReLU, one store.
     if HAS_BIAS:
@@ -344,8 +379,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     def run(config: triton.Config) -> None:
         _conv_bn_act_kernel[grid(config)](*args, **flags, **config.all_kwargs())
 
-    config = tuning.pick("conv_bn_act", tuning_key(x, weight, stride, nhwc, m), candidates(cin, cout, m), run,
-                         x.device)
+    configs = candidates(cin, cout, m, k if nhwc else 1)  # dense NHWC walks a kernel row as one K run
+    config = tuning.pick("conv_bn_act", tuning_key(x, weight, stride, nhwc, m), configs, run, x.device)
     if not make_plan:
         run(config)
         return y, None

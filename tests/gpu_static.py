@@ -164,7 +164,7 @@ def conv_records(shapes: List[Dict], dtypes, int64: bool, cache: Dict) -> List[D
                 wo = (s["w"] + 2 * s["padding"] - s["k"]) // s["stride"] + 1
                 residual = (torch.empty(1, s["cout"], ho, wo, dtype=dt[dtype]).to(memory_format=torch.channels_last)
                             if s["residual"] else None)
-                for i, config in enumerate(conv.all_gpu_configs(s["cin"], s["cout"])):
+                for i, config in enumerate(conv.all_gpu_configs(s["cin"], s["cout"], s["k"])):  # NHWC: row runs
                     recorder = Recorder()
                     kernel.run = recorder
                     conv.candidates = lambda *a, c=config: [c]  # the launcher runs exactly this config

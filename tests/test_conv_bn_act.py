@@ -168,6 +168,53 @@ def test_triton_candidates_fit_the_channels():
     assert all(c.kwargs["BLOCK_K"] <= 256 and c.kwargs["BLOCK_N"] <= 256 for c in configs)
 
 
+# 3x3 convs for the kernel-row K runs (dense NHWC walks a kernel row's three taps as one run of 3 * Cin values with
+# a per-element padding mask): every HRNet width, maps narrower than a chunk, odd sizes, a 256x192 pose input's
+# stride-4 branch (64x48), batch 0, 1 and 3, both strides. (N, Cin, Cout, H, W, stride, padding, residual)
+ROW_CASES = (
+    (1, 3, 18, 13, 17, 1, 1, False),
+    (3, 18, 18, 7, 7, 1, 1, True),
+    (1, 18, 18, 64, 48, 1, 1, True),
+    (3, 36, 36, 13, 17, 1, 1, False),
+    (1, 72, 72, 7, 7, 1, 1, True),
+    (1, 144, 144, 7, 7, 1, 1, False),
+    (3, 18, 36, 13, 17, 2, 1, False),
+    (1, 36, 18, 13, 17, 1, 0, False),
+    (0, 18, 18, 7, 7, 1, 1, True),
+)
+
+
+ROW_LAYOUTS = (("channels_last", torch.float32), ("channels_last", torch.float16), ("nchw", torch.float32),
+               ("strided", torch.float32))
+
+
+@pytest.mark.parametrize("layout,dtype,case", [
+    pytest.param(layout, dtype, case, id=f"{layout}-{dtype}-" + "x".join(map(str, case[:5])) + f"s{case[5]}p{case[6]}")
+    for layout, dtype in ROW_LAYOUTS for case in ROW_CASES
+    if not (layout == "strided" and case[0] == 0)])  # an empty tensor has no strided view that is not contiguous
+def test_triton_3x3_kernel_rows(layout, dtype, case):
+    device = backend_device("triton", "conv_bn_act")
+    torch.manual_seed(0)
+    n, cin, cout, h, w, stride, padding, res = case
+    x, weight, bias, residual = inputs((n, cin, cout, h, w, 3, stride, padding, res, True), dtype, device, layout)
+    y = ops.conv_bn_act(x, weight, bias, stride=stride, padding=padding, residual=residual, relu=True,
+                        backend="triton")
+    assert y.shape == conv_bn_act_ref(x, weight, bias, stride=stride, padding=padding, residual=residual).shape
+    if n:
+        assert y.is_contiguous(memory_format=expected_format(layout))
+        assert_matches_reference(y, conv_bn_act_ref, x, weight, bias, stride=stride, padding=padding,
+                                 residual=residual, relu=True)
+
+
+def test_triton_row_runs_take_a_wide_chunk(monkeypatch):
+    """Dense NHWC 3x3 with Cin = 18 walks each kernel row's 54 values in one 64-wide K chunk."""
+    import hrnet_fast_kernels.conv_bn_act as conv
+    monkeypatch.setattr(conv, "_INTERPRETED", False)
+    assert {c.kwargs["BLOCK_K"] for c in conv.candidates(18, 18, 64 * 48, row_taps=3)} == {64}
+    assert {c.kwargs["BLOCK_K"] for c in conv.candidates(18, 18, 64 * 48)} == {32}  # per tap: 18 of 32
+    assert {c.kwargs["BLOCK_K"] for c in conv.candidates(72, 72, 64 * 48, row_taps=3)} == {32}
+
+
 def test_triton_half_wave_shapes_are_not_tuned(monkeypatch):
     """A small map whose first tile makes at most half a wave of programs gets that tile alone (nothing to time,
     nothing else to compile); a larger one keeps its shape class's list."""

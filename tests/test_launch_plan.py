@@ -98,8 +98,8 @@ def compiled_path(monkeypatch, tmp_path):
     tuning.forget()
 
 
-def conv_inputs(h=16):
-    x = torch.randn(1, 18, h, 12, dtype=torch.float16).to(memory_format=torch.channels_last)
+def conv_inputs(h=80, w=64):
+    x = torch.randn(1, 18, h, w, dtype=torch.float16).to(memory_format=torch.channels_last)
     return x, conv.pack_weight(torch.randn(36, 18, 3, 3, dtype=torch.float16)), torch.randn(36, dtype=torch.float16)
 
 
@@ -108,10 +108,10 @@ def test_capture_launches_the_warm_up_kernel_with_the_file_choice(compiled_path,
     capture launches that same loaded kernel, neither the first candidate nor a new compile."""
     kernel, state = compiled_path
     x, w, b = conv_inputs()
-    configs = conv.candidates(18, 36, 1 * 8 * 6)
+    configs = conv.candidates(18, 36, 40 * 32, row_taps=3)  # what the launcher offers: NHWC 3x3, stride 2
     assert len(configs) > 1
     winner = configs[-1]
-    key = tuning.full_key("conv_bn_act", conv.tuning_key(x, w, 2, True, 8 * 6), CUDA)
+    key = tuning.full_key("conv_bn_act", conv.tuning_key(x, w, 2, True, 40 * 32), CUDA)
     (tmp_path / "tuning.json").write_text(json.dumps({key: tuning.config_record(winner)}))
 
     conv.conv_bn_act(x, w, b, stride=2, padding=1, residual=None, relu=True)  # warm-up
@@ -133,7 +133,7 @@ def test_capture_of_a_new_shape_says_to_warm_up(compiled_path):
     launched = len(kernel.launched)  # the candidates tuning ran, then the call's own launch
     assert state["timed"] and launched == 1
     state["capturing"] = True
-    x2, _, _ = conv_inputs(h=20)
+    x2, _, _ = conv_inputs(h=96)
     with pytest.raises(tuning.NotWarmedUp, match=r"conv_bn_act .*hrnet_fast\.warmup\(model, shapes\)"):
         conv.conv_bn_act(x2, w, b, stride=1, padding=1, residual=None, relu=True)
     assert len(kernel.launched) == launched
