@@ -71,12 +71,6 @@ def environment() -> Dict[str, Any]:
     }
 
 
-def stats(samples_ms: List[float]) -> Dict[str, float]:
-    """median / p20 / p80 of timings in ms (hrnet_fast.timing's definition)."""
-    from hrnet_fast.timing import TimingStats
-    return TimingStats.from_samples(samples_ms).as_dict()
-
-
 def run_command(cmd: List[str], timeout_s: float, env: Optional[Dict[str, str]] = None,
                 keep_output: bool = False) -> Dict[str, Any]:
     """Runs ``cmd`` from the repository root with a timeout; its output goes to our stdout (the check's log), its
