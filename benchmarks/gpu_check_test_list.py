@@ -62,6 +62,8 @@ CHUNKS: Dict[str, List[str]] = {
         "tests/test_cuda_graph_backends.py::test_gpu_backend_replays_from_a_cuda_graph[triton-torch.float16]",
         "tests/test_cuda_graph_backends.py::test_gpu_backend_replays_from_a_cuda_graph[triton-torch.bfloat16]",
         "tests/test_cuda_graph_backends.py::test_gpu_backend_replays_from_a_cuda_graph[torch-torch.float16]",
+        "tests/test_cuda_graph.py::test_gpu_triton_backend_under_graphs[bf16]",  # tuned choices read from the file
+        "tests/test_cuda_graph.py::test_gpu_default_replays_graphs_per_batch_bucket",
         "tests/test_cuda_graph.py::test_gpu_graphs_follow_moves_and_loads",
         "tests/test_cuda_graph.py::test_gpu_capture_tolerates_cuda_calls_from_another_thread",
         "tests/test_cuda_graph.py::test_gpu_model_on_the_second_device[eager-cuda]",
