@@ -101,7 +101,7 @@ def test_official_segmentation_round_trip(seg, image, tmp_path, wrap):
         sd = {**{f"model.{k}": v for k, v in sd.items()}, "loss.criterion.weight": torch.ones(19)}
     torch.save(sd, tmp_path / "seg.pth")
     fresh = fresh_like(seg)
-    assert load_checkpoint(fresh, tmp_path / "seg.pth").format == "official"
+    assert load_checkpoint(fresh, tmp_path / "seg.pth", align_corners=False).format == "official"
     assert torch.equal(outputs(fresh, image), outputs(seg, image))
 
 
@@ -123,9 +123,9 @@ def test_mmseg_round_trip(seg, image, tmp_path):
     torch.testing.assert_close(outputs(fresh, image), outputs(seg, image))
 
 
-def test_mmseg_checkpoint_into_an_align_corners_model_warns(seg):
+def test_mmseg_checkpoint_into_an_align_corners_model_is_refused(seg):
     model = SegHighResolutionNet(CONFIGS["hrnet_w18_small"], align_corners=True)
-    with pytest.warns(UserWarning, match="align_corners=False"):
+    with pytest.raises(CheckpointError, match="trained with align_corners=False"):
         load_checkpoint(model, to_mmseg(seg.state_dict()))
 
 

@@ -8,7 +8,8 @@ One module per family of layouts, each detected from the keys:
 
 ``reading.py`` reads files without running code from them (``torch.load(weights_only=True)``; a numpy-only
 unpickler for ``.pdparams``) and unwraps training checkpoints; ``loading.py`` detects the format and task, maps the
-keys and explains a mismatch.
+keys and explains a mismatch; ``conventions.py`` checks a segmentation checkpoint's ``align_corners`` (which no
+state dict records) against the model's, where the format fixes it, and warns where it does not.
 
 Where a format's conv has no bias but ours has one followed by BN (the classification head in mmpretrain and
 PaddleClas, the segmentation head's first conv in mmsegmentation), loading sets our bias to zero, which is exact,

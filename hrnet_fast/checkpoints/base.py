@@ -53,6 +53,10 @@ class Format:
     # Our conv biases the format does not store: its conv has none and the following BN (our key with
     # "0.bias" -> "1.running_mean") absorbs them on export.
     folded_biases: Pattern[str] = NEVER
+    # Segmentation formats: the align_corners every model saved in this format was trained with, and why; None
+    # where the format does not fix it (``conventions.py``).
+    align_corners: Optional[bool] = None
+    align_corners_source = ""
 
     def key_of(self, key: str) -> Optional[str]:
         """The format's name for our ``key``, or None where the format has no such entry."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -11,6 +10,7 @@ import torch.nn as nn
 
 from ..registry import create_model, list_models
 from .base import CheckpointError, Format, LoadReport
+from .conventions import AlignCorners, check_align_corners, check_policy
 from .official import HRNET_PREFIXES, FlatFormat, UnknownFormat, flat_task
 from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat
 from .paddle import PaddleFormat
@@ -96,7 +96,7 @@ def _ignored_prefixes(model: nn.Module, fmt: Format) -> Tuple[str, ...]:
 
 
 def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, Mapping[str, object]],
-                    strict: bool = True) -> LoadReport:
+                    strict: bool = True, align_corners: AlignCorners = "check") -> LoadReport:
     """Loads a checkpoint (file or dict) into ``model``: classification (timm/official, mmpretrain/MMClassification,
     PaddleClas), pose (official, mmpose 1.x and 0.x) or segmentation (official, mmsegmentation).
 
@@ -106,10 +106,17 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     checkpoint into a segmentation model, say) raises one saying so. With ``strict=False`` what fits is loaded and
     the rest is listed in the returned :class:`LoadReport` (an ImageNet checkpoint initialises a pose or
     segmentation model's backbone this way).
+
+    A segmentation checkpoint's resize convention is checked against the model's ``align_corners``
+    (``conventions.py``): with ``align_corners="check"`` (default) an mmsegmentation checkpoint (trained with
+    False) into a model built with True raises a :class:`CheckpointError` saying how to build the right model, and
+    a flat checkpoint, which does not record it, warns once. ``align_corners=True``/``False`` states the
+    checkpoint's convention (checked, no warning); ``"ignore"`` skips the check.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_checkpoint expects an nn.Module, got {type(model).__name__}")
     _check_not_converted(model)
+    check_policy(align_corners)
     raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_checkpoint(path_or_state_dict)
     state = unwrap(raw)
     if not state:
@@ -160,10 +167,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
                     "segmentation": "number of classes"}[fmt.task]
             hints.insert(0, f"  The {what} differs: build the model with the checkpoint's num_classes.")
         raise CheckpointError("\n".join([details] + hints), details, _classifier_size(state, fmt))
-    if isinstance(fmt, MMSegFormat) and getattr(model, "align_corners", False) is True:
-        warnings.warn("mmsegmentation trains HRNet with align_corners=False; this model resizes with "
-                      "align_corners=True (the official repository's choice). Build it with "
-                      "create_model(..., align_corners=False) to match the checkpoint's training.", stacklevel=2)
+    check_align_corners(model, task, state, fmt, align_corners, lambda: identify_variant(state, fmt))
     model.load_state_dict(converted, strict=not problems)
     return report
 

@@ -64,6 +64,9 @@ class MMSegFormat(RuleFormat):
     task = "segmentation"
     classifier_prefixes = ("decode_head.conv_seg.",)
     folded_biases = re.compile(r"^last_layer\.0\.bias$")
+    align_corners = False
+    align_corners_source = ("mmsegmentation's HRNet backbone and FCNHead resize with align_corners=False in every "
+                            "HRNet config")
     RULES = rules([
         (r"^last_layer\.0\.bias$", None),
         (r"^last_layer\.0\.(.*)$", r"decode_head.convs.0.conv.\1"),
