@@ -143,7 +143,9 @@ def create_model(name: str, num_classes: Optional[int] = None, features_only: bo
     (segmentation). ``features_only=True`` (classification models) returns the multi-scale feature maps (stem,
     then the four branches; the incre-module outputs by default, or the raw branch outputs with
     ``feature_location=""``), as timm does. ``align_corners`` (segmentation models) sets every bilinear resize's
-    corner alignment: True (default) as the official repository, False as mmsegmentation.
+    corner alignment: True (default) as the official repository's default, False as mmsegmentation and the
+    official Cityscapes, LIP and PASCAL-Context configs (``load_checkpoint`` refuses an mmsegmentation checkpoint
+    into a model built with True).
     """
     key, tag = parse_name(name)
     task = task_of(key)

@@ -7,9 +7,11 @@ to the exact size of the target branch (so any input size works: 520x520 gives b
     head        branches 1..3 resized bilinearly to branch 0's size, concatenated (sum of branch widths)
     last_layer  1x1 conv (bias) -> BN -> ReLU -> 1x1 conv (bias) to num_classes, logits at stride 4
 
-Keys are the official ones (``last_layer.0/1/3``). ``align_corners`` applies to every resize: the official
-repository uses True, mmsegmentation False (which, where each branch is exactly half the one above, equals its
-``Upsample(scale_factor=2**k)`` followed by a resize to the target size).
+Keys are the official ones (``last_layer.0/1/3``). ``align_corners`` applies to every resize: True is the
+official repository's default, False its Cityscapes, LIP and PASCAL-Context configs' and mmsegmentation's (which,
+where each branch is exactly half the one above, equals its ``Upsample(scale_factor=2**k)`` followed by a resize to
+the target size). No state dict records it: ``load_checkpoint`` checks it where the format fixes it
+(``checkpoints/conventions.py``).
 """
 from __future__ import annotations
 
