@@ -106,7 +106,7 @@ CHUNKS: Dict[str, List[str]] = {
         "tests/test_cuda_conv.py::test_gpu_every_problem_runs_and_matches[36-torch.float32-nchw-tf32_on]",
     ],
     "launches_special_values": [
-        "tests/test_cuda_launches.py::test_gpu_w18_forward_copies_no_weight[torch.float16]",
+        "tests/test_cuda_launches.py::test_gpu_w18_forward_copies_no_weight[torch.float16-padded]",
         "tests/test_cuda_launches.py::test_gpu_ops_launch_on_the_current_stream[cuda]",
         "tests/test_cuda_launches.py::test_gpu_ops_launch_on_the_current_stream[triton]",
         f"{SPECIAL}::test_conv_bn_act_nan_inf_propagate[cuda-gpu-relu]",

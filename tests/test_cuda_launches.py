@@ -22,14 +22,17 @@ def live_or_skip(backend):
             pytest.skip(f"backend {backend} is not live: {why}")
 
 
+@pytest.mark.parametrize("pad_channels", [1, None], ids=("unpadded", "padded"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_gpu_w18_forward_copies_no_weight(dtype):
-    """A W18 forward on the cuda backend dispatches no copy at all (the weights were stored channels_last at
-    convert time; the input is already channels_last in the run dtype). Prints the kernel count."""
+def test_gpu_w18_forward_copies_no_weight(dtype, pad_channels):
+    """A W18 forward on the cuda backend, kernel by kernel (no CUDA graph), dispatches no weight copy (the weights
+    were stored channels_last at convert time; the input is already channels_last in the run dtype): unpadded no
+    copy at all, with channel padding (the CUDA default) only the image's, into its zero-padded buffer. Prints the
+    kernel count."""
     live_or_skip("cuda")
     torch.manual_seed(0)
     model = hrnet_fast.calibrate_bn(hrnet_fast.create_model("hrnet_w18"), (64, 64), steps=2, batch=2).cuda()
-    fast = hrnet_fast.convert(model, dtype=dtype, backend="cuda")
+    fast = hrnet_fast.convert(model, dtype=dtype, backend="cuda", cuda_graph=False, pad_channels=pad_channels)
     x = torch.randn(1, 3, 224, 224, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
     fast(x)  # first call: cuDNN decisions and algorithm choices
     torch.cuda.synchronize()
@@ -41,7 +44,7 @@ def test_gpu_w18_forward_copies_no_weight(dtype):
     copies = [e.name for e in events if e.name in COPIES]
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     print(f"hrnet_w18 {dtype} batch 1, cuda backend: {len(kernels)} kernels per forward, {len(copies)} copies")
-    assert copies == []
+    assert copies == ([] if pad_channels == 1 else ["aten::copy_"])
     assert kernels, "the profiler saw no kernels"
 
 
