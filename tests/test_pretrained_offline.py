@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import hrnet_fast
+from hub_cache import seed_hub_cache
 from hrnet_fast import pretrained
 from hrnet_fast.pretrained import PretrainedUnavailable
 
@@ -89,19 +90,6 @@ def test_unreachable_hub_fails_fast_with_the_way_out(request, empty_cache, hub, 
     assert f"the Hugging Face hub ({hub_constants.ENDPOINT}) cannot be reached" in str(info.value)
     assert reason in str(info.value)  # the local stand-in was asked, not the real hub
     assert_names_the_way_out(str(info.value))
-
-
-def seed_hub_cache(hub: Path, repo: str, state_dict) -> Path:
-    """The Hugging Face cache layout: refs/main names a snapshot holding the file."""
-    from safetensors.torch import save_file
-    commit = "1" * 40
-    folder = hub / f"models--{repo.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    (folder / "snapshots" / commit).mkdir(parents=True)
-    path = folder / "snapshots" / commit / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
-    return path
 
 
 def test_a_cached_copy_loads_while_the_hub_is_unreachable(empty_cache, refusing_hub):

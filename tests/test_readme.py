@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import hrnet_fast
+from hub_cache import seed_hub_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- gpu -->\n)?```python\n(.*?)```", re.S)
@@ -23,17 +24,6 @@ BLOCK = re.compile(r"(<!-- gpu -->\n)?```python\n(.*?)```", re.S)
 def readme_blocks():
     """[(needs a GPU, code)] for every ```python block of the README, in order."""
     return [(bool(m.group(1)), m.group(2)) for m in BLOCK.finditer((ROOT / "README.md").read_text())]
-
-
-def seed_hub_cache(hub: Path, repo: str, state_dict) -> None:
-    """The Hugging Face cache layout hf_hub_download reads offline: refs/main names a snapshot holding the file."""
-    from safetensors.torch import save_file
-    commit = "0" * 40
-    folder = hub / f"models--{repo.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    (folder / "snapshots" / commit).mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, folder / "snapshots" / commit / "model.safetensors")
 
 
 def test_readme_has_the_examples_it_should():
