@@ -59,8 +59,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from hrnet_fast.ops.checks import conv_out_shape
-from hrnet_fast.ops.library import output_memory_format
+from hrnet_fast.ops.checks import conv_out_shape, output_memory_format
 
 from . import conv_dot_precision, launch, needs_int64, tuning
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from hrnet_fast.ops.library import output_memory_format
+from hrnet_fast.ops.checks import output_memory_format
 
 from . import launch, needs_int64, tuning
 

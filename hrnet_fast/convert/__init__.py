@@ -24,7 +24,8 @@ from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, FusedHRFuse
 from .fx_fuse import fuse_graph
 from .padding import check_pad_channels, default_multiple, pad_model
 from .report import FusionReport
-from .rewrite import Rewriter, find_hrnet, rewrite_hrnet
+from .rewrite import find_hrnet, rewrite_hrnet
+from .rewriter import Rewriter
 
 __all__ = ["convert", "ConvertedModel", "FORWARDED_ATTRIBUTES", "FusionReport"]
 

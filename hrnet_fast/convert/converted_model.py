@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..models import check_input_size
 from ..ops.backends import BACKENDS, select
-from ..ops.library import output_memory_format
+from ..ops.checks import output_memory_format
 from .cuda_graph import GraphCache
 from .padding import ChannelPadding
 from .report import FusionReport

@@ -13,19 +13,18 @@ fused head runs each W_i at its branch's own resolution (4x, 16x, 64x fewer pixe
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
 from ..ops.folding import fold_bn, is_foldable_bn
 from . import probe
-from .fused import FUSED_MODULES, FoldedConv, FusedConvBNAct, fuse, make_conv
+from .fused import FUSED_MODULES, fuse
 from .fx_fuse import fuse_graph
+from .rewriter import Rewriter
 from .norm_steps import bn_relu_after
 
-if TYPE_CHECKING:
-    from .rewrite import Rewriter
 
 class FusedSegHead(nn.Module):
     """The HRNetV2 head on the list of branch maps: per-branch slices of the folded 1x1 conv, one bilinear
@@ -84,7 +83,7 @@ def _head_layers(last: nn.Module, widths: Optional[List[int]]) -> bool:
             and isinstance(classifier, nn.Conv2d) and conv.in_channels == sum(widths))
 
 
-def split_head(rw: "Rewriter", net: nn.Module, widths: List[int], align_corners: bool) -> FusedSegHead:
+def split_head(rw: Rewriter, net: nn.Module, widths: List[int], align_corners: bool) -> FusedSegHead:
     """The fused head for ``net.last_layer`` (checked by ``_head_layers``) over branches resized bilinearly with
     ``align_corners``, taken out of ``net``."""
     conv, bn, _, classifier = net.last_layer
@@ -106,7 +105,7 @@ def split_head(rw: "Rewriter", net: nn.Module, widths: List[int], align_corners:
     return head
 
 
-def segmentation_head(rw: "Rewriter", net: nn.Module) -> Optional[FusedSegHead]:
+def segmentation_head(rw: Rewriter, net: nn.Module) -> Optional[FusedSegHead]:
     """The fused head of our HRNetV2 segmentation model (``features``, ``head_resize`` and ``last_layer`` over the
     concatenated branches), taken out of ``net``; None when ``net`` has no such head."""
     resize, widths = getattr(net, "head_resize", None), getattr(net, "stage_channels", None)
@@ -134,7 +133,7 @@ def _contains(m: nn.Module, kinds) -> bool:
     return any(isinstance(s, kinds) for s in m.modules())
 
 
-def fuse_rest(rw: "Rewriter", path: str, m: nn.Module) -> None:
+def fuse_rest(rw: Rewriter, path: str, m: nn.Module) -> None:
     """Fuses what the HRNet rules left under ``m`` (a head around the backbone): every plain ``nn.Sequential`` by
     its conv (-> BN) (-> ReLU) runs, other modules with convs through torch.fx when they hold no fused part, a
     bare conv (a pose head's 1x1 conv to heatmaps) as a fused conv with its bias."""
@@ -146,7 +145,7 @@ def fuse_rest(rw: "Rewriter", path: str, m: nn.Module) -> None:
                 setattr(m, name, new)
 
 
-def _fused(rw: "Rewriter", path: str, m: nn.Module) -> nn.Module:
+def _fused(rw: Rewriter, path: str, m: nn.Module) -> nn.Module:
     """The replacement of one module left by the HRNet rules (``m`` itself, rewritten inside, where it has none)."""
     if isinstance(m, FUSED_MODULES) or not _contains(m, nn.Conv2d):
         return m
@@ -170,7 +169,7 @@ def _fused(rw: "Rewriter", path: str, m: nn.Module) -> nn.Module:
     return m
 
 
-def _sequential_runs(rw: "Rewriter", path: str, seq: nn.Sequential) -> nn.Sequential:
+def _sequential_runs(rw: Rewriter, path: str, seq: nn.Sequential) -> nn.Sequential:
     """``seq`` with each conv (-> BN) (-> ReLU) run replaced by one fused conv (nn.Sequential applies its modules
     in order, so the runs are the data flow); other modules kept, and fused inside where they have convs."""
     mods = list(seq)

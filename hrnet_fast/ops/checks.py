@@ -1,4 +1,5 @@
-"""Input validation shared by every backend: a clear error before any kernel runs."""
+"""Input validation shared by every backend (a clear error before any kernel runs), and the output shape and
+memory format every backend returns."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -60,6 +61,13 @@ def conv_out_shape(x_shape: Sequence[int], w_shape: Sequence[int], stride: int, 
     n, _, h, w = x_shape
     k = w_shape[2]
     return (n, w_shape[0], (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1)
+
+
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when x is laid out that way (and is not ambiguous NCHW), else contiguous."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 UPSAMPLE_MODES = ("nearest", "bilinear")

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .library import output_memory_format
+from .checks import output_memory_format
 
 # Problem -> whether cuDNN's fused op runs it.
 _fused_ok: Dict[Tuple, bool] = {}

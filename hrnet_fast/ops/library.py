@@ -12,14 +12,7 @@ from typing import ContextManager, List, Optional
 import torch
 
 from . import backends
-from .checks import conv_out_shape
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when x is laid out that way (and is not ambiguous NCHW), else contiguous."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
+from .checks import conv_out_shape, output_memory_format
 
 
 def check_no_grad(op: str, *tensors: Optional[torch.Tensor]) -> None:
