@@ -14,6 +14,7 @@ from hrnet_fast import calibrate_bn, create_model, load_checkpoint, to_mmpose, t
 from hrnet_fast.checkpoints import CheckpointError
 from hrnet_fast.models import PoseHighResolutionNet, SegHighResolutionNet
 from hrnet_fast.registry import CONFIGS
+from mmseg_layout import mmseg_by_hand
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NAME = "seg_hrnetv2_w18_small"
@@ -39,18 +40,6 @@ def trained():
 def image():
     # 96x64: the branches are 24x16 .. 3x2, so every resize is a real 2x/4x/8x upsample.
     return torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
-
-
-def mmseg_by_hand(sd):
-    """mmsegmentation's names (HRNet backbone, FCNHead ConvModule without conv bias, conv_seg)."""
-    out = {"backbone." + k: v for k, v in sd.items() if not k.startswith("last_layer.")}
-    out["decode_head.convs.0.conv.weight"] = sd["last_layer.0.weight"]
-    for f in ("weight", "bias", "running_var", "num_batches_tracked"):
-        out[f"decode_head.convs.0.bn.{f}"] = sd[f"last_layer.1.{f}"]
-    out["decode_head.convs.0.bn.running_mean"] = sd["last_layer.1.running_mean"] - sd["last_layer.0.bias"]
-    out["decode_head.conv_seg.weight"] = sd["last_layer.3.weight"]
-    out["decode_head.conv_seg.bias"] = sd["last_layer.3.bias"]
-    return out
 
 
 @pytest.fixture(scope="module")

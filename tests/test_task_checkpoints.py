@@ -12,6 +12,7 @@ from hrnet_fast import calibrate_bn, create_model, load_checkpoint, to_mmpose, t
 from hrnet_fast.checkpoints import CheckpointError, detect_format, identify_variant
 from hrnet_fast.models import PoseHighResolutionNet, SegHighResolutionNet
 from hrnet_fast.registry import CONFIGS
+from mmseg_layout import mmseg_by_hand
 
 SIZE = (64, 64)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,22 +52,6 @@ def fresh_like(model):
 def outputs(model, x):
     with torch.no_grad():
         return model.eval()(x)
-
-
-def mmseg_by_hand(sd):
-    """mmsegmentation's names for an official segmentation state dict, renamed here key by key; the head's conv
-    bias folded into the BN mean."""
-    out = {}
-    for k, v in sd.items():
-        if not k.startswith("last_layer."):
-            out["backbone." + k] = v
-    out["decode_head.convs.0.conv.weight"] = sd["last_layer.0.weight"]
-    for f in ("weight", "bias", "running_var", "num_batches_tracked"):
-        out[f"decode_head.convs.0.bn.{f}"] = sd[f"last_layer.1.{f}"]
-    out["decode_head.convs.0.bn.running_mean"] = sd["last_layer.1.running_mean"] - sd["last_layer.0.bias"]
-    out["decode_head.conv_seg.weight"] = sd["last_layer.3.weight"]
-    out["decode_head.conv_seg.bias"] = sd["last_layer.3.bias"]
-    return out
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "module_prefix"])
