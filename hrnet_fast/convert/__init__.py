@@ -63,12 +63,9 @@ def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
             kind = type(m).__name__
             if is_batchnorm(m):  # the reason it was not folded: its mode or statistics, else where it sits
                 report.skip(path, kind, bn_not_foldable(m) or "not after a conv in a pattern the converter recognises")
-            elif in_fused:
-                pass
-            elif isinstance(m, nn.Conv2d):
-                report.skip(path, kind, "not in a conv->BN(->ReLU) pattern the converter recognises")
-            else:
-                report.skip(path, kind, "no fused op for this layer; runs as is")
+            elif not in_fused:  # a fused module's other leaves are what it runs
+                report.skip(path, kind, "not in a conv->BN(->ReLU) pattern the converter recognises"
+                            if isinstance(m, nn.Conv2d) else "no fused op for this layer; runs as is")
         for name, child in children:
             walk(child, f"{path}.{name}" if path else name, in_fused)
     walk(module, "", False)
