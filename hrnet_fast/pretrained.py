@@ -25,6 +25,9 @@ TAG_CFG: Dict[str, Dict] = {
 TASK_CFG: Dict[str, Dict] = {
     "pose": dict(input_size=(3, 256, 192), num_classes=17, classifier="final_layer"),
     "segmentation": dict(input_size=(3, 1024, 2048), num_classes=19, classifier="last_layer.3"),
+    # HigherHRNet W32's 512x512 COCO images (its W48 experiment takes 640); classifier: the stride-2 heatmaps.
+    "bottom-up pose": dict(input_size=(3, 512, 512), num_classes=17, classifier="final_layers.1"),
+    "OCR segmentation": dict(input_size=(3, 1024, 2048), num_classes=19, classifier="cls_head"),
 }
 # The files timm's hub loader asks for, in its order (safetensors first, then the pickle).
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from .models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet
+from .models.higher_hrnet import PoseHigherResolutionNet
+from .models.ocr import SegHRNetOCR
 from .pretrained import default_cfg, load_pretrained, set_cfg
 
 
@@ -51,7 +53,14 @@ SSLD = {"hrnet_w18_ssld": "hrnet_w18", "hrnet_w48_ssld": "hrnet_w48"}
 POSE = {"pose_hrnet_w32": "hrnet_w32", "pose_hrnet_w48": "hrnet_w48"}
 SEGMENTATION = {"seg_hrnetv2_w18_small": "hrnet_w18_small", "seg_hrnetv2_w18_small_v2": "hrnet_w18_small_v2",
                 "seg_hrnetv2_w18": "hrnet_w18", "seg_hrnetv2_w32": "hrnet_w32", "seg_hrnetv2_w48": "hrnet_w48"}
-TASK_DEFAULT_CLASSES = {"classification": 1000, "pose": 17, "segmentation": 19}
+# Bottom-up pose (HigherHRNet-Human-Pose-Estimation's w32/w48 experiments) and HRNetV2 + OCR (the HRNet-OCR
+# branch's seg_hrnet_ocr_w48 configs).
+BOTTOM_UP_POSE = {"higher_hrnet_w32": "hrnet_w32", "higher_hrnet_w48": "hrnet_w48"}
+OCR = {"seg_hrnetv2_w48_ocr": "hrnet_w48"}
+TASK_DEFAULT_CLASSES = {"classification": 1000, "pose": 17, "segmentation": 19, "bottom-up pose": 17,
+                        "OCR segmentation": 19}
+# Tasks whose models resize bilinearly (align_corners applies).
+SEGMENTATION_TASKS = ("segmentation", "OCR segmentation")
 
 ALIASES: Dict[str, str] = {}
 for _w in (18, 30, 32, 40, 44, 48, 64):
@@ -67,16 +76,25 @@ for _w in (18, 32, 48):
     ALIASES[f"seg_hrnet_w{_w}"] = ALIASES[f"hrnetv2_w{_w}"] = f"seg_hrnetv2_w{_w}"
 ALIASES["seg_hrnet_w18_small_v1"] = ALIASES["seg_hrnetv2_w18_small_v1"] = "seg_hrnetv2_w18_small"
 ALIASES["seg_hrnet_w18_small_v2"] = "seg_hrnetv2_w18_small_v2"
+for _w, _size in ((32, 512), (32, 640), (48, 640)):
+    ALIASES[f"higher_hrnet_w{_w}_{_size}"] = ALIASES[f"pose_higher_hrnet_w{_w}_{_size}"] = f"higher_hrnet_w{_w}"
+ALIASES["seg_hrnet_ocr_w48"] = ALIASES["hrnet_ocr_w48"] = "seg_hrnetv2_w48_ocr"
 
 
 def task_of(name: str) -> str:
-    """"classification", "pose" or "segmentation" for a canonical model name."""
-    return "pose" if name in POSE else "segmentation" if name in SEGMENTATION else "classification"
+    """"classification", "pose", "segmentation", "bottom-up pose" or "OCR segmentation" for a canonical model
+    name."""
+    for task, names in (("pose", POSE), ("segmentation", SEGMENTATION), ("bottom-up pose", BOTTOM_UP_POSE),
+                        ("OCR segmentation", OCR)):
+        if name in names:
+            return task
+    return "classification"
 
 
 def layout_of(name: str) -> Dict:
     """The stage layout of a canonical model name."""
-    return CONFIGS[SSLD.get(name) or POSE.get(name) or SEGMENTATION.get(name) or name]
+    return CONFIGS[SSLD.get(name) or POSE.get(name) or SEGMENTATION.get(name) or BOTTOM_UP_POSE.get(name)
+                   or OCR.get(name) or name]
 
 
 # timm's published weights per variant (timm.models.hrnet.default_cfgs), default tag first: pretrained=True
@@ -97,7 +115,7 @@ def list_models(task: Optional[str] = None) -> List[str]:
     if task is not None and task not in TASK_DEFAULT_CLASSES:
         raise ValueError(f"unknown task {task!r}; one of {', '.join(TASK_DEFAULT_CLASSES)}")
     names = (list(CONFIGS)[:2] + [f"hrnet_w{w}" for w in (18, 30, 32, 40, 44, 48, 64)] + list(SSLD)
-             + list(POSE) + list(SEGMENTATION))
+             + list(POSE) + list(SEGMENTATION) + list(BOTTOM_UP_POSE) + list(OCR))
     return [n for n in names if task is None or task_of(n) == task]
 
 
@@ -111,7 +129,8 @@ def parse_name(name: str) -> Tuple[str, Optional[str]]:
     if re.fullmatch(r"w\d+(_\w+)?", key):
         key = f"hrnet_{key}"
     key = ALIASES.get(key, key)
-    if key not in CONFIGS and key not in SSLD and key not in POSE and key not in SEGMENTATION:
+    if key not in CONFIGS and key not in SSLD and key not in POSE and key not in SEGMENTATION \
+            and key not in BOTTOM_UP_POSE and key not in OCR:
         raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(list_models())} (short forms such "
                          f"as 'w18', the seed tables' names such as 'HRNet_W18_C' and 'HRNet-W18', aliases such as "
                          f"'seg_hrnet_w48', and timm's tagged names such as 'hrnet_w18.ms_aug_in1k' are accepted "
@@ -154,7 +173,7 @@ def create_model(name: str, num_classes: Optional[int] = None, features_only: bo
     if task != "classification" and (features_only or out_indices is not None or feature_location != "incre"):
         raise ValueError(f"features_only, out_indices and feature_location apply to classification models; "
                          f"{key} is a {task} model")
-    if task != "segmentation" and align_corners is not None:
+    if task not in SEGMENTATION_TASKS and align_corners is not None:
         raise ValueError(f"align_corners applies to segmentation models (bilinear resizing); {key} is a {task} "
                          f"model, whose fusions upsample by nearest neighbour")
     if pretrained and task != "classification":
@@ -179,6 +198,11 @@ def _build(key: str, task: str, num_classes: int, features_only: bool, out_indic
     if task == "segmentation":
         return SegHighResolutionNet(cfg, num_classes=num_classes, in_chans=in_chans,
                                     align_corners=True if align_corners is None else align_corners)
+    if task == "bottom-up pose":
+        return PoseHigherResolutionNet(cfg, num_joints=num_classes, in_chans=in_chans)
+    if task == "OCR segmentation":
+        return SegHRNetOCR(cfg, num_classes=num_classes, in_chans=in_chans,
+                           align_corners=True if align_corners is None else align_corners)
     if out_indices is not None and not isinstance(out_indices, (list, tuple, range)):
         raise TypeError(f"out_indices must be a sequence of feature indices within 0..4, e.g. (1, 2, 3, 4); "
                         f"got {out_indices!r}")
