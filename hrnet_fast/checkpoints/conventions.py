@@ -29,6 +29,7 @@ from typing import Callable, List, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from ..registry import SEGMENTATION_TASKS
 from .base import CheckpointError, Format
 
 AlignCorners = Union[str, bool]
@@ -53,7 +54,7 @@ def check_align_corners(model: nn.Module, task: str, state: Mapping[str, torch.T
     """Raises ``CheckpointError`` where the checkpoint's known convention is not the model's, warns once where
     it is unknown (module docstring). ``variants`` names the registered models the checkpoint fits (for the
     advice; called only on a mismatch)."""
-    if align_corners == "ignore" or task != "segmentation" or not _holds_segmentation_head(state, fmt):
+    if align_corners == "ignore" or task not in SEGMENTATION_TASKS or not _holds_segmentation_head(state, fmt):
         return
     stated = isinstance(align_corners, bool)
     trained: Optional[bool] = align_corners if stated else fmt.align_corners
@@ -72,7 +73,9 @@ def check_align_corners(model: nn.Module, task: str, state: Mapping[str, torch.T
 
 
 def _holds_segmentation_head(state: Mapping[str, torch.Tensor], fmt: Format) -> bool:
-    return fmt.task == "segmentation" and fmt.key_of("last_layer.3.weight") in state
+    """Whether the checkpoint holds a segmentation classifier (HRNetV2's ``last_layer.3``, OCR's ``cls_head`` and
+    ``aux_head.3``, in the format's names)."""
+    return fmt.task in SEGMENTATION_TASKS and any(k.startswith(fmt.classifier_prefixes) for k in state)
 
 
 def _rebuild(model: nn.Module, variants: List[str], align_corners: bool) -> str:

@@ -16,7 +16,7 @@ from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat
 from .paddle import PaddleFormat
 from .reading import read_checkpoint, summarise, unwrap
 
-TASKS = ("classification", "pose", "segmentation")
+TASKS = ("classification", "pose", "segmentation", "bottom-up pose", "OCR segmentation")
 
 
 def model_task(model: nn.Module) -> str:
@@ -25,6 +25,11 @@ def model_task(model: nn.Module) -> str:
     task = getattr(model, "task", None)
     if task in TASKS:
         return task
+    if isinstance(getattr(model, "final_layers", None), nn.ModuleList) and \
+            isinstance(getattr(model, "deconv_layers", None), nn.ModuleList):
+        return "bottom-up pose"
+    if isinstance(getattr(model, "cls_head", None), nn.Conv2d) and hasattr(model, "ocr_distri_head"):
+        return "OCR segmentation"
     if isinstance(getattr(model, "last_layer", None), nn.Sequential):
         return "segmentation"
     if isinstance(getattr(model, "final_layer", None), nn.Conv2d):
@@ -164,7 +169,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
         hints = ["  Use strict=False to load what fits."]
         if any(k.startswith(fmt.classifier_prefixes) for k in report.mismatched_keys):
             what = {"classification": "classifier size", "pose": "number of joints",
-                    "segmentation": "number of classes"}[fmt.task]
+                    "segmentation": "number of classes", "bottom-up pose": "number of joints",
+                    "OCR segmentation": "number of classes"}[fmt.task]
             hints.insert(0, f"  The {what} differs: build the model with the checkpoint's num_classes.")
         raise CheckpointError("\n".join([details] + hints), details, _classifier_size(state, fmt))
     check_align_corners(model, task, state, fmt, align_corners, lambda: identify_variant(state, fmt))
@@ -177,9 +183,13 @@ def _wrong_task_message(model: nn.Module, task: str, state: Mapping[str, torch.T
     looks = f" of {' or '.join(variants)}" if variants else ""
     build = (f" Build {variants[0]} (hrnet_fast.create_model({variants[0]!r})) to load it whole, or"
              if variants else "")
-    return (f"the checkpoint is a {fmt.task} checkpoint{looks} ({fmt.name} format), but this "
-            f"{type(model).__name__} is a {task} model.{build} load it with strict=False to take the backbone "
-            f"weights only.")
+    return (f"the checkpoint is {_article(fmt.task)} {fmt.task} checkpoint{looks} ({fmt.name} format), but this "
+            f"{type(model).__name__} is {_article(task)} {task} model.{build} load it with strict=False to take the "
+            f"backbone weights only.")
+
+
+def _article(task: str) -> str:
+    return "an" if task[0] in "aeiouAEIO" else "a"  # "an OCR segmentation", "a pose"
 
 
 def _check_not_converted(model: nn.Module) -> None:
@@ -194,7 +204,8 @@ def _check_not_converted(model: nn.Module) -> None:
 
 def _classifier_size(state: Mapping[str, torch.Tensor], fmt: Format) -> Optional[int]:
     """Outputs of the checkpoint's output layer (classes, joints), or None where it has none."""
-    for ours in ("classifier.weight", "final_layer.weight", "last_layer.3.weight"):
+    for ours in ("classifier.weight", "final_layer.weight", "last_layer.3.weight", "final_layers.1.weight",
+                 "cls_head.weight"):
         value = state.get(fmt.key_of(ours) or "")
         if value is not None and value.dim() >= 2 and fmt.key_of(ours).startswith(fmt.classifier_prefixes):
             return fmt.to_ours(ours, value).shape[0]

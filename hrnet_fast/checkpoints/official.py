@@ -2,7 +2,9 @@
 (HRNet-Image-Classification, deep-high-resolution-net.pytorch, HRNet-Semantic-Segmentation).
 
 The task shows in the head's keys: ``incre_modules``/``classifier`` (classification), ``final_layer.weight`` with
-no ``.0`` (pose heatmaps), ``last_layer.*`` (segmentation).
+no ``.0`` (pose heatmaps), ``last_layer.*`` (segmentation), ``final_layers.*``/``deconv_layers.*`` (HigherHRNet,
+HigherHRNet-Human-Pose-Estimation), ``conv3x3_ocr``/``ocr_distri_head``/``cls_head``/``aux_head`` (HRNet + OCR, the
+HRNet-Semantic-Segmentation HRNet-OCR branch).
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ _TASKS = {
     "classification": ("timm", ("downsamp_modules.", "final_layer.", "classifier."), ("classifier.",)),
     "pose": ("official", (), ("final_layer.",)),
     "segmentation": ("official", (), ("last_layer.3.",)),
+    # HigherHRNet's output convs (all sized by the joints) and HRNet-OCR's two classifiers.
+    "bottom-up pose": ("official", (), ("final_layers.",)),
+    "OCR segmentation": ("official", (), ("cls_head.", "aux_head.3.")),
 }
 
 
@@ -31,6 +36,10 @@ class FlatFormat(Format):
 
 def flat_task(keys: AbstractSet[str]) -> Optional[str]:
     """The task whose head a flat state dict holds, or None for a backbone alone."""
+    if any(k.startswith(("conv3x3_ocr.", "ocr_distri_head.", "cls_head.", "aux_head.")) for k in keys):
+        return "OCR segmentation"
+    if any(k.startswith(("final_layers.", "deconv_layers.")) for k in keys):
+        return "bottom-up pose"
     if any(k.startswith("last_layer.") for k in keys):
         return "segmentation"
     if "final_layer.weight" in keys:
