@@ -101,3 +101,29 @@ def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]
     if conv.out_channels != mean.numel():
         raise ValueError(f"conv has {conv.out_channels} output channels but {type(bn).__name__} has {mean.numel()}")
     return fold_bn_weights(conv.weight, conv.bias, mean, var, eps, gamma, beta)
+
+
+def fold_bn_transposed_weights(weight: torch.Tensor, bias: Optional[torch.Tensor], running_mean: torch.Tensor,
+                               running_var: torch.Tensor, eps: float, gamma: Optional[torch.Tensor] = None,
+                               beta: Optional[torch.Tensor] = None, groups: int = 1
+                               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(w', b') in fp32 for a transposed conv followed by BN. A ConvTranspose2d weight is [Cin, Cout/groups, kh,
+    kw]: output channel ``g * Cout/groups + j`` is column j of group g's rows, so the scale goes on dim 1 within
+    each group (not dim 0, as for a conv)."""
+    w = weight.detach().float()
+    cin, cout_g = w.shape[:2]
+    scale, shift = fold_bn_weights(torch.ones(running_mean.numel(), 1, 1, 1), bias, running_mean, running_var, eps,
+                                   gamma, beta)
+    per_group = scale.reshape(groups, 1, cout_g, 1, 1)
+    w = (w.reshape(groups, cin // groups, cout_g, *w.shape[2:]) * per_group).reshape(w.shape)
+    return w, shift
+
+
+def fold_bn_transposed(deconv: nn.ConvTranspose2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(w', b') in fp32 for ``bn(deconv(x))`` (a ConvTranspose2d), ``bn`` in any ``is_batchnorm`` form holding
+    running statistics."""
+    mean, var, eps, gamma, beta = _statistics(bn)
+    if deconv.out_channels != mean.numel():
+        raise ValueError(f"ConvTranspose2d has {deconv.out_channels} output channels but {type(bn).__name__} has "
+                         f"{mean.numel()}")
+    return fold_bn_transposed_weights(deconv.weight, deconv.bias, mean, var, eps, gamma, beta, deconv.groups)
