@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..ops.folding import fold_bn, is_foldable_bn
 from . import probe
+from .pose_seg_heads import fuse_task_heads
 from .fused import FUSED_MODULES, fuse
 from .fx_fuse import fuse_graph
 from .rewriter import Rewriter
@@ -107,7 +108,9 @@ def split_head(rw: Rewriter, net: nn.Module, widths: List[int], align_corners: b
 
 def segmentation_head(rw: Rewriter, net: nn.Module) -> Optional[FusedSegHead]:
     """The fused head of our HRNetV2 segmentation model (``features``, ``head_resize`` and ``last_layer`` over the
-    concatenated branches), taken out of ``net``; None when ``net`` has no such head."""
+    concatenated branches), taken out of ``net``; None when ``net`` has no such head. First, HigherHRNet's and
+    HRNet-OCR's head parts are fused in place (``pose_seg_heads.py``), whatever the head."""
+    fuse_task_heads(rw, net)
     resize, widths = getattr(net, "head_resize", None), getattr(net, "stage_channels", None)
     if not (callable(getattr(net, "features", None)) and isinstance(getattr(resize, "align_corners", None), bool)
             and _head_layers(getattr(net, "last_layer", None), widths)):
