@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import hrnet_fast
 from hrnet_fast import load_checkpoint, to_mmpose, to_mmpretrain, to_mmseg, to_paddle
-from hrnet_fast.checkpoints import CheckpointError, model_task
+from hrnet_fast.checkpoints import CheckpointError, model_task, to_mmseg_ocr
 from hrnet_fast.models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet
 from hrnet_fast.models.higher_hrnet import PoseHigherResolutionNet
 from hrnet_fast.models.ocr import SegHRNetOCR
@@ -117,7 +117,7 @@ BUILD = {"higher": higher, "ocr": ocr, "timm": lambda: HighResolutionNet(SMALL),
          "official pose": lambda: PoseHighResolutionNet(SMALL),
          "official seg": lambda: SegHighResolutionNet(SMALL, align_corners=False)}
 FORMATS = ["timm", "mmpretrain", "paddle", "official pose", "mmpose", "mmpose 0.x", "official seg", "mmseg", "higher",
-           "ocr"]
+           "ocr", "mmseg ocr"]
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +129,15 @@ def every_format():
     return {"timm": cls, "mmpretrain": to_mmpretrain(cls), "paddle": to_paddle(cls),
             "official pose": pose, "mmpose": to_mmpose(pose), "mmpose 0.x": to_mmpose(pose, "0.x"),
             "official seg": seg, "mmseg": to_mmseg(seg),
-            "higher": higher().state_dict(), "ocr": ocr().state_dict()}
+            "higher": higher().state_dict(), "ocr": ocr().state_dict(),
+            "mmseg ocr": to_mmseg_ocr(ocr(align_corners=False).state_dict())}
+
+
+NEW = {"higher", "ocr", "mmseg ocr"}
 
 
 @pytest.mark.parametrize("target,source", [(t, s) for t in BUILD for s in FORMATS
-                                           if s != t and "higher" in (s, t) or "ocr" in (s, t) and s != t])
+                                           if s != t and s != f"mmseg {t}" and NEW & {s, t}])
 def test_no_checkpoint_of_another_kind_loads_silently(every_format, target, source):
     """Every checkpoint of another task or format into HigherHRNet or OCR, and theirs into every other model."""
     with pytest.raises(CheckpointError), warnings.catch_warnings():

@@ -12,7 +12,7 @@ from ..registry import create_model, list_models
 from .base import CheckpointError, Format, LoadReport
 from .conventions import AlignCorners, check_align_corners, check_policy
 from .official import HRNET_PREFIXES, FlatFormat, UnknownFormat, flat_task
-from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat
+from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat, MMSegOCRFormat
 from .paddle import PaddleFormat
 from .reading import read_checkpoint, summarise, unwrap
 
@@ -41,6 +41,8 @@ def detect_format(state_dict: Mapping[str, object], task: Optional[str] = None) 
     """The format of a state dict (already unwrapped), from its keys. ``task`` (the model's) decides only where
     the keys cannot: an OpenMMLab or flat checkpoint of a backbone alone."""
     keys = set(state_dict)
+    if any(k.startswith("decode_head.1.object_context_block.") for k in keys):
+        return MMSegOCRFormat()
     if any(k.startswith("decode_head.") for k in keys):
         return MMSegFormat()
     if any(k.startswith("keypoint_head.") for k in keys):

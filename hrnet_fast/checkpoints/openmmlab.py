@@ -14,6 +14,11 @@ does) and names the head its own way:
     ``FCNHead`` (``input_transform='resize_concat'``, ``num_convs=1``, ``kernel_size=1``): its ConvModule
     ``decode_head.convs.0.conv`` (no bias) + ``decode_head.convs.0.bn`` (our ``last_layer.0/1``) and
     ``decode_head.conv_seg`` (``last_layer.3``). mmsegmentation resizes with ``align_corners=False``.
+``mmseg`` OCRNet (``ocrnet_hr18/hr48``: a cascade of two decode heads)
+    ``decode_head.0`` the FCNHead above (our ``aux_head``), ``decode_head.1`` the ``OCRHead``: ``bottleneck``
+    ConvModule (our ``conv3x3_ocr``), ``object_context_block.query_project.{0,1}`` / ``key_project.{0,1}`` /
+    ``value_project`` / ``out_project`` ConvModules (our ``f_pixel`` / ``f_object`` / ``f_down`` / ``f_up``),
+    ``object_context_block.bottleneck`` (``ocr_distri_head.conv_bn_dropout``), ``conv_seg`` (``cls_head``).
 
 A bias-free conv followed by BN is our conv-with-bias with the bias folded into the BN mean: loading sets our
 bias to zero (exact), exporting folds it (exact up to fp32 rounding).
@@ -76,6 +81,43 @@ class MMSegFormat(RuleFormat):
     ])
 
 
+class MMSegOCRFormat(RuleFormat):
+    name = "mmseg"
+    task = "OCR segmentation"
+    classifier_prefixes = ("decode_head.0.conv_seg.", "decode_head.1.conv_seg.")
+    folded_biases = re.compile(r"^(aux_head|conv3x3_ocr)\.0\.bias$")
+    align_corners = False
+    align_corners_source = "mmsegmentation's OCRNet configs resize with align_corners=False"
+    _BLOCK = r"ocr_distri_head\.object_context_block"
+    _OCB = "decode_head.1.object_context_block"
+    RULES = rules([
+        (r"^(aux_head|conv3x3_ocr)\.0\.bias$", None),
+        (r"^aux_head\.0\.(.*)$", r"decode_head.0.convs.0.conv.\1"),
+        (r"^aux_head\.1\.(.*)$", r"decode_head.0.convs.0.bn.\1"),
+        (r"^aux_head\.3\.(.*)$", r"decode_head.0.conv_seg.\1"),
+        (r"^conv3x3_ocr\.0\.(.*)$", r"decode_head.1.bottleneck.conv.\1"),
+        (r"^conv3x3_ocr\.1\.(.*)$", r"decode_head.1.bottleneck.bn.\1"),
+        # f_pixel / f_object: conv, Sequential(BN, ReLU), conv, Sequential(BN, ReLU) -> two ConvModules.
+        (_BLOCK + r"\.f_pixel\.0\.(.*)$", _OCB + r".query_project.0.conv.\1"),
+        (_BLOCK + r"\.f_pixel\.1\.0\.(.*)$", _OCB + r".query_project.0.bn.\1"),
+        (_BLOCK + r"\.f_pixel\.2\.(.*)$", _OCB + r".query_project.1.conv.\1"),
+        (_BLOCK + r"\.f_pixel\.3\.0\.(.*)$", _OCB + r".query_project.1.bn.\1"),
+        (_BLOCK + r"\.f_object\.0\.(.*)$", _OCB + r".key_project.0.conv.\1"),
+        (_BLOCK + r"\.f_object\.1\.0\.(.*)$", _OCB + r".key_project.0.bn.\1"),
+        (_BLOCK + r"\.f_object\.2\.(.*)$", _OCB + r".key_project.1.conv.\1"),
+        (_BLOCK + r"\.f_object\.3\.0\.(.*)$", _OCB + r".key_project.1.bn.\1"),
+        # f_down / f_up: one ConvModule each (not in a Sequential).
+        (_BLOCK + r"\.f_down\.0\.(.*)$", _OCB + r".value_project.conv.\1"),
+        (_BLOCK + r"\.f_down\.1\.0\.(.*)$", _OCB + r".value_project.bn.\1"),
+        (_BLOCK + r"\.f_up\.0\.(.*)$", _OCB + r".out_project.conv.\1"),
+        (_BLOCK + r"\.f_up\.1\.0\.(.*)$", _OCB + r".out_project.bn.\1"),
+        (r"^ocr_distri_head\.conv_bn_dropout\.0\.(.*)$", _OCB + r".bottleneck.conv.\1"),
+        (r"^ocr_distri_head\.conv_bn_dropout\.1\.0\.(.*)$", _OCB + r".bottleneck.bn.\1"),
+        (r"^cls_head\.(.*)$", r"decode_head.1.conv_seg.\1"),
+        (r"^(.*)$", r"backbone.\1"),
+    ])
+
+
 def to_mmpretrain(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Our (timm) classification state dict in mmpretrain's names: ``torch.save({"state_dict":
     to_mmpretrain(sd)}, path)`` writes a checkpoint mmpretrain's ``HRNet`` + ``HRFuseScales`` + ``LinearClsHead``
@@ -87,6 +129,13 @@ def to_mmpose(state_dict: Mapping[str, torch.Tensor], version: str = "1.x") -> D
     """Our pose state dict in mmpose's names (``head.final_layer`` in 1.x, ``keypoint_head.final_layer`` in
     0.x): ``torch.save({"state_dict": to_mmpose(sd)}, path)``."""
     return export(state_dict, MMPoseFormat(version))
+
+
+def to_mmseg_ocr(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Our HRNetV2 + OCR state dict in mmsegmentation's OCRNet names (``decode_head.0`` FCNHead,
+    ``decode_head.1`` OCRHead); the biases of ``aux_head.0`` and ``conv3x3_ocr.0`` are folded into their BNs'
+    running means, as mmsegmentation's ConvModules have no conv bias."""
+    return export(state_dict, MMSegOCRFormat())
 
 
 def to_mmseg(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
