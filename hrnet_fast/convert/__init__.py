@@ -7,7 +7,8 @@
 HRNet-structured models are rewritten part by part (``rewrite.py``): the stem, residual blocks (residual add and
 ReLU in the last conv's epilogue), transitions, each HR module's fusion (one ``multires_fuse`` per output branch)
 and the classification head. Any other traceable CNN gets its conv->BN(->add)(->ReLU) chains fused through
-torch.fx (``fx_fuse.py``). What is not fused is listed in the report with the reason.
+torch.fx (``fx_fuse.py``); one that is not traceable as a whole gets the structural rules, then each module the
+most complete way that is safe for it (``walk.py``). What is not fused is listed in the report with the reason.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .padding import check_pad_channels, default_multiple, pad_model
 from .report import FusionReport
 from .rewrite import find_hrnet, rewrite_hrnet
 from .rewriter import Rewriter
+from .walk import error_line, fuse_rest
 
 __all__ = ["convert", "ConvertedModel", "FORWARDED_ATTRIBUTES", "FusionReport"]
 
@@ -171,10 +173,12 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
         if not hrnet:
             try:
                 inner = fuse_graph(target, dtype, backend, report)
-            except Exception as e:  # not traceable: fuse what module structure alone makes safe
-                report.skip("", "torch.fx trace", f"{type(e).__name__}: {e}; only Sequential and block patterns "
-                                                  f"were fused")
-                Rewriter(dtype, backend, report).children("", target)
+            except Exception as e:  # not traceable as a whole: the structural rules, then module by module
+                report.skip("", "torch.fx trace", f"{type(target).__name__}: {type(e).__name__}: "
+                                                  f"{error_line(e)}; its parts were fused by structure and one by one")
+                rw = Rewriter(dtype, backend, report)
+                rw.children("", target)
+                fuse_rest(rw, "", target)
     inner.to(dtype).eval().requires_grad_(False)
     channels_last = True if channels_last is None else channels_last
     _report_leftovers(inner, report)
@@ -184,8 +188,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     padding = pad_model(inner, default_multiple(device, backend) if pad_channels is None else pad_channels, report)
     _store_weights(inner, channels_last)
     # HRNets that upsample by nearest neighbour take only sizes whose branches halve exactly; bilinear (segmentation)
-    # ones take any size.
-    nearest = hrnet and any(getattr(m, "mode", None) == "nearest" for m in inner.modules()
-                            if isinstance(m, (FusedHRFuse, nn.Upsample)))
+    # ones take any size, and so do fusions that compose their resize modules where the branches do not halve.
+    nearest = hrnet and any(m.mode == "nearest" and m.up_src and m.resizers is None if isinstance(m, FusedHRFuse)
+                            else isinstance(m, nn.Upsample) and m.mode == "nearest" for m in inner.modules())
     return ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
                           keep_channels_last, batch_independent=hrnet, padding=padding)

@@ -6,10 +6,12 @@ does no availability checks.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..ops import cpu_conv, direct
 from ..ops.backends import resolve
@@ -259,7 +261,7 @@ class FusedHRFuse(nn.Module):
     """
 
     def __init__(self, index: int, up: Dict[int, nn.Module], down: Dict[int, nn.Module], backend: Optional[str],
-                 mode: str = "nearest", align_corners: bool = False):
+                 mode: str = "nearest", align_corners: bool = False, exact_only: Optional["ExactOnly"] = None):
         super().__init__()
         self.index = index
         self.up_src = sorted(up)
@@ -269,11 +271,24 @@ class FusedHRFuse(nn.Module):
         self.requested_backend = backend
         self.mode = mode
         self.align_corners = align_corners
+        # Terms that end in a resize module (``hr_rules.py``): ``mode`` is theirs only where each branch is exactly
+        # half the one above; elsewhere the modules run, then the forward's second resize, as the original does.
+        self.resizers = None if exact_only is None else nn.ModuleList(exact_only.resizers[j] for j in self.up_src)
+        self.post_align_corners = None if exact_only is None else exact_only.post_align_corners
 
     def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
         low = [f(xs[j]) for f, j in zip(self.up, self.up_src)]
         same = [f(xs[j]) for f, j in zip(self.down, self.down_src)]
-        return fuse(xs[self.index], low, same, self.mode, self.align_corners, self.requested_backend)
+        x = xs[self.index]
+        if self.resizers is not None and not halves_exactly(xs):
+            same += [self._composed(r(t), x) for r, t in zip(self.resizers, low)]
+            low = []
+        return fuse(x, low, same, self.mode, self.align_corners, self.requested_backend)
+
+    def _composed(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.post_align_corners is None:
+            return t
+        return F.interpolate(t, size=x.shape[-2:], mode="bilinear", align_corners=self.post_align_corners)
 
     def _emit(self, b: "replay.Builder", xs: List[int]) -> int:
         if self.requested_backend not in (None, "cpu") or not direct.cpu_fuse_available():
@@ -285,6 +300,24 @@ class FusedHRFuse(nn.Module):
     def extra_repr(self) -> str:
         return f"index={self.index}, mode={self.mode!r}" + (
             f", align_corners={self.align_corners}" if self.mode == "bilinear" else "")
+
+
+@dataclass
+class ExactOnly:
+    """The resize modules ending a fusion's upsampled terms (by source branch) and the forward's second resize's
+    ``align_corners`` (None: none), for the sizes where ``FusedHRFuse``'s mode alone is not what they compute."""
+    resizers: Dict[int, nn.Module]
+    post_align_corners: Optional[bool]
+
+
+def halves_exactly(xs: Sequence[torch.Tensor]) -> bool:
+    """Whether each branch map is exactly half the size of the one above (a resize by 2**j then reaches branch 0)."""
+    h, w = xs[0].shape[-2:]
+    return all(x.shape[-2] << j == h and x.shape[-1] << j == w for j, x in enumerate(xs))
+
+
+def _needs_halving(modules) -> bool:
+    return any(getattr(m, "resizers", None) is not None or getattr(m, "needs_halving", False) for m in modules)
 
 
 def fuse(x: torch.Tensor, low: List[torch.Tensor], same: List[torch.Tensor], mode: str, align_corners: bool,
@@ -305,10 +338,12 @@ class FusedHRModule(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(branches)
         self.fuses = nn.ModuleList(fuses)
+        # Steps are listed for the sizes where every branch halves exactly: other sizes take the module path.
+        self.needs_halving = _needs_halving(fuses)
         self._replay = replay.Replay()
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        out = replay.run(self, list(xs))
+        out = replay.run(self, list(xs)) if not self.needs_halving or halves_exactly(xs) else None
         if out is not None:
             return out
         ys = [branch(x) for branch, x in zip(self.branches, xs)]
@@ -329,10 +364,11 @@ class FusedStage(nn.Sequential):
 
     def __init__(self, *args):
         super().__init__(*args)
+        self.needs_halving = _needs_halving(self)
         self._replay = replay.Replay()
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        out = replay.run(self, list(xs))
+        out = replay.run(self, list(xs)) if not self.needs_halving or halves_exactly(xs) else None
         if out is not None:
             return out
         ys = xs

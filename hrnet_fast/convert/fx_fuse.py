@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..ops.folding import bn_not_foldable, is_batchnorm, is_foldable_bn
 from .fused import make_conv
-from .report import FusionReport
+from .report import FusionReport, report_conv
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _RELU_FUNCS = {torch.relu, F.relu, torch.relu_}
@@ -97,10 +97,7 @@ def fuse_graph(model: nn.Module, dtype: torch.dtype, backend: Optional[str], rep
         count += 1
         gm.add_submodule(name, fused)
         pattern = "conv+bn" + ("+add" if residual is not None else "") + ("+relu" if relu else "")
-        if why is None:
-            report.add(prefix + str(node.target), pattern)
-        else:
-            report.skip(prefix + str(node.target), pattern, f"BN folded into a plain conv: {why}")
+        report_conv(report, prefix + str(node.target), pattern, conv, why)
         args = (node.args[0],) if residual is None else (node.args[0], residual)
         with gm.graph.inserting_after(chain[-1]):
             new = gm.graph.call_module(name, args)

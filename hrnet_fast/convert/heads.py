@@ -1,5 +1,6 @@
 """What sits around an HRNet backbone: the HRNetV2 segmentation head, fused algebraically, and any other head
-(a pose head's 1x1 conv, a custom conv -> BN -> ReLU stack), fused after the HRNet rules have run.
+(a pose head's 1x1 conv, a custom conv -> BN -> ReLU stack), fused after the HRNet rules have run
+(``walk.py``).
 
 The segmentation head is ``last_layer(cat(x_0, up(x_1), up(x_2), up(x_3)))`` with ``last_layer`` = 1x1 conv (bias)
 -> BN -> ReLU -> 1x1 conv. A per-pixel linear map commutes with bilinear resizing (linear and per channel), so
@@ -21,10 +22,8 @@ import torch.nn as nn
 from ..ops.folding import fold_bn, is_foldable_bn
 from . import probe
 from .pose_seg_heads import fuse_task_heads
-from .fused import FUSED_MODULES, fuse
-from .fx_fuse import fuse_graph
+from .fused import fuse
 from .rewriter import Rewriter
-from .norm_steps import bn_relu_after
 
 
 class FusedSegHead(nn.Module):
@@ -88,6 +87,17 @@ def split_head(rw: Rewriter, net: nn.Module, widths: List[int], align_corners: b
     """The fused head for ``net.last_layer`` (checked by ``_head_layers``) over branches resized bilinearly with
     ``align_corners``, taken out of ``net``."""
     conv, bn, _, classifier = net.last_layer
+    head = fused_seg_head(rw, ("last_layer.0", "last_layer.3", "last_layer"), conv, bn, classifier, widths,
+                          align_corners)
+    del net.last_layer  # the fused head replaces it
+    return head
+
+
+def fused_seg_head(rw: Rewriter, paths, conv: nn.Conv2d, bn: nn.Module, classifier: nn.Conv2d, widths: List[int],
+                   align_corners: bool) -> FusedSegHead:
+    """The fused head for ``classifier(relu(bn(conv(cat(x_0, up(x_1), ...)))))`` over branches of ``widths``
+    resized bilinearly with ``align_corners``; ``paths``: (the 1x1 conv's, the classifier's, the head's) in the
+    report."""
     weight, bias = fold_bn(conv, bn)  # fp32: [C, sum(widths), 1, 1], [C]
     slices, start = [], 0
     for i, width in enumerate(widths):
@@ -96,13 +106,12 @@ def split_head(rw: Rewriter, net: nn.Module, widths: List[int], align_corners: b
             part.weight.copy_(weight[:, start:start + width])
             if i == 0:
                 part.bias.copy_(bias)  # the folded bias, added once
-        slices.append(rw.conv(f"last_layer.0[{start}:{start + width}]", part, None, relu=False))
+        slices.append(rw.conv(f"{paths[0]}[{start}:{start + width}]", part, None, relu=False))
         start += width
-    head = FusedSegHead(slices, rw.conv("last_layer.3", classifier, None, relu=False), align_corners, rw.backend)
-    rw.report.add("last_layer", "segmentation head",
+    head = FusedSegHead(slices, rw.conv(paths[1], classifier, None, relu=False), align_corners, rw.backend)
+    rw.report.add(paths[2], "segmentation head",
                   f"BN folded, 1x1 conv split over {len(widths)} branches at their own resolution, one bilinear "
                   f"multires_fuse (+ReLU), no concat")
-    del net.last_layer  # the fused head replaces it
     return head
 
 
@@ -131,64 +140,3 @@ def official_segmentation_widths(net: nn.Module) -> Optional[List[int]]:
         return None
     return list(widths)
 
-
-def _contains(m: nn.Module, kinds) -> bool:
-    return any(isinstance(s, kinds) for s in m.modules())
-
-
-def fuse_rest(rw: Rewriter, path: str, m: nn.Module) -> None:
-    """Fuses what the HRNet rules left under ``m`` (a head around the backbone): every plain ``nn.Sequential`` by
-    its conv (-> BN) (-> ReLU) runs, other modules with convs through torch.fx when they hold no fused part, a
-    bare conv (a pose head's 1x1 conv to heatmaps) as a fused conv with its bias."""
-    prefix = f"{path}." if path else ""
-    for name, child in list(m.named_children()):
-        if child is not None:
-            new = _fused(rw, prefix + name, child)
-            if new is not child:
-                setattr(m, name, new)
-
-
-def _fused(rw: Rewriter, path: str, m: nn.Module) -> nn.Module:
-    """The replacement of one module left by the HRNet rules (``m`` itself, rewritten inside, where it has none)."""
-    if isinstance(m, FUSED_MODULES) or not _contains(m, nn.Conv2d):
-        return m
-    if isinstance(m, nn.Conv2d):
-        return rw.conv(path, m, None, relu=False)
-    if type(m) is nn.Sequential and any(isinstance(c, nn.Conv2d) for c in m):
-        return _sequential_runs(rw, path, m)
-    if not _contains(m, FUSED_MODULES):
-        try:
-            gm = fuse_graph(m, rw.dtype, rw.backend, rw.report, path)
-        except Exception as e:  # not traceable: fall back to its module structure
-            rw.report.skip(path, "torch.fx trace", f"{type(e).__name__}: {e}; only Sequential patterns fused")
-        else:
-            # Convs with no BN after them (an output conv) are called with one argument, as a fused conv is.
-            for node in gm.graph.nodes:
-                if node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Conv2d):
-                    gm.add_submodule(node.target, rw.conv(f"{path}.{node.target}", gm.get_submodule(node.target),
-                                                          None, relu=False))
-            return gm
-    fuse_rest(rw, path, m)
-    return m
-
-
-def _sequential_runs(rw: Rewriter, path: str, seq: nn.Sequential) -> nn.Sequential:
-    """``seq`` with each conv (-> BN) (-> ReLU) run replaced by one fused conv (nn.Sequential applies its modules
-    in order, so the runs are the data flow); other modules kept, and fused inside where they have convs."""
-    mods = list(seq)
-    out: List[nn.Module] = []
-    i = 0
-    while i < len(mods):
-        m = mods[i]
-        if isinstance(m, nn.Conv2d):
-            bn, relu, taken = bn_relu_after(mods, i + 1)
-            if bn is None:  # no foldable BN: the conv still takes a ReLU right after it
-                rw.bn_refused(f"{path}.{i + 1}", "conv step", mods[i + 1:i + 2])
-                relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-                taken = int(relu)
-            out.append(rw.conv(f"{path}.{i}", m, bn, relu))
-            i += 1 + taken
-        else:
-            out.append(_fused(rw, f"{path}.{i}", m))
-            i += 1
-    return nn.Sequential(*out)

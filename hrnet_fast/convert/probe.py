@@ -15,7 +15,8 @@ rewritten.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ def _first_conv(m: nn.Module) -> Optional[nn.Conv2d]:
     return next((c for c in m.modules() if isinstance(c, nn.Conv2d)), None)
 
 
-def _branch_sizes(n: int) -> List[Sequence[int]]:
+def branch_sizes(n: int) -> List[Sequence[int]]:
     sizes = [BRANCH0]
     for _ in range(n - 1):
         sizes.append(tuple((s - 1) // 2 + 1 for s in sizes[-1]))
@@ -42,7 +43,7 @@ def _resize(t: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.
     return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
-def _same(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+def same(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
     def close(x: torch.Tensor, y: torch.Tensor) -> bool:
         tol = RTOL.get(y.dtype, 1e-5)
         return x.shape == y.shape and torch.allclose(x.float(), y.float(), rtol=tol,
@@ -52,26 +53,28 @@ def _same(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
 
 def _matching(reference: List[torch.Tensor], candidate: Callable[[bool], List[torch.Tensor]]) -> Optional[bool]:
     for align_corners in (True, False):
-        if _same(candidate(align_corners), reference):
+        if same(candidate(align_corners), reference):
             return align_corners
     return None
 
 
-def _probe_input(like: nn.Module, channels: int, size: Sequence[int], seed: int) -> torch.Tensor:
+def probe_input(like: nn.Module, channels: int, size: Sequence[int], seed: int) -> torch.Tensor:
     p = next(like.parameters())
     g = torch.Generator().manual_seed(seed)
     return torch.randn(1, channels, *size, generator=g).to(device=p.device, dtype=p.dtype)
 
 
-def fuse_reference(fuse_layers: nn.ModuleList, ys: List[torch.Tensor], align_corners: bool) -> List[torch.Tensor]:
+def fuse_reference(fuse_layers: nn.ModuleList, ys: List[torch.Tensor],
+                   align_corners: Optional[bool]) -> List[torch.Tensor]:
     """HRNet's fusion with bilinear resizing: ``relu(sum_j term_ij)``, term_ii = y_i, term_ij = f_ij(y_j) for
-    j < i, and f_ij(y_j) resized to y_i's size for j > i, summed in order of j (the official forward's order)."""
+    j < i, and f_ij(y_j) resized to y_i's size for j > i (``align_corners`` None: not resized), summed in order of j
+    (the official forward's order)."""
     out = []
     for i, terms in enumerate(fuse_layers):
         y = None
         for j, f in enumerate(terms):
             t = ys[j] if j == i else f(ys[j])
-            if j > i:
+            if j > i and align_corners is not None:
                 t = _resize(t, ys[i].shape[-2:], align_corners)
             y = t if y is None else y + t
         out.append(torch.relu(y))
@@ -84,13 +87,62 @@ def hr_module_align_corners(m: nn.Module) -> Optional[bool]:
     convs = [_first_conv(b) for b in m.branches]
     if any(c is None for c in convs):
         return None
-    xs = [_probe_input(m, c.in_channels, s, seed=i) for i, (c, s) in enumerate(zip(convs, _branch_sizes(len(convs))))]
+    xs = [probe_input(m, c.in_channels, s, seed=i) for i, (c, s) in enumerate(zip(convs, branch_sizes(len(convs))))]
     try:
         reference = list(m(list(xs)))  # the official forward overwrites its list argument's entries
         ys = [b(x) for b, x in zip(m.branches, xs)]
         return _matching(reference, lambda ac: fuse_reference(m.fuse_layers, ys, ac))
     except (RuntimeError, TypeError, ValueError, IndexError):
         return None
+
+
+def resize_module(r: nn.Module, factor: int) -> Optional[Tuple[str, bool]]:
+    """(mode, align_corners) of a parameter-free module that upsamples by ``factor`` exactly as ``F.interpolate`` to
+    ``factor`` times the input's size does, nearest or bilinear (``nn.Upsample``, mmsegmentation's ``Upsample``,
+    which resizes to ``int(size * scale_factor)``); None for anything else. Read from its ``mode`` and
+    ``align_corners``, then checked by running it on a 5x3 map."""
+    mode, align_corners = getattr(r, "mode", None), getattr(r, "align_corners", None)
+    if mode not in ("nearest", "bilinear") or list(r.parameters()) or list(r.buffers()):
+        return None
+    align_corners = bool(align_corners) if mode == "bilinear" else False
+    t = torch.randn(1, 2, 5, 3, generator=torch.Generator().manual_seed(0))
+    extra = {"align_corners": align_corners} if mode == "bilinear" else {}
+    try:
+        with torch.no_grad():
+            out = r(t)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    expected = F.interpolate(t, size=(5 * factor, 3 * factor), mode=mode, **extra)
+    return (mode, align_corners) if isinstance(out, torch.Tensor) and same([out], [expected]) else None
+
+
+@dataclass
+class PostResize:
+    """What an HR module's forward does with each upsampled term after the term's own resize module: resizes it
+    bilinearly to the target branch's size with ``align_corners`` (mmsegmentation), or, None, adds it as it is."""
+    align_corners: Optional[bool]
+
+
+def hr_module_post_resize(m: nn.Module) -> Optional[PostResize]:
+    """How the forward of an HR module whose upsampled terms end in resize modules uses them (``PostResize``),
+    found by running it: where the branches do not halve exactly (9x7, 5x4, ...), against the terms resized once
+    more bilinearly to the target's size; where they do (16x8, 8x4, ...), against the terms added as they are.
+    None when neither matches."""
+    convs = [_first_conv(b) for b in m.branches]
+    if any(c is None for c in convs):
+        return None
+    exact = [(16 >> k, 8 >> k) for k in range(len(convs))]
+    for sizes, candidates in ((branch_sizes(len(convs)), (True, False)), (exact, (None,))):
+        xs = [probe_input(m, c.in_channels, s, seed=i) for i, (c, s) in enumerate(zip(convs, sizes))]
+        try:
+            reference = list(m(list(xs)))
+            ys = [b(x) for b, x in zip(m.branches, xs)]
+            for align_corners in candidates:
+                if same(fuse_reference(m.fuse_layers, ys, align_corners), reference):
+                    return PostResize(align_corners)
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            continue  # a forward that adds the terms as they are fails where the sizes do not halve
+    return None
 
 
 def official_features(net: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
@@ -111,7 +163,7 @@ def segmentation_align_corners(net: nn.Module) -> Optional[bool]:
     conv = _first_conv(net)
     if conv is None:
         return None
-    x = _probe_input(net, conv.in_channels, IMAGE, seed=0)
+    x = probe_input(net, conv.in_channels, IMAGE, seed=0)
     try:
         reference = [net(x)]
         ys = official_features(net, x)

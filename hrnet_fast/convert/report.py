@@ -36,3 +36,15 @@ class FusionReport:
         else:
             lines.append("left as is: nothing")
         return "\n".join(lines)
+
+
+def report_conv(report: FusionReport, path: str, pattern: str, conv, why) -> None:
+    """Records one conv step: fused (``why`` None), or BN folded into a plain conv because ``conv_bn_act`` cannot
+    run it (``why``). A depthwise conv (groups = in = out channels: Lite-HRNet's, MobileNet's) folded that way is all
+    the fusion there is for it, so it counts as fused, under its own pattern; other such convs are listed as left."""
+    if why is None:
+        report.add(path, pattern)
+    elif conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
+        report.add(path, f"depthwise {pattern}", "BN folded into the conv; torch's depthwise conv runs it")
+    else:
+        report.skip(path, pattern, f"BN folded into a plain conv: {why}")

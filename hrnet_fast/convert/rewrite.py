@@ -8,10 +8,12 @@ import torch
 import torch.nn as nn
 
 from . import probe
+from .decode_heads import fuse_decode_head
 from ..ops.folding import is_foldable_bn
-from .heads import FusedSegmentation, fuse_rest, official_segmentation_widths, segmentation_head, split_head
+from .heads import FusedSegmentation, official_segmentation_widths, segmentation_head, split_head
 from .report import FusionReport
 from .rewriter import Rewriter, norm
+from .walk import fuse_rest
 
 
 def is_hrnet(m: nn.Module) -> bool:
@@ -22,7 +24,7 @@ def is_hrnet(m: nn.Module) -> bool:
 
 def find_hrnet(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
     """(path, module) of the HRNet backbone: the model itself (ours, timm, official) or its ``backbone``
-    (mmpretrain's ImageClassifier)."""
+    (mmpretrain's ImageClassifier, mmsegmentation's EncoderDecoder, mmpose's TopdownPoseEstimator)."""
     if is_hrnet(model):
         return "", model
     backbone = getattr(model, "backbone", None)
@@ -48,6 +50,8 @@ def rewrite_hrnet(model: nn.Module, dtype: torch.dtype, backend: Optional[str],
                     "and branches 1..3 resized bilinearly to it")
     rw.stem(prefix, net)
     seg_head = segmentation_head(rw, net) if net is model else None
+    if net is not model:  # an HRNet inside another model: mmsegmentation's EncoderDecoder has its decode_head
+        fuse_decode_head(rw, model)
     if seg_head is None and official_align_corners is not None:
         seg_head = split_head(rw, net, official_widths, official_align_corners)
     rw.children("", model)

@@ -11,16 +11,16 @@ ReLU modules absorbed into a fused conv become ``nn.Identity``.
 from __future__ import annotations
 
 import collections
-from typing import Dict, List, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from . import probe
-from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRFuse, FusedHRModule, FusedStage, make_conv
+from . import hr_rules
+from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRModule, FusedStage, make_conv
 from ..ops.folding import bn_not_foldable, is_batchnorm, is_foldable_bn
 from .norm_steps import bn_relu_after
-from .report import FusionReport
+from .report import FusionReport, report_conv
 
 # Children a residual block may carry that are identities at inference (timm: drop_block, aa, se, drop_path).
 _INERT = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -60,10 +60,7 @@ class Rewriter:
                             + (f" ({bn_not_foldable(bn)})" if is_batchnorm(bn) else ""))
         fused, why = make_conv(conv, bn, relu, self.dtype, self.backend)
         pattern = "conv" + ("+bn" if bn is not None else "") + ("+relu" if relu else "")
-        if why is None:
-            self.report.add(path, pattern)
-        else:
-            self.report.skip(path, pattern, f"BN folded into a plain conv: {why}")
+        report_conv(self.report, path, pattern, conv, why)
         return fused
 
     def sequential(self, path: str, seq: nn.Sequential) -> Optional[nn.Module]:
@@ -81,23 +78,33 @@ class Rewriter:
         return None
 
     def conv_module(self, path: str, m: nn.Module) -> Optional[nn.Module]:
-        """mmcv's ConvModule (mmcv/cnn/bricks/conv_module.py; mmpretrain's HRFuseScales neck, mmseg's heads):
-        ``conv``, a BN named by ``norm_name`` (``bn`` for BN and SyncBN), a ReLU ``activate`` when
-        ``with_activation``, applied in ``order`` ('conv', 'norm', 'act'); an explicit padding layer
-        (``with_explicit_padding``) runs before the conv, so such a module is left as it is."""
-        conv, norm_name = getattr(m, "conv", None), getattr(m, "norm_name", None)
-        if not isinstance(conv, nn.Conv2d) or not isinstance(norm_name, str):
+        """mmcv's ConvModule (mmcv/cnn/bricks/conv_module.py; mmpretrain's HRFuseScales neck, mmseg's heads,
+        Lite-HRNet's blocks): ``conv``, a BN named by ``norm_name`` (``bn`` for BN and SyncBN; ``norm_name`` None
+        without a norm layer, the conv then carrying a bias), an ``activate`` when ``with_activation``, applied in
+        ``order`` ('conv', 'norm', 'act'). A ReLU goes into the fused conv's epilogue; another activation (Lite-HRNet's
+        Sigmoid) runs after it as it is. An explicit padding layer (``with_explicit_padding``) runs before the conv, so
+        such a module is left as it is."""
+        conv = getattr(m, "conv", None)
+        if not isinstance(conv, nn.Conv2d) or not hasattr(m, "norm_name"):
             return None
-        bn = getattr(m, norm_name, None)
+        norm_name = m.norm_name
+        bn = getattr(m, norm_name, None) if isinstance(norm_name, str) else None
         act = getattr(m, "activate", None) if getattr(m, "with_activation", True) else None
-        if is_batchnorm(bn) and bn_not_foldable(bn) is not None:
+        if bn is not None and is_batchnorm(bn) and bn_not_foldable(bn) is not None:
             self.report.skip(path, "ConvModule", bn_not_foldable(bn))
             return None
-        if not is_foldable_bn(bn) or tuple(getattr(m, "order", ("conv", "norm", "act"))) != ("conv", "norm", "act") \
-                or not (act is None or isinstance(act, nn.ReLU)) or getattr(m, "with_explicit_padding", False):
-            self.report.skip(path, "ConvModule", "not conv -> BN (-> ReLU)")
+        if getattr(m, "with_explicit_padding", False):
+            self.report.skip(path, "ConvModule", "its explicit padding layer runs before the conv, so it is not "
+                                                 "fused as a unit")
             return None
-        return self.conv(path, conv, bn, relu=act is not None)
+        if not (norm_name is None or is_foldable_bn(bn)) \
+                or tuple(getattr(m, "order", ("conv", "norm", "act"))) != ("conv", "norm", "act") \
+                or not (act is None or isinstance(act, nn.Module)):
+            self.report.skip(path, "ConvModule", "not conv -> BN (-> activation)")
+            return None
+        relu = isinstance(act, nn.ReLU)
+        fused = self.conv(path, conv, bn, relu=relu)
+        return fused if act is None or relu else nn.Sequential(fused, act)
 
     # -- residual blocks ---------------------------------------------------------------------------------------
     def block(self, path: str, m: nn.Module) -> Optional[nn.Module]:
@@ -128,78 +135,9 @@ class Rewriter:
                         "residual add + ReLU in the last conv's epilogue")
         return FusedBlock(convs, downsample)
 
-    # -- HR modules --------------------------------------------------------------------------------------------
+    # -- HR modules (hr_rules.py) ----------------------------------------------------------------------------
     def hr_module(self, path: str, m: nn.Module) -> Optional[nn.Module]:
-        branches, fuse_layers = getattr(m, "branches", None), getattr(m, "fuse_layers", None)
-        if not isinstance(branches, nn.ModuleList):
-            return None
-        n = len(branches)
-        # Segmentation HR modules resize each upsampled term bilinearly to the target's exact size: ours through
-        # a ``resize`` module, the official ones in their forward (found by probing it, before any rewrite).
-        align_corners: Optional[bool] = None
-        resize = getattr(m, "resize", None)
-        if n > 1 and isinstance(getattr(resize, "align_corners", None), bool):
-            align_corners = resize.align_corners
-        elif n > 1 and isinstance(fuse_layers, nn.ModuleList) and _resized_by_forward(fuse_layers):
-            align_corners = probe.hr_module_align_corners(m)
-            if align_corners is None:
-                self.report.skip(f"{path}.fuse_layers", "hr fuse", "its forward adds the upsampled terms in a way "
-                                 "other than a bilinear resize to the target branch's size")
-        new_branches = [self.any(f"{path}.branches.{i}", b) for i, b in enumerate(branches)]
-        fuses: List[FusedHRFuse] = []
-        if n > 1:
-            # The fusion ends in a ReLU module (timm: fuse_act; official, mmpretrain: relu).
-            if not isinstance(fuse_layers, nn.ModuleList) or not any(
-                    isinstance(c, nn.ReLU) for c in m.children()):
-                return None
-            if align_corners is None and _resized_by_forward(fuse_layers):
-                return None
-            for i, terms in enumerate(fuse_layers):
-                fuse = self.hr_fuse(f"{path}.fuse_layers.{i}", i, terms, align_corners)
-                if fuse is None:
-                    return None
-                fuses.append(fuse)
-            if len(fuses) != n and len(fuses) != 1:
-                return None
-        return FusedHRModule(new_branches, fuses)
-
-    def hr_fuse(self, path: str, i: int, terms: nn.ModuleList,
-                bilinear_align_corners: Optional[bool]) -> Optional[FusedHRFuse]:
-        """One output branch's fusion; ``bilinear_align_corners`` None: nearest Upsample terms, else bilinear
-        resizing done by the module (terms are Sequential(conv, bn))."""
-        bilinear = bilinear_align_corners is not None
-        up: Dict[int, nn.Module] = {}
-        down: Dict[int, nn.Module] = {}
-        for j, f in enumerate(terms):
-            p = f"{path}.{j}"
-            if j == i:
-                if not _is_inert(f):
-                    self.report.skip(p, "hr fuse", "diagonal term is not an identity")
-                    return None
-            elif j > i:
-                mods = list(f) if isinstance(f, nn.Sequential) else []
-                if bilinear:
-                    ok = len(mods) == 2
-                    expected = "Sequential(conv, bn) resized bilinearly by the module"
-                else:
-                    ok = (len(mods) == 3 and isinstance(mods[2], nn.Upsample) and mods[2].mode == "nearest"
-                          and mods[2].scale_factor in (2 ** (j - i), float(2 ** (j - i))))
-                    expected = "Sequential(conv, bn, nearest Upsample)"
-                if not (ok and isinstance(mods[0], nn.Conv2d) and is_foldable_bn(mods[1])):
-                    if not (ok and self.bn_refused(p, "hr fuse", mods[1:2])):
-                        self.report.skip(p, "hr fuse", f"upsample term is not {expected}")
-                    return None
-                up[j] = self.conv(f"{p}.0", mods[0], mods[1], relu=False)
-            else:
-                chain = self.sequential(p, f) if isinstance(f, nn.Sequential) else None
-                if chain is None:
-                    self.report.skip(p, "hr fuse", "downsample term is not a chain of conv+bn(+relu)")
-                    return None
-                down[j] = chain
-        mode = "bilinear" if bilinear else "nearest"
-        self.report.add(path, "hr fuse",
-                        f"{len(up)} {mode}-upsampled + {len(down)} downsampled terms, one multires_fuse")
-        return FusedHRFuse(i, up, down, self.backend, mode, bool(bilinear_align_corners))
+        return hr_rules.hr_module(self, path, m)
 
     # -- stem --------------------------------------------------------------------------------------------------
     def stem(self, path: str, m: nn.Module) -> None:
@@ -241,10 +179,3 @@ class Rewriter:
             new = self.any(prefix + name, child)
             if new is not child:
                 setattr(m, name, new)
-
-
-def _resized_by_forward(fuse_layers: nn.ModuleList) -> bool:
-    """Whether every upsampled term is a bare Sequential(conv, BN), which the module's forward must resize."""
-    terms = [f for i, row in enumerate(fuse_layers) for j, f in enumerate(row) if j > i]
-    return bool(terms) and all(isinstance(f, nn.Sequential) and len(f) == 2 and isinstance(f[0], nn.Conv2d)
-                               and is_foldable_bn(f[1]) for f in terms)
