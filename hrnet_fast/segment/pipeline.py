@@ -141,9 +141,9 @@ class Segmenter:
         if self.mode == "whole" and (not self.flip or self.flip_average == "logits"):
             from .ops import resize_argmax
             # Resizing is linear and commutes with mirroring: the mean of the logits is taken at low resolution.
-            logits = self._network(batch).float()
-            if self.flip:
-                logits = (logits + self._network(batch.flip(2)).float().flip(-1)) * 0.5
+            logits = self._network(batch)
+            if self.flip:  # in fp32: the network's logits may be fp16/bf16
+                logits = (logits.float() + self._network(batch.flip(2)).float().flip(-1)) * 0.5
             return resize_argmax(logits, height, width, self.align_corners, out_dtype=self.labels_dtype)
         labels = torch.empty(n, height, width, dtype=self.labels_dtype, device=self.device)
         for r0, r1, scores in merged_bands(self._views(batch), (n, self.num_classes, height, width),

@@ -90,18 +90,17 @@ class WindowedScores:
         return total.div_(count)
 
 
-def band_rows(n: int, c: int, height: int, width: int, band_bytes: int = BAND_BYTES) -> int:
-    """Rows per band so that an fp32 [n, c, rows, width] band is about ``band_bytes``."""
-    return max(1, min(height, band_bytes // max(1, n * c * width * 4)))
+def band_rows(n: int, c: int, height: int, width: int) -> int:
+    """Rows per band so that an fp32 [n, c, rows, width] band is about ``BAND_BYTES``."""
+    return max(1, min(height, BAND_BYTES // max(1, n * c * width * 4)))
 
 
-def merged_bands(views: List[Tuple[WindowedScores, bool]], shape: Tuple[int, int, int, int], flip_average: str,
-                 band_bytes: int = BAND_BYTES):
+def merged_bands(views: List[Tuple[WindowedScores, bool]], shape: Tuple[int, int, int, int], flip_average: str):
     """Yields (r0, r1, scores) down the image: the views' bands (each a ``WindowedScores`` and whether it scored
     the mirrored image, whose band is mirrored back) merged as the pipeline merges them. ``flip_average`` "logits":
     the mean of the logits; "softmax": the mean of their softmaxes. ``shape`` is (N, C, H, W)."""
     n, c, height, width = shape
-    rows = band_rows(n, c, height, width, band_bytes)
+    rows = band_rows(n, c, height, width)
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
         parts = []
