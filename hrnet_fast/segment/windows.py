@@ -28,7 +28,7 @@ def as_pair(value: Optional[Size], name: str) -> Optional[Tuple[int, int]]:
     """(h, w) from an int or a pair of ints, each positive; None stays None."""
     if value is None:
         return None
-    pair = (value, value) if isinstance(value, int) else tuple(value)
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints (height, width); got {value!r}")
     if min(pair) <= 0:
