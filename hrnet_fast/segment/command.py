@@ -81,12 +81,14 @@ def build_segmenter(args: argparse.Namespace, device):
     if task_of(name) != "segmentation":
         raise UserError(f"--model {args.model} is a {task_of(name)} model; segmentation needs one of "
                         f"{', '.join(_segmentation_models())}")
-    kwargs = {} if args.align_corners is None else {"align_corners": args.align_corners}
-    model = create_model(name, num_classes=args.num_classes, **kwargs)
+    # --align-corners builds the model with the checkpoint's convention and states it to load_checkpoint, which
+    # then checks it instead of warning that a flat checkpoint does not record it.
+    stated = {} if args.align_corners is None else {"align_corners": args.align_corners}
+    model = create_model(name, num_classes=args.num_classes, **stated)
     if not os.path.isfile(args.checkpoint):
         raise UserError(f"checkpoint not found: {args.checkpoint}")
     try:
-        load_checkpoint(model, args.checkpoint, strict=True)
+        load_checkpoint(model, args.checkpoint, strict=True, **stated)
     except CheckpointError as e:
         advice = ("\n  Pass --align-corners false (or true) for the checkpoint's convention."
                   if "align_corners" in str(e) else "")

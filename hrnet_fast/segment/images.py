@@ -14,7 +14,8 @@ def as_image_batch(images: Any) -> Tuple[torch.Tensor, bool]:
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise TypeError(f"images must be uint8 RGB (values 0..255); got a numpy array of dtype {images.dtype}")
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        # torch refuses to share a read-only buffer (PIL's arrays are read-only): copy those.
+        images = torch.from_numpy(np.ascontiguousarray(images) if images.flags.writeable else images.copy())
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a uint8 torch tensor or numpy array, [H, W, 3] or [N, H, W, 3]; got "
                         f"{type(images).__name__}")
