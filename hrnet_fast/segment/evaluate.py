@@ -159,6 +159,9 @@ def run(args: argparse.Namespace) -> Dict:
         image, mask = pairs[i]
         try:
             labels = seg(read_rgb(image))
+        except ValueError as e:
+            raise UserError(f"{image}: {e}") from None
+        try:
             confusion += confusion_matrix(labels, torch.from_numpy(read_mask(mask)), k, args.ignore_index)
         except ValueError as e:
             raise UserError(f"{mask}: {e}") from None

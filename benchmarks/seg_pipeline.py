@@ -1,0 +1,203 @@
+"""Segmentation end to end: the reference pipeline (eager network, full-resolution upsample, argmax) against the
+fused one (normalize op, convert()ed network, resize_argmax), per image, with the memory of the steps around the
+network.
+
+    python benchmarks/seg_pipeline.py --json benchmarks/results/cpu-seg-pipeline.json
+    python benchmarks/seg_pipeline.py --cases w18:512x1024 --dtypes fp32 --reps 3
+
+Per case (model, image size) and dtype:
+
+- ``end_to_end_ms``: the median of ``--reps`` calls of ``Segmenter(model, fused=False)(image)`` and
+  ``Segmenter(model)(image)`` (uint8 image in, class map out), interleaved; the fused pipeline's first call per
+  shape (oneDNN primitives made, weights reordered) is an untimed warm-up, the eager one's needs none.
+- ``post_network``: the steps after the network on the network's own logits (captured from the timed calls):
+  the reference's ``F.interpolate`` to full size + ``argmax`` + the uint8 class map, and the fused
+  ``resize_argmax``. ``peak_bytes`` is the peak of the bytes the steps allocate, from torch.profiler's record of
+  every allocation and free made through torch's CPU allocator while they run (``profile_memory=True``: the
+  running sum of the recorded sizes, in time order): the full-resolution logits and the int64 argmax for the
+  reference, the class map for the fused op (a kernel's own stack and registers are not allocations and do not
+  count). The logits themselves are the network's output, present in both and not counted. ``ms``: the median of
+  ``--reps`` calls of the steps alone.
+- ``pre_network``: the same for the normalisation (uint8 HWC image to the network's NCHW input).
+- ``agreement``: the fused class map against the reference's. In fp32: the pixels that differ, and at each the
+  gap between the two labels' full-resolution reference logits, against the bound no tie-free pixel can be
+  under: twice the largest difference between the two networks' stride-4 logits (a bilinear resize is a convex
+  blend, so it cannot move a logit by more; the two differ by rounding). ``all_ties`` says every differing pixel
+  is within it. In bf16: the share of pixels each bf16 pipeline (fused, and eager bf16) labels as the fp32
+  reference does.
+
+Weights are random with BatchNorm calibrated on random images (no pretrained segmentation weights here); the
+image is smooth colour structure plus noise, so the class map has regions and boundaries.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import hrnet_fast  # noqa: E402
+from benchmarks.script_support import command, emit  # noqa: E402
+from hrnet_fast.bench.environment import environment  # noqa: E402
+from hrnet_fast.segment import ops, reference  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MODELS = {"w18": "seg_hrnetv2_w18", "w48": "seg_hrnetv2_w48"}
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """The peak of the bytes allocated through torch's CPU allocator while ``fn`` runs (module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, acc_events=True) as prof:
+        out = fn()
+        del out
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    current = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def test_image(height: int, width: int) -> torch.Tensor:
+    """uint8 [H, W, 3]: a few smooth colour blobs over ramps, plus noise (seeded)."""
+    gen = torch.Generator().manual_seed(0)
+    ys = torch.linspace(0, 1, height).view(height, 1, 1)
+    xs = torch.linspace(0, 1, width).view(1, width, 1)
+    image = 0.4 * ys + 0.3 * xs * torch.tensor([1.0, 0.2, 0.6])
+    for _ in range(6):
+        cy, cx, r = torch.rand(3, generator=gen)
+        colour = torch.rand(3, generator=gen)
+        image = image + colour * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (0.02 + 0.05 * r))
+    noise = 0.1 * torch.rand(height, width, 3, generator=gen)
+    return (255 * (image + noise).clamp(0, 1)).to(torch.uint8)
+
+
+class Capture:
+    """The output of a module's last forward (the network's logits inside a Segmenter call)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.out = None
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.out = output
+
+
+def measure_case(name: str, height: int, width: int, dtypes: List[str], reps: int) -> Dict:
+    torch.manual_seed(0)
+    model = hrnet_fast.create_model(MODELS[name], align_corners=False)
+    hrnet_fast.calibrate_bn(model, (max(64, height // 4), max(64, width // 4)), steps=2, batch=1)
+    image = test_image(height, width)
+    result: Dict = {"model": MODELS[name], "input": f"{height}x{width}", "classes": model.num_classes}
+    fp32_labels = None
+    for dtype_name in dtypes:
+        dtype = DTYPES[dtype_name]
+        ref = hrnet_fast.Segmenter(model, fused=False, dtype=dtype)
+        fused = hrnet_fast.Segmenter(model, dtype=dtype)
+        ref_logits, fused_logits = Capture(ref.net), Capture(fused.net)
+        t0 = time.perf_counter()
+        fused(image)
+        warm_s = time.perf_counter() - t0
+        ref_ms, fused_ms = [], []
+        for _ in range(reps):  # interleaved, so a disturbance hits both
+            ref_ms.append(median_ms(lambda: ref(image), 1))
+            fused_ms.append(median_ms(lambda: fused(image), 1))
+        ref_labels, fused_labels = ref(image), fused(image)
+        lr, lf = ref_logits.out, fused_logits.out
+        batch = image[None]
+        post_ref = lambda: reference.class_map(F.interpolate(lr, size=(height, width), mode="bilinear",  # noqa: E731
+                                                             align_corners=False), torch.uint8)
+        post_fused = lambda: ops.resize_argmax(lf, height, width, False)  # noqa: E731
+        pre_ref = lambda: reference.normalize(batch, ref.mean, ref.std, dtype)  # noqa: E731
+        pre_fused = lambda: ops.normalize(batch, fused.mean, fused.std, dtype)  # noqa: E731
+        with torch.no_grad():
+            record = {
+                "end_to_end_ms": {"reference": statistics.median(ref_ms), "fused": statistics.median(fused_ms),
+                                  "speedup": statistics.median(ref_ms) / statistics.median(fused_ms),
+                                  "fused_first_call_s": warm_s, "reps": reps},
+                "post_network": {"reference": {"ms": median_ms(post_ref, reps), "peak_bytes": peak_bytes(post_ref)},
+                                 "fused": {"ms": median_ms(post_fused, reps), "peak_bytes": peak_bytes(post_fused)}},
+                "pre_network": {"reference": {"ms": median_ms(pre_ref, reps), "peak_bytes": peak_bytes(pre_ref)},
+                                "fused": {"ms": median_ms(pre_fused, reps), "peak_bytes": peak_bytes(pre_fused)}},
+            }
+            post = record["post_network"]
+            post["peak_ratio"] = post["fused"]["peak_bytes"] / post["reference"]["peak_bytes"]
+            if dtype_name == "fp32":
+                fp32_labels = ref_labels
+                record["agreement"] = tie_check(ref_labels, fused_labels, lr, lf, height, width)
+            elif fp32_labels is not None:
+                record["agreement"] = {
+                    "fused_vs_fp32_reference": float((fused_labels == fp32_labels).float().mean()),
+                    "eager_vs_fp32_reference": float((ref_labels == fp32_labels).float().mean())}
+        result[dtype_name] = record
+        print(f"{name} {height}x{width} {dtype_name}: {record}", file=sys.stderr, flush=True)
+        del ref, fused, ref_logits, fused_logits, lr, lf
+    return result
+
+
+def tie_check(ref_labels: torch.Tensor, fused_labels: torch.Tensor, ref_logits: torch.Tensor,
+              fused_logits: torch.Tensor, height: int, width: int) -> Dict:
+    """The differing pixels and whether each is a tie (module docstring)."""
+    bound = 2 * float((ref_logits.float() - fused_logits.float()).abs().max())
+    differ = ref_labels != fused_labels
+    out = {"pixels": ref_labels.numel(), "differ": int(differ.sum()), "tie_bound": bound,
+           "logit_scale": float(ref_logits.float().abs().max())}
+    if out["differ"]:
+        scores = F.interpolate(ref_logits.float(), size=(height, width), mode="bilinear", align_corners=False)[0]
+        r, f = ref_labels.long(), fused_labels.long()
+        gaps = (scores.gather(0, r[None]) - scores.gather(0, f[None]))[0][differ].abs()
+        out["max_gap"] = float(gaps.max())
+        out["all_ties"] = bool(gaps.max() <= bound)
+    else:
+        out["max_gap"], out["all_ties"] = 0.0, True
+    return out
+
+
+def parse_cases(text: str) -> List[Tuple[str, int, int]]:
+    cases = []
+    for item in text.split(","):
+        name, size = item.split(":")
+        h, w = (int(v) for v in size.lower().split("x"))
+        if name not in MODELS:
+            raise SystemExit(f"unknown model {name!r}: one of {', '.join(MODELS)}")
+        cases.append((name, h, w))
+    return cases
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default="w18:512x1024,w48:1024x2048", help="MODEL:HxW,... (models: w18, w48)")
+    p.add_argument("--dtypes", default="fp32,bf16", help="fp32 first: bf16 agreement is against it")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    dtypes = args.dtypes.split(",")
+    started = time.time()
+    env = environment(torch.device("cpu"))
+    results = [measure_case(name, h, w, dtypes, args.reps) for name, h, w in parse_cases(args.cases)]
+    emit({"command": command(), "environment": env, "threads": args.threads, "wall_s": time.time() - started,
+          "load_average_end": os.getloadavg()[0], "results": results}, args.json)
+
+
+if __name__ == "__main__":
+    main()
