@@ -109,48 +109,61 @@ def measure_case(name: str, height: int, width: int, dtypes: List[str], reps: in
     result: Dict = {"model": MODELS[name], "input": f"{height}x{width}", "classes": model.num_classes}
     fp32_labels = None
     for dtype_name in dtypes:
-        dtype = DTYPES[dtype_name]
-        ref = hrnet_fast.Segmenter(model, fused=False, dtype=dtype)
-        fused = hrnet_fast.Segmenter(model, dtype=dtype)
-        ref_logits, fused_logits = Capture(ref.net), Capture(fused.net)
-        t0 = time.perf_counter()
-        fused(image)
-        warm_s = time.perf_counter() - t0
-        ref_ms, fused_ms = [], []
-        for _ in range(reps):  # interleaved, so a disturbance hits both
-            ref_ms.append(median_ms(lambda: ref(image), 1))
-            fused_ms.append(median_ms(lambda: fused(image), 1))
-        ref_labels, fused_labels = ref(image), fused(image)
-        lr, lf = ref_logits.out, fused_logits.out
-        batch = image[None]
-        post_ref = lambda: reference.class_map(F.interpolate(lr, size=(height, width), mode="bilinear",  # noqa: E731
-                                                             align_corners=False), torch.uint8)
-        post_fused = lambda: ops.resize_argmax(lf, height, width, False)  # noqa: E731
-        pre_ref = lambda: reference.normalize(batch, ref.mean, ref.std, dtype)  # noqa: E731
-        pre_fused = lambda: ops.normalize(batch, fused.mean, fused.std, dtype)  # noqa: E731
-        with torch.no_grad():
-            record = {
-                "end_to_end_ms": {"reference": statistics.median(ref_ms), "fused": statistics.median(fused_ms),
-                                  "speedup": statistics.median(ref_ms) / statistics.median(fused_ms),
-                                  "fused_first_call_s": warm_s, "reps": reps},
-                "post_network": {"reference": {"ms": median_ms(post_ref, reps), "peak_bytes": peak_bytes(post_ref)},
-                                 "fused": {"ms": median_ms(post_fused, reps), "peak_bytes": peak_bytes(post_fused)}},
-                "pre_network": {"reference": {"ms": median_ms(pre_ref, reps), "peak_bytes": peak_bytes(pre_ref)},
-                                "fused": {"ms": median_ms(pre_fused, reps), "peak_bytes": peak_bytes(pre_fused)}},
-            }
-            post = record["post_network"]
-            post["peak_ratio"] = post["fused"]["peak_bytes"] / post["reference"]["peak_bytes"]
-            if dtype_name == "fp32":
-                fp32_labels = ref_labels
-                record["agreement"] = tie_check(ref_labels, fused_labels, lr, lf, height, width)
-            elif fp32_labels is not None:
-                record["agreement"] = {
-                    "fused_vs_fp32_reference": float((fused_labels == fp32_labels).float().mean()),
-                    "eager_vs_fp32_reference": float((ref_labels == fp32_labels).float().mean())}
-        result[dtype_name] = record
-        print(f"{name} {height}x{width} {dtype_name}: {record}", file=sys.stderr, flush=True)
-        del ref, fused, ref_logits, fused_logits, lr, lf
+        result[dtype_name], labels = measure_dtype(model, image, DTYPES[dtype_name], reps, fp32_labels)
+        fp32_labels = labels if dtype_name == "fp32" else fp32_labels
+        print(f"{name} {height}x{width} {dtype_name}: {result[dtype_name]}", file=sys.stderr, flush=True)
     return result
+
+
+@torch.no_grad()
+def measure_dtype(model: torch.nn.Module, image: torch.Tensor, dtype: torch.dtype, reps: int,
+                  fp32_labels) -> Tuple[Dict, torch.Tensor]:
+    """One dtype's record, and the reference's class map."""
+    height, width = image.shape[:2]
+    ref = hrnet_fast.Segmenter(model, fused=False, dtype=dtype)
+    fused = hrnet_fast.Segmenter(model, dtype=dtype)
+    ref_logits, fused_logits = Capture(ref.net), Capture(fused.net)
+    t0 = time.perf_counter()
+    fused(image)
+    warm_s = time.perf_counter() - t0
+    ref_ms, fused_ms = [], []
+    for _ in range(reps):  # interleaved, so a disturbance hits both
+        ref_ms.append(median_ms(lambda: ref(image), 1))
+        fused_ms.append(median_ms(lambda: fused(image), 1))
+    ref_labels, fused_labels = ref(image), fused(image)
+    lr, lf = ref_logits.out, fused_logits.out
+    batch = image[None]
+
+    def post_ref():
+        up = F.interpolate(lr, size=(height, width), mode="bilinear", align_corners=False)
+        return reference.class_map(up, torch.uint8)
+
+    def post_fused():
+        return ops.resize_argmax(lf, height, width, False)
+
+    def pre_ref():
+        return reference.normalize(batch, ref.mean, ref.std, dtype)
+
+    def pre_fused():
+        return ops.normalize(batch, fused.mean, fused.std, dtype)
+
+    def steps(ref_fn, fused_fn) -> Dict:
+        return {"reference": {"ms": median_ms(ref_fn, reps), "peak_bytes": peak_bytes(ref_fn)},
+                "fused": {"ms": median_ms(fused_fn, reps), "peak_bytes": peak_bytes(fused_fn)}}
+
+    end_to_end = {"reference": statistics.median(ref_ms), "fused": statistics.median(fused_ms),
+                  "fused_first_call_s": warm_s, "reps": reps}
+    end_to_end["speedup"] = end_to_end["reference"] / end_to_end["fused"]
+    record = {"end_to_end_ms": end_to_end, "post_network": steps(post_ref, post_fused),
+              "pre_network": steps(pre_ref, pre_fused)}
+    post = record["post_network"]
+    post["peak_ratio"] = post["fused"]["peak_bytes"] / post["reference"]["peak_bytes"]
+    if dtype == torch.float32:
+        record["agreement"] = tie_check(ref_labels, fused_labels, lr, lf, height, width)
+    elif fp32_labels is not None:
+        record["agreement"] = {"fused_vs_fp32_reference": float((fused_labels == fp32_labels).float().mean()),
+                               "eager_vs_fp32_reference": float((ref_labels == fp32_labels).float().mean())}
+    return record, ref_labels
 
 
 def tie_check(ref_labels: torch.Tensor, fused_labels: torch.Tensor, ref_logits: torch.Tensor,
