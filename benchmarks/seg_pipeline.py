@@ -54,11 +54,27 @@ from hrnet_fast.segment import ops, reference  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODELS = {"w18": "seg_hrnetv2_w18", "w48": "seg_hrnetv2_w48"}
+DEVICE = torch.device("cpu")  # --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:
-    """The peak of the bytes allocated through torch's CPU allocator while ``fn`` runs (module docstring)."""
+    """The peak of the bytes allocated through torch's CPU allocator while ``fn`` runs (module docstring); on a
+    GPU, CUDA's peak allocated bytes during ``fn`` above those allocated before it."""
     from torch.profiler import ProfilerActivity, profile
+
+    if DEVICE.type == "cuda":
+        sync()
+        base = torch.cuda.memory_allocated(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        out = fn()
+        sync()
+        del out
+        return torch.cuda.max_memory_allocated(DEVICE) - base
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, acc_events=True) as prof:
         out = fn()
@@ -76,11 +92,12 @@ def median_ms(fn: Callable[[], object], reps: int) -> float:
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
 
 
-def test_image(height: int, width: int) -> torch.Tensor:
+def frame(height: int, width: int) -> torch.Tensor:
     """uint8 [H, W, 3]: a few smooth colour blobs over ramps, plus noise (seeded)."""
     gen = torch.Generator().manual_seed(0)
     ys = torch.linspace(0, 1, height).view(height, 1, 1)
@@ -109,7 +126,8 @@ def measure_case(name: str, height: int, width: int, dtypes: List[str], reps: in
     torch.manual_seed(0)
     model = hrnet_fast.create_model(MODELS[name], align_corners=False)
     hrnet_fast.calibrate_bn(model, (max(64, height // 4), max(64, width // 4)), steps=2, batch=1)
-    image = test_image(height, width)
+    model.to(DEVICE)
+    image = frame(height, width)
     result: Dict = {"model": MODELS[name], "input": f"{height}x{width}", "classes": model.num_classes}
     fp32_labels = None
     for dtype_name in dtypes:
@@ -130,12 +148,14 @@ def measure_dtype(model: torch.nn.Module, image: torch.Tensor, dtype: torch.dtyp
     ref_logits, fused_logits = Capture(ref.net), Capture(fused.net)
     t0 = time.perf_counter()
     fused(image)
+    sync()
     warm_s = time.perf_counter() - t0
     ref_ms, fused_ms, out = [], [], {}
 
     def timed(name: str, seg) -> float:
         t = time.perf_counter()
         out[name] = seg(image)
+        sync()
         return 1e3 * (time.perf_counter() - t)
 
     for _ in range(reps):  # interleaved, so a disturbance hits both
@@ -145,7 +165,7 @@ def measure_dtype(model: torch.nn.Module, image: torch.Tensor, dtype: torch.dtyp
     fused_labels, lf = out["fused"], fused_logits.out
     # Without the eager network, the reference's steps run on the fused network's logits (same shape and dtype).
     ref_labels, lr = (out["reference"], ref_logits.out) if eager else (None, lf)
-    batch = image[None]
+    batch = image[None].to(DEVICE)
 
     def post_ref():
         up = F.interpolate(lr, size=(height, width), mode="bilinear", align_corners=False)
@@ -219,12 +239,15 @@ def main() -> None:
     p.add_argument("--no-eager", default="", help="dtypes whose eager reference network is not run (e.g. bf16 on a "
                    "CPU without native bf16, where it takes minutes a frame): the fused pipeline end to end, and "
                    "both pipelines' steps around the network on the fused network's logits")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronised; CUDA's peak allocated bytes)")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     dtypes = args.dtypes.split(",")
     started = time.time()
-    env = environment(torch.device("cpu"))
+    env = environment(DEVICE)
     no_eager = [d for d in args.no_eager.split(",") if d]
     results = [measure_case(name, h, w, dtypes, args.reps, no_eager) for name, h, w in parse_cases(args.cases)]
     emit({"command": command(), "environment": env, "threads": args.threads, "wall_s": time.time() - started,
