@@ -34,7 +34,3 @@ def as_image_batch(images: Any) -> Tuple[torch.Tensor, bool]:
         raise ValueError(f"images must be at least 1x1; got shape {list(images.shape)}")
     return batch, single
 
-
-def label_dtype(num_classes: int) -> torch.dtype:
-    """Class maps are uint8 where every class id fits, int64 otherwise."""
-    return torch.uint8 if num_classes <= 256 else torch.int64

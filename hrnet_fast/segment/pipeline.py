@@ -21,7 +21,8 @@ import torch.nn as nn
 
 from ..imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from . import reference
-from .images import as_image_batch, label_dtype
+from ..ops.seg_checks import label_dtype
+from .images import as_image_batch
 from .tiled import WindowedScores, merged_bands
 from .windows import Size, Window, as_pair, check_slide, slide_windows
 
@@ -95,7 +96,7 @@ class Segmenter:
         self.mode, self.flip, self.flip_average, self.fused, self.dtype = mode, bool(flip), flip_average, fused, dtype
         self.mean, self.std = _check_stats("mean", mean), _check_stats("std", std)
         self.num_classes = int(model.num_classes)
-        self.labels_dtype = label_dtype(self.num_classes)
+        self.labels_dtype = label_dtype(None, self.num_classes)  # the ops' rule: uint8 up to 256 classes
         self.device = next(model.parameters()).device
         if fused:
             from ..convert import convert
