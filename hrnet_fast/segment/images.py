@@ -33,4 +33,3 @@ def as_image_batch(images: Any) -> Tuple[torch.Tensor, bool]:
     if batch.shape[1] == 0 or batch.shape[2] == 0:
         raise ValueError(f"images must be at least 1x1; got shape {list(images.shape)}")
     return batch, single
-
