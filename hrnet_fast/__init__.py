@@ -12,6 +12,7 @@ from .convert import convert
 from .ops import backend_info
 from .profile import Profile, profile
 from .registry import create_model, list_models, resolve_name
+from .segment import Segmenter
 from .warmup import warmup
 
 __version__ = "0.1.0"
@@ -19,5 +20,5 @@ __all__ = [
     "HighResolutionNet", "PoseHighResolutionNet", "SegHighResolutionNet", "create_model", "list_models",
     "resolve_name", "check_input_size", "calibrate_bn", "load_checkpoint", "CheckpointError", "LoadReport",
     "to_mmpretrain", "to_mmpose", "to_mmseg", "to_paddle", "profile", "Profile", "convert", "backend_info", "warmup",
-    "cpu_features",
+    "cpu_features", "Segmenter",
 ]

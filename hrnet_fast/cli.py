@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": ("hrnet_fast.bench", "latency table (the seed's layout): reference vs convert() vs peers"),
     "profile": ("hrnet_fast.profile", "params, MACs and FLOPs of every variant beside the seed tables"),
     "eval": ("hrnet_fast.evaluate", "top-1/top-5 on an image folder, reference vs converted"),
+    "seg": ("hrnet_fast.segment.command", "PNG class maps of a folder of images (segmentation models)"),
     "info": ("hrnet_fast.info", "which backends are live on this machine, and why the others are not"),
 }
 

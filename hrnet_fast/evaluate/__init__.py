@@ -13,6 +13,9 @@ the accuracies are over the images that were read (none read at all is an error)
 wrong (paths, sizes, model name, a checkpoint for another variant) is an error message without a traceback and
 exit status 2.
 
+``--task`` picks what is evaluated (``options.TASKS``): classification (default, this package) or ``seg``
+(``hrnet_fast.segment.evaluate``: mIoU, pixel accuracy and per-class IoU against ground-truth masks).
+
 The package, by layer:
     errors       UserError: a problem with the input, reported without a traceback
     options      the command's options and the checks that need neither images nor models

@@ -3,6 +3,7 @@ and the report printed and written by rank 0; a user error becomes a message and
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from ..imagefolder import EvalImageDataset
 from .candidates import DTYPES, Candidate, build_converted, build_reference, describe_backend
 from .errors import UserError
-from .options import check_arguments, resolve_device
+from .options import TASKS, check_arguments, resolve_device
 from .report import format_report, report_dict
 from .samples import load_samples
 from .scoring import evaluate
@@ -75,9 +76,9 @@ def run(args: argparse.Namespace) -> Dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``hrnet-fast eval``: 0 on success, 2 with a one-line message for a user error."""
+    """``hrnet-fast eval`` of ``--task``: 0 on success, 2 with a one-line message for a user error."""
     try:
-        run(args)
+        importlib.import_module(TASKS[args.task]).run(args)
         return 0
     except UserError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank meets the same error

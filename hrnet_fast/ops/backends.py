@@ -20,6 +20,7 @@ import torch
 
 BACKENDS = ("torch", "triton", "cuda", "cpu")
 OPS = ("conv_bn_act", "multires_fuse")
+SEGMENT_OPS = ("seg_normalize", "resize_argmax")  # hrnet_fast/segment/ops.py (ops/seg_library.py)
 
 # Preferred order per device type, best first. ``triton`` on CPU exists only for testing (interpreter).
 PREFERENCE = {
@@ -76,6 +77,9 @@ def availability(backend: str, op: str, device_type: str) -> Tuple[bool, str]:
 @functools.lru_cache(maxsize=None)
 def implementation(op: str, backend: str) -> Callable:
     """The function that runs ``op`` on ``backend``; signatures follow ``reference.py`` (validated inputs)."""
+    if op in SEGMENT_OPS:
+        from . import seg_library
+        return seg_library.implementation(op, backend)
     if backend == "torch":
         from . import reference
         return {"conv_bn_act": reference.conv_bn_act_ref, "multires_fuse": reference.multires_fuse_ref}[op]
