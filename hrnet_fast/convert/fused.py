@@ -6,6 +6,7 @@ does no availability checks.
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -229,6 +230,7 @@ class FusedBranch(nn.Sequential):
     def __init__(self, *args):
         super().__init__(*args)
         self._replay = replay.Replay()
+        self.parallel_branches: Optional[bool] = None  # the schedule of replayed calls (replay.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = replay.run(self, [x])
@@ -306,6 +308,7 @@ class FusedHRModule(nn.Module):
         self.branches = nn.ModuleList(branches)
         self.fuses = nn.ModuleList(fuses)
         self._replay = replay.Replay()
+        self.parallel_branches: Optional[bool] = None  # the schedule of replayed calls (replay.py)
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         out = replay.run(self, list(xs))
@@ -318,8 +321,9 @@ class FusedHRModule(nn.Module):
         return ys
 
     def _emit(self, b: "replay.Builder", xs: List[int]) -> List[int]:
-        ys = [b.emit(branch, x) for branch, x in zip(self.branches, xs)]
-        return [b.emit(fuse, ys) for fuse in self.fuses] if len(self.fuses) else ys
+        # The branches share no data, nor do the output fusions: each one lane of a phase (replay.py).
+        ys = b.lanes([functools.partial(b.emit, branch, x) for branch, x in zip(self.branches, xs)])
+        return b.lanes([functools.partial(b.emit, fuse, ys) for fuse in self.fuses]) if len(self.fuses) else ys
 
 
 class FusedStage(nn.Sequential):
@@ -330,6 +334,7 @@ class FusedStage(nn.Sequential):
     def __init__(self, *args):
         super().__init__(*args)
         self._replay = replay.Replay()
+        self.parallel_branches: Optional[bool] = None  # the schedule of replayed calls (replay.py)
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         out = replay.run(self, list(xs))
