@@ -17,7 +17,7 @@ from ..ops.backends import resolve
 from ..ops.folding import fold_bn
 from ..ops.onednn_conv import OnednnConv
 from ..ops.weights import PreparedWeight, stored_weight
-from . import replay
+from . import branch_streams, replay
 
 
 def supported_conv(conv: nn.Conv2d) -> Optional[str]:
@@ -314,6 +314,11 @@ class FusedHRModule(nn.Module):
         out = replay.run(self, list(xs))
         if out is not None:
             return out
+        if branch_streams.concurrent(self.parallel_branches, xs[0]):  # a CUDA graph capture (branch_streams.py)
+            ys = branch_streams.run_parts([functools.partial(b, x) for b, x in zip(self.branches, xs)], xs[0].device)
+            if len(self.fuses):
+                ys = branch_streams.run_parts([functools.partial(f, ys) for f in self.fuses], xs[0].device)
+            return ys
         ys = [branch(x) for branch, x in zip(self.branches, xs)]
         if len(self.fuses):
             ys = [fuse(ys) for fuse in self.fuses]

@@ -179,6 +179,7 @@ class Builder:
         self.mode = mode
         self.steps: List[list] = []
         self.tags: List[Tuple[int, int]] = []  # (phase, lane) of each step
+        self.phases: List[tuple] = []  # what build passed the extension: (lanes of step indices, release)
         self._phase, self._lane, self._in_lanes = 0, 0, False
 
     def build(self, owner: nn.Module, as_list: bool):
@@ -189,8 +190,8 @@ class Builder:
         slots = list(range(self.inputs))
         out = self.emit(owner, slots if as_list else slots[0], owner=True)
         outputs = [out] if isinstance(out, int) else list(out)
-        phases = self._finish(outputs)
-        return _entry("replay_new")(self.steps, self.inputs, self.slots, outputs, phases, self.mode)
+        self.phases = self._finish(outputs)
+        return _entry("replay_new")(self.steps, self.inputs, self.slots, outputs, self.phases, self.mode)
 
     def emit(self, m: nn.Module, x, owner: bool = False, **kwargs):
         # Only a class that lists its own steps: a subclass may run a forward of its own.
