@@ -136,7 +136,7 @@ PyMethodDef methods[] = {
      "onednn_conv_run(handle, x, bias, residual, relu, residual_is_free) -> Tensor or None (no primitive for the "
      "call on this CPU)."},
     {"onednn_conv_plans", hrnet_fast::onednn_conv_plans, METH_O,
-     "onednn_conv_plans(handle) -> int: the (input shape, epilogue) primitives a conv layer keeps now."},
+     "onednn_conv_plans(handle) -> int: the (input shape, epilogue, threads) primitives a conv layer keeps now."},
     {"onednn_conv_implementations", hrnet_fast::onednn_conv_implementations, METH_O,
      "onednn_conv_implementations(handle) -> [(threads, name)]: each kept primitive's thread count and kernel."},
     {"onednn_set_verbose", hrnet_fast::onednn_set_verbose, METH_O,

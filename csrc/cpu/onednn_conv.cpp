@@ -10,7 +10,8 @@
 // into the fp32 accumulator by a sum post-op and the result rounded once to the layer's dtype. Activations are
 // channels_last (oneDNN's nhwc); the residual is summed in place: into the residual tensor itself when the caller
 // gives it up (residual_is_free), else into a copy. The scratchpad is the caller's (an Exec's, one per call or
-// replayed forward), so one primitive can run on several threads at once.
+// replayed forward), so one primitive can run on several threads at once. Plans are kept per thread count too: a
+// conv in a branch-parallel lane (replay.cpp) runs on one thread, with a primitive created for one thread.
 #ifdef HRNET_FAST_WITH_ONEDNN
 
 #include "cpu/onednn_conv.h"
