@@ -4,7 +4,9 @@ process (hrnet_fast.timing: round-robin, the first implementation rotating, so d
 Models: HRNet-W18 224x224 (classification), pose HRNet-W32 256x192, HRNetV2-W18 segmentation 512x1024; batch
 1/8/32; FP16 and BF16: ``CELLS``, in priority order (W18 FP16 batch 1 first). The implementations are those of
 ``gpu_check_measure_impls`` (eager NCHW, eager channels_last with cuDNN benchmark, eager in a CUDA graph,
-torch.compile max-autotune, converted cuDNN path with and without CUDA graphs, converted Triton path in graphs).
+torch.compile max-autotune, converted cuDNN path with and without CUDA graphs, the same graph with each HR module's
+branches captured on streams of their own, converted Triton path in graphs). Batch 4 cells come last: reached
+only where the budget is left.
 
 Per implementation and cell: median / p20 / p80 ms (synchronised CUDA events), kernels per forward (CUDA kernel
 events of one profiled forward), ``setup_s`` (building it) and ``first_call_s`` (its first forward: cuDNN's
@@ -46,7 +48,8 @@ CELLS: List[Tuple[str, str, int]] = [  # (model, dtype, batch), most wanted firs
     ("w18", "bf16", 1), ("w18", "fp16", 8), ("pose_w32", "bf16", 1), ("seg_w18", "bf16", 1),
     ("pose_w32", "fp16", 32), ("w18", "bf16", 32), ("pose_w32", "fp16", 8), ("seg_w18", "fp16", 8),
     ("w18", "bf16", 8), ("pose_w32", "bf16", 32), ("pose_w32", "bf16", 8), ("seg_w18", "bf16", 8),
-    ("seg_w18", "fp16", 32), ("seg_w18", "bf16", 32)]
+    ("seg_w18", "fp16", 32), ("seg_w18", "bf16", 32), ("w18", "fp16", 4), ("pose_w32", "fp16", 4),
+    ("seg_w18", "fp16", 4)]
 # FP32 in smoke mode: a CPU without native bf16 runs an eager bf16 W18-small forward in seconds.
 SMOKE_CELLS = [("w18", "fp32", 1), ("w18", "fp32", 2), ("seg_w18", "fp32", 1)]
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -63,8 +66,8 @@ COMPILE_CAP_S = 30 * SCALE
 COMPILE_CELLS = 1
 COMPILE = CompileOptions(None, "eager") if SMOKE else CompileOptions("max-autotune", "inductor")
 
-CUDA_ONLY = ("eager_cuda_graph", "converted_cuda_graph", "converted_triton_graph")
-CONVERTED = ("converted_cuda", "converted_cuda_graph", "converted_triton_graph")
+CUDA_ONLY = ("eager_cuda_graph", "converted_cuda_graph", "converted_cuda_graph_parallel", "converted_triton_graph")
+CONVERTED = ("converted_cuda", "converted_cuda_graph", "converted_cuda_graph_parallel", "converted_triton_graph")
 NATIVE = "cpu" if SMOKE else "cuda"  # the backend the converted cuDNN path stands for
 BUILDERS = {  # in the order they are built (torch.compile last: its cap must not eat the others' cell time)
     "eager_nchw": eager_nchw,
@@ -72,6 +75,8 @@ BUILDERS = {  # in the order they are built (torch.compile last: its cap must no
     "eager_cuda_graph": eager_cuda_graph,
     "converted_cuda": converted(NATIVE, cuda_graph=False),
     "converted_cuda_graph": converted("cuda", cuda_graph=True),
+    # The branch-parallel graph beside the serial one (the GPU default stays serial until these rows decide).
+    "converted_cuda_graph_parallel": converted("cuda", cuda_graph=True, parallel_branches=True),
     "converted_triton_graph": converted("triton", cuda_graph=True),
     "compile_max_autotune": compiled(COMPILE, COMPILE_CAP_S),
 }

@@ -11,6 +11,8 @@ happens in the first call, which the stage times as ``first_call_s``.
     compile_max_autotune       torch.compile(mode="max-autotune"): its first call is capped (``COMPILE_CAP_S``)
     converted_cuda             hrnet_fast.convert(backend="cuda", cuda_graph=False): the cuDNN/CUDA path
     converted_cuda_graph       the same replayed from CUDA graphs
+    converted_cuda_graph_parallel  the same graph, each HR module's branches captured on streams of their own
+                               (parallel_branches=True): beside converted_cuda_graph, what decides the GPU default
     converted_triton_graph     convert(backend="triton", cuda_graph=True)
 
 ``cuda_graph`` is passed explicitly: its default is not what is being measured. Smoke mode (CPU): the cpu backend
@@ -143,9 +145,11 @@ def _stop_compile_workers() -> None:
         pass
 
 
-def converted(backend: str, cuda_graph: bool):
+def converted(backend: str, cuda_graph: bool, parallel_branches: Optional[bool] = None):
+    """parallel_branches=True: each HR module's branches captured on streams of their own (branch_streams.py)."""
     def build(model, dtype, x) -> Forward:
-        fast = hrnet_fast.convert(model, dtype=dtype, backend=backend, cuda_graph=cuda_graph)
+        fast = hrnet_fast.convert(model, dtype=dtype, backend=backend, cuda_graph=cuda_graph,
+                                  parallel_branches=parallel_branches)
         xd = x.to(dtype)
         return lambda: fast(xd)
     return build

@@ -19,7 +19,7 @@ from gpu_check_plan import BUDGETS
 
 SHORT = {"eager_nchw": "eager", "eager_channels_last": "eager_cl", "eager_cuda_graph": "eager_graph",
          "compile_max_autotune": "compile", "converted_cuda": "conv_cuda", "converted_cuda_graph": "conv_cuda_g",
-         "converted_triton_graph": "conv_trit_g"}
+         "converted_cuda_graph_parallel": "conv_cuda_gp", "converted_triton_graph": "conv_trit_g"}
 BASELINES = ("eager_cuda_graph", "eager_nchw")
 
 

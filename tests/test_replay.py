@@ -276,12 +276,19 @@ def test_input_the_steps_do_not_take_gets_the_module_paths_answer_or_error():
 def test_the_extension_refuses_malformed_steps():
     from hrnet_fast.ops import extension
     mod = extension.module()
+    fuse = ("fuse", 0, [], [], "nearest", False, 1, [], [])
     with pytest.raises(ValueError, match='"conv" or "fuse"'):
-        mod.replay_new([("pool", 0)], 1, 2, [1])
+        mod.replay_new([("pool", 0)], 1, 2, [1], [], 0)
     with pytest.raises(ValueError, match="out of range"):
-        mod.replay_new([("fuse", 0, [5], [], "nearest", False, 1, [])], 1, 2, [1])
+        mod.replay_new([("fuse", 0, [5], [], "nearest", False, 1, [], [])], 1, 2, [1], [], 0)
     with pytest.raises(TypeError):
-        mod.replay_new([("conv", None)], 1, 2, [1])
+        mod.replay_new([("conv", None)], 1, 2, [1], [], 0)
+    with pytest.raises(ValueError, match="in two lanes"):  # a step in two lanes of the schedule
+        mod.replay_new([fuse], 1, 2, [1], [([[0], [0]], [])], 1)
+    with pytest.raises(ValueError, match="in no lane"):
+        mod.replay_new([fuse], 1, 2, [1], [([[]], [])], 1)
+    with pytest.raises(ValueError, match="mode"):
+        mod.replay_new([fuse], 1, 2, [1], [], 3)
 
 
 def test_a_dropped_model_is_freed():

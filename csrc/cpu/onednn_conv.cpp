@@ -10,7 +10,8 @@
 // into the fp32 accumulator by a sum post-op and the result rounded once to the layer's dtype. Activations are
 // channels_last (oneDNN's nhwc); the residual is summed in place: into the residual tensor itself when the caller
 // gives it up (residual_is_free), else into a copy. The scratchpad is the caller's (an Exec's, one per call or
-// replayed forward), so one primitive can run on several threads at once.
+// replayed forward), so one primitive can run on several threads at once. Plans are kept per thread count too: a
+// conv in a branch-parallel lane (replay.cpp) runs on one thread, with a primitive created for one thread.
 #ifdef HRNET_FAST_WITH_ONEDNN
 
 #include "cpu/onednn_conv.h"
@@ -25,6 +26,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <oneapi/dnnl/dnnl.hpp>
+#include <omp.h>
 
 #include <map>
 #include <memory>
@@ -73,6 +75,15 @@ size_t Conv::plans() {
   return plans_.size();
 }
 
+std::vector<std::pair<int, std::string>> Conv::implementations() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::pair<int, std::string>> out;
+  for (const auto& [key, plan] : plans_) {
+    if (plan != nullptr) out.emplace_back(std::get<5>(key), plan->implementation);
+  }
+  return out;
+}
+
 bool Conv::takes(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual) const {
   const at::ScalarType dtype = weight_.scalar_type();
   return x.dim() == 4 && x.scalar_type() == dtype && bias.scalar_type() == dtype &&
@@ -90,7 +101,8 @@ std::optional<at::Tensor> Conv::run(const at::Tensor& x, const at::Tensor& bias,
                : at::empty(out_sizes(x), x.options().memory_format(at::MemoryFormat::ChannelsLast));
   }
   at::internal::lazy_init_num_threads();  // this thread's OpenMP thread count as torch.set_num_threads set it
-  const std::shared_ptr<const Plan> plan = plan_for(x, residual.has_value(), relu);
+  const int threads = omp_in_parallel() ? 1 : at::get_num_threads();
+  const std::shared_ptr<const Plan> plan = plan_for(x, residual.has_value(), relu, threads);
   if (plan == nullptr) return std::nullopt;
   at::Tensor out;
   if (residual.has_value()) {
@@ -134,15 +146,15 @@ void Conv::check(const at::Tensor& x, const at::Tensor& bias) const {
 // At most kMaxPlans are kept (a segmentation model fed many sizes would otherwise hold a primitive per size and
 // conv): past that, all are dropped and made again as calls need them. Callers hold their plan by shared_ptr,
 // so dropping never pulls one from under a call running on another thread.
-std::shared_ptr<const Conv::Plan> Conv::plan_for(const at::Tensor& x, bool sum, bool relu) {
-  const Key key{x.size(0), x.size(2), x.size(3), sum, relu};
+std::shared_ptr<const Conv::Plan> Conv::plan_for(const at::Tensor& x, bool sum, bool relu, int threads) {
+  const Key key{x.size(0), x.size(2), x.size(3), sum, relu, threads};
   std::lock_guard<std::mutex> lock(mutex_);
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
   if (plans_.size() >= kMaxPlans) plans_.clear();
   std::shared_ptr<const Plan> plan;
   try {
-    plan = std::make_shared<const Plan>(make_plan(x, sum, relu));
+    plan = std::make_shared<const Plan>(make_plan(x, sum, relu, threads));
   } catch (const dnnl::error& e) {
     if (e.status != dnnl_unimplemented) throw;  // nullptr, remembered: this call takes the ATen path
   }
@@ -158,7 +170,23 @@ std::vector<int64_t> Conv::out_sizes(const at::Tensor& x) const {
   return {x.size(0), weight_.size(0), ho, wo};
 }
 
-Conv::Plan Conv::make_plan(const at::Tensor& x, bool sum, bool relu) {
+// The calling thread's OpenMP thread count set to `threads` while it lives: oneDNN sizes a primitive's work split
+// for the count it finds at creation (per thread, so other threads are unaffected).
+class ThreadCount {
+ public:
+  explicit ThreadCount(int threads) : before_(omp_get_max_threads()) {
+    if (threads != before_) omp_set_num_threads(threads);
+  }
+  ~ThreadCount() {
+    if (omp_get_max_threads() != before_) omp_set_num_threads(before_);
+  }
+
+ private:
+  int before_;
+};
+
+Conv::Plan Conv::make_plan(const at::Tensor& x, bool sum, bool relu, int threads) {
+  const ThreadCount count(threads);
   const int64_t cout = weight_.size(0), cin = weight_.size(1), k = weight_.size(2);
   const int64_t n = x.size(0), h = x.size(2), w = x.size(3);
   const std::vector<int64_t> sizes = out_sizes(x);
@@ -181,6 +209,7 @@ Conv::Plan Conv::make_plan(const at::Tensor& x, bool sum, bool relu) {
       memory::desc({cout, cin, k, k}, dt, Tag::any), plan.bias, plan.dst, {stride_, stride_},
       {padding_, padding_}, {padding_, padding_}, attr);
   plan.primitive = dnnl::convolution_forward(pd);
+  plan.implementation = pd.impl_info_str();
   plan.scratchpad = pd.scratchpad_desc();
   for (const auto& entry : plans_) {
     if (entry.second != nullptr && entry.second->weights.get_desc() == pd.weights_desc()) {
@@ -280,6 +309,23 @@ PyObject* onednn_conv_plans(PyObject* /*module*/, PyObject* handle) {
   const std::shared_ptr<Conv> conv = onednn::conv_of(handle);
   if (conv == nullptr) return nullptr;
   return PyLong_FromSize_t(conv->plans());
+}
+
+PyObject* onednn_conv_implementations(PyObject* /*module*/, PyObject* handle) {
+  const std::shared_ptr<Conv> conv = onednn::conv_of(handle);
+  if (conv == nullptr) return nullptr;
+  const std::vector<std::pair<int, std::string>> impls = conv->implementations();
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(impls.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < impls.size(); ++i) {
+    PyObject* item = Py_BuildValue("(is)", impls[i].first, impls[i].second.c_str());
+    if (item == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), item);
+  }
+  return list;
 }
 
 PyObject* onednn_set_verbose(PyObject* /*module*/, PyObject* level) {

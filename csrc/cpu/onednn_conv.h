@@ -16,7 +16,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace hrnet_fast {
@@ -38,12 +40,17 @@ class Conv {
 
   size_t plans();
 
+  // (thread count, oneDNN implementation name) of each kept primitive.
+  std::vector<std::pair<int, std::string>> implementations();
+
   // Whether the kept primitives take this call as given: x channels_last and every tensor in the layer's dtype.
   bool takes(const at::Tensor& x, const at::Tensor& bias, const std::optional<at::Tensor>& residual) const;
 
   // x [N, Cin, H, W] channels_last, bias [Cout], residual [N, Cout, Ho, Wo] or none; returns [N, Cout, Ho, Wo]
   // channels_last (residual itself when residual_is_free and it is dense channels_last), or nullopt when oneDNN
-  // has no primitive for this dtype on this CPU. Shapes that cannot go together raise.
+  // has no primitive for this dtype on this CPU. Shapes that cannot go together raise. Runs on the calling
+  // thread's OpenMP thread count, or on the calling thread alone inside a parallel region (where oneDNN runs
+  // every primitive on the calling thread), with a primitive created for that count.
   std::optional<at::Tensor> run(const at::Tensor& x, const at::Tensor& bias,
                                 const std::optional<at::Tensor>& residual, bool relu, bool residual_is_free,
                                 Exec& exec);
@@ -54,14 +61,15 @@ class Conv {
     dnnl::memory weights;  // the weight in the primitive's layout
     dnnl::memory::desc src, bias, dst, scratchpad;
     std::vector<int64_t> out_sizes;
+    std::string implementation;  // oneDNN's name for the kernel it picked
   };
-  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool>;  // N, H, W, residual, relu
+  using Key = std::tuple<int64_t, int64_t, int64_t, bool, bool, int>;  // N, H, W, residual, relu, threads
   static constexpr size_t kMaxPlans = 16;
 
   void check(const at::Tensor& x, const at::Tensor& bias) const;
-  std::shared_ptr<const Plan> plan_for(const at::Tensor& x, bool sum, bool relu);
+  std::shared_ptr<const Plan> plan_for(const at::Tensor& x, bool sum, bool relu, int threads);
   std::vector<int64_t> out_sizes(const at::Tensor& x) const;
-  Plan make_plan(const at::Tensor& x, bool sum, bool relu);
+  Plan make_plan(const at::Tensor& x, bool sum, bool relu, int threads);
 
   at::Tensor weight_;
   int64_t stride_, padding_;
@@ -80,13 +88,15 @@ std::shared_ptr<Conv> conv_of(PyObject* handle);
 //       primitives do not take as given (not channels_last, another dtype, a tensor the dispatcher would not hand
 //       to a CPU kernel unchanged, a dispatch or function mode) or where oneDNN has no primitive for the dtype on
 //       this CPU: the caller then takes its general path
-//   onednn_conv_plans(handle) -> int: how many (input shape, epilogue) primitives it keeps now (at most 16)
+//   onednn_conv_plans(handle) -> int: how many (input shape, epilogue, threads) primitives it keeps now (at most 16)
+//   onednn_conv_implementations(handle) -> [(threads, name)]: each kept primitive's thread count and kernel
 //   onednn_set_verbose(level): this oneDNN's ONEDNN_VERBOSE level from now on (0 off, 1 each execution, 2 also
 //       primitive creation), which the environment variable can only set at start-up
 //   onednn_version() -> str
 PyObject* onednn_conv_new(PyObject* module, PyObject* args);
 PyObject* onednn_conv_run(PyObject* module, PyObject* args);
 PyObject* onednn_conv_plans(PyObject* module, PyObject* handle);
+PyObject* onednn_conv_implementations(PyObject* module, PyObject* handle);
 PyObject* onednn_set_verbose(PyObject* module, PyObject* level);
 PyObject* onednn_version(PyObject* module, PyObject* noargs);
 

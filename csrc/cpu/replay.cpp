@@ -26,8 +26,19 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -38,7 +49,8 @@ struct Step {
   enum class Kind { kConv, kFuse } kind;
   std::vector<int> reads;    // conv: x, residual (or -1); fuse: x, low_res..., same_res...
   int out = -1;
-  std::vector<int> release;  // slots read for the last time here
+  std::vector<int> release;           // slots read for the last time here, in the serial order
+  std::vector<int> release_parallel;  // those read here after every other read in any branch-parallel run
   // conv
   std::shared_ptr<onednn::Conv> conv;
   at::Tensor weight;         // the module's buffer (its TensorImpl): checked, never read by the step
@@ -52,15 +64,53 @@ struct Step {
   bool align_corners = false;
 };
 
+// Steps that may run at once: each lane's steps in order, the lanes in any order or concurrently (no lane reads
+// what another writes: replay.py's Builder checks that against the steps' slots). A phase with one lane runs its
+// steps with every thread; the phases run one after another.
+struct Phase {
+  std::vector<std::vector<int>> lanes;  // step indices
+  std::vector<int> release;             // slots several lanes read last, dropped after the phase
+};
+
+// How a program runs: the steps in order, each conv on every thread (serial), the lanes of each phase
+// concurrently on one thread each (parallel), or whichever the first call for an input shape and thread count
+// measured faster (automatic).
+enum class Mode { kSerial = 0, kParallel = 1, kAutomatic = 2 };
+
+using Slots = std::vector<at::Tensor>;
+
 int64_t version_of(const at::Tensor& t) { return t.is_inference() ? -1 : static_cast<int64_t>(t._version()); }
 
 class Program {
  public:
-  Program(std::vector<Step> steps, int inputs, int slots, std::vector<int> outputs, at::ScalarType dtype)
-      : steps_(std::move(steps)), inputs_(inputs), slots_(slots), outputs_(std::move(outputs)), dtype_(dtype) {}
+  // (batch, height, width of the first input, threads): what a decision holds for
+  using Key = std::tuple<int64_t, int64_t, int64_t, int>;
+  struct Decision {
+    bool parallel = false;
+    double serial_ms = 0, parallel_ms = 0;  // the faster of two timed runs each; 0 where not measured
+  };
+
+  Program(std::vector<Step> steps, int inputs, int slots, std::vector<int> outputs, at::ScalarType dtype,
+          std::vector<Phase> phases, Mode mode)
+      : steps_(std::move(steps)), inputs_(inputs), slots_(slots), outputs_(std::move(outputs)), dtype_(dtype),
+        phases_(std::move(phases)), mode_(mode) {}
 
   int inputs() const { return inputs_; }
   at::ScalarType dtype() const { return dtype_; }
+  Mode mode() const { return mode_; }
+
+  // Whether some phase has lanes to run at once.
+  bool splits() const {
+    for (const Phase& p : phases_) {
+      if (p.lanes.size() > 1) return true;
+    }
+    return false;
+  }
+
+  std::map<Key, Decision> decisions() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return decisions_;
+  }
 
   // Every conv's weight is the tensor its primitives were made from, unchanged since (pointer and version).
   bool weights_current() const {
@@ -74,44 +124,143 @@ class Program {
   }
 
   // The outputs, or nullopt where a step does not take its input as given.
-  std::optional<std::vector<at::Tensor>> run(std::vector<at::Tensor> slots) const {
-    slots.resize(slots_);
-    onednn::Exec exec;
-    for (const Step& s : steps_) {
-      if (s.kind == Step::Kind::kConv) {
-        const at::Tensor& x = slots[s.reads[0]];
-        std::optional<at::Tensor> residual;
-        if (s.reads[1] >= 0) residual = slots[s.reads[1]];
-        if (!s.conv->takes(x, s.bias, residual)) return std::nullopt;
-        RECORD_FUNCTION("hrnet_fast_C::onednn_conv", std::vector<c10::IValue>());  // as onednn_conv_run names it
-        std::optional<at::Tensor> y = s.conv->run(x, s.bias, residual, s.relu, s.residual_is_free, exec);
-        if (!y) return std::nullopt;
-        residual.reset();  // the step's own reference, so that a released residual is freed here
-        slots[s.out] = std::move(*y);
-      } else {
-        std::vector<at::Tensor> low, same;
-        for (size_t i = 1; i < s.reads.size(); ++i) (i <= s.low ? low : same).push_back(slots[s.reads[i]]);
-        FuseArgs fuse = prepare_fuse(slots[s.reads[0]], low, same, /*relu=*/true, s.mode, s.align_corners,
-                                     c10::DeviceType::CPU);
-        if (fuse.out.numel() > 0) {
-          RECORD_FUNCTION("hrnet_fast_C::multires_fuse", std::vector<c10::IValue>());  // as module.cpp names it
-          multires_fuse_cpu(fuse);
-        }
-        slots[s.out] = std::move(fuse.out);
+  std::optional<Slots> run(const Slots& inputs) const {
+    at::internal::lazy_init_num_threads();
+    const int threads = omp_in_parallel() ? 1 : at::get_num_threads();
+    if (mode_ == Mode::kSerial || threads < 2 || !splits()) return outputs_of(run_serial(inputs));
+    if (mode_ == Mode::kParallel) return outputs_of(run_parallel(inputs, threads));
+    const Key key{inputs[0].size(0), inputs[0].size(2), inputs[0].size(3), threads};
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto found = decisions_.find(key);
+      if (found != decisions_.end()) {
+        return outputs_of(found->second.parallel ? run_parallel(inputs, threads) : run_serial(inputs));
       }
-      for (int r : s.release) slots[r].reset();
     }
-    std::vector<at::Tensor> out;
-    out.reserve(outputs_.size());
-    for (int o : outputs_) out.push_back(slots[o]);
-    return out;
+    return outputs_of(decide(inputs, threads, key));
   }
 
  private:
+  // Times both schedules, interleaved (a first parallel run creates its single-thread primitives untimed), keeps
+  // the faster, and returns that run's slots. Parallel must win by 3 %: within noise, the serial schedule stays.
+  std::optional<Slots> decide(const Slots& inputs, int threads, const Key& key) const {
+    if (!run_parallel(inputs, threads)) return std::nullopt;
+    using Clock = std::chrono::steady_clock;
+    Decision d{false, 1e300, 1e300};
+    std::optional<Slots> serial, parallel;
+    for (int i = 0; i < 2; ++i) {
+      auto t0 = Clock::now();
+      serial = run_serial(inputs);
+      auto t1 = Clock::now();
+      parallel = run_parallel(inputs, threads);
+      auto t2 = Clock::now();
+      if (!serial || !parallel) return std::nullopt;
+      d.serial_ms = std::min(d.serial_ms, std::chrono::duration<double, std::milli>(t1 - t0).count());
+      d.parallel_ms = std::min(d.parallel_ms, std::chrono::duration<double, std::milli>(t2 - t1).count());
+    }
+    d.parallel = d.parallel_ms < 0.97 * d.serial_ms;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      decisions_.emplace(key, d);
+    }
+    return d.parallel ? parallel : serial;
+  }
+
+  std::optional<Slots> outputs_of(std::optional<Slots> slots) const {
+    if (!slots) return std::nullopt;
+    Slots out;
+    out.reserve(outputs_.size());
+    for (int o : outputs_) out.push_back((*slots)[o]);
+    return out;
+  }
+
+  // One step on `slots`; false where it does not take its input as given.
+  bool run_step(const Step& s, Slots& slots, onednn::Exec& exec, bool parallel) const {
+    if (s.kind == Step::Kind::kConv) {
+      const at::Tensor& x = slots[s.reads[0]];
+      std::optional<at::Tensor> residual;
+      if (s.reads[1] >= 0) residual = slots[s.reads[1]];
+      if (!s.conv->takes(x, s.bias, residual)) return false;
+      RECORD_FUNCTION("hrnet_fast_C::onednn_conv", std::vector<c10::IValue>());  // as onednn_conv_run names it
+      std::optional<at::Tensor> y = s.conv->run(x, s.bias, residual, s.relu, s.residual_is_free, exec);
+      if (!y) return false;
+      residual.reset();  // the step's own reference, so that a released residual is freed here
+      slots[s.out] = std::move(*y);
+    } else {
+      std::vector<at::Tensor> low, same;
+      for (size_t i = 1; i < s.reads.size(); ++i) (i <= s.low ? low : same).push_back(slots[s.reads[i]]);
+      FuseArgs fuse = prepare_fuse(slots[s.reads[0]], low, same, /*relu=*/true, s.mode, s.align_corners,
+                                   c10::DeviceType::CPU);
+      if (fuse.out.numel() > 0) {
+        RECORD_FUNCTION("hrnet_fast_C::multires_fuse", std::vector<c10::IValue>());  // as module.cpp names it
+        multires_fuse_cpu(fuse);
+      }
+      slots[s.out] = std::move(fuse.out);
+    }
+    for (int r : parallel ? s.release_parallel : s.release) slots[r].reset();
+    return true;
+  }
+
+  std::optional<Slots> run_serial(Slots slots) const {
+    slots.resize(slots_);
+    onednn::Exec exec;
+    for (const Step& s : steps_) {
+      if (!run_step(s, slots, exec, false)) return std::nullopt;
+    }
+    return slots;
+  }
+
+  // Each phase's lanes on a team of min(lanes, threads) OpenMP threads (the runtime torch's ops use), taken in
+  // turn by whichever thread is free; inside the team oneDNN and at::parallel_for run on the calling thread.
+  // Each thread has its own oneDNN stream and scratchpad, and the caller's thread-local state (grad and
+  // inference mode, the profiler), so what a lane creates is what the serial run creates.
+  std::optional<Slots> run_parallel(Slots slots, int threads) const {
+    slots.resize(slots_);
+    std::vector<onednn::Exec> execs(threads);
+    const at::ThreadLocalState state;
+    for (const Phase& phase : phases_) {
+      const int lanes = static_cast<int>(phase.lanes.size());
+      if (lanes == 1) {
+        for (int i : phase.lanes[0]) {
+          if (!run_step(steps_[i], slots, execs[0], true)) return std::nullopt;
+        }
+      } else {
+        std::atomic<bool> failed{false};
+        std::exception_ptr error;
+        std::mutex error_mutex;
+#pragma omp parallel for num_threads(std::min(lanes, threads)) schedule(dynamic, 1)
+        for (int lane = 0; lane < lanes; ++lane) {
+          if (failed.load()) continue;
+          try {
+            at::ThreadLocalStateGuard guard(state);
+            for (int i : phase.lanes[lane]) {
+              if (!run_step(steps_[i], slots, execs[omp_get_thread_num()], true)) {
+                failed = true;
+                break;
+              }
+            }
+          } catch (...) {  // no exception may leave an OpenMP region: rethrown on the calling thread below
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (!error) error = std::current_exception();
+            failed = true;
+          }
+        }
+        if (error) std::rethrow_exception(error);
+        if (failed) return std::nullopt;
+      }
+      for (int r : phase.release) slots[r].reset();
+    }
+    return slots;
+  }
+
   std::vector<Step> steps_;
   int inputs_, slots_;
   std::vector<int> outputs_;
   at::ScalarType dtype_;
+  std::vector<Phase> phases_;
+  Mode mode_;
+  mutable std::mutex mutex_;
+  mutable std::map<Key, Decision> decisions_;
 };
 
 constexpr const char* kCapsule = "hrnet_fast.replay";
@@ -137,21 +286,21 @@ bool bad_step(const char* why) {
 
 // One step from its tuple (replay.py, Builder, writes them):
 //   ("conv", handle, weight, weight_ptr, weight_version, bias, x, residual or -1, relu, residual_is_free, out,
-//    release)
-//   ("fuse", x, low_res, same_res, mode, align_corners, out, release)
+//    release, release_parallel)
+//   ("fuse", x, low_res, same_res, mode, align_corners, out, release, release_parallel)
 bool parse_step(PyObject* item, int slots, Step& step) {
   if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(item, 0))) {
     return bad_step("a step is a tuple starting with its kind");
   }
   const std::string kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 0));
   const char* unused_kind;
-  PyObject* release;
+  PyObject *release, *release_parallel;
   if (kind == "conv") {
     PyObject *handle, *weight, *bias;
     long long weight_ptr, weight_version;
     int x, residual, relu, free;
-    if (!PyArg_ParseTuple(item, "sOOLLOiippiO", &unused_kind, &handle, &weight, &weight_ptr, &weight_version, &bias,
-                          &x, &residual, &relu, &free, &step.out, &release)) {
+    if (!PyArg_ParseTuple(item, "sOOLLOiippiOO", &unused_kind, &handle, &weight, &weight_ptr, &weight_version,
+                          &bias, &x, &residual, &relu, &free, &step.out, &release, &release_parallel)) {
       return false;
     }
     step.kind = Step::Kind::kConv;
@@ -169,7 +318,8 @@ bool parse_step(PyObject* item, int slots, Step& step) {
     PyObject *low, *same;
     const char* mode;
     int x, align;
-    if (!PyArg_ParseTuple(item, "siOOspiO", &unused_kind, &x, &low, &same, &mode, &align, &step.out, &release)) {
+    if (!PyArg_ParseTuple(item, "siOOspiOO", &unused_kind, &x, &low, &same, &mode, &align, &step.out, &release,
+                          &release_parallel)) {
       return false;
     }
     step.kind = Step::Kind::kFuse;
@@ -184,15 +334,49 @@ bool parse_step(PyObject* item, int slots, Step& step) {
   } else {
     return bad_step("a step is \"conv\" or \"fuse\"");
   }
-  const std::optional<std::vector<int>> rel = int_list(release);
-  if (!rel) return PyErr_Occurred() ? false : bad_step("release is a list of slots");
+  const std::optional<std::vector<int>> rel = int_list(release), rel_parallel = int_list(release_parallel);
+  if (!rel || !rel_parallel) return PyErr_Occurred() ? false : bad_step("release is a list of slots");
   step.release = *rel;
+  step.release_parallel = *rel_parallel;
   std::vector<int> all = step.reads;
   all.push_back(step.out);
   all.insert(all.end(), step.release.begin(), step.release.end());
+  all.insert(all.end(), step.release_parallel.begin(), step.release_parallel.end());
   for (size_t i = 0; i < all.size(); ++i) {
     const bool optional_residual = kind == "conv" && i == 1 && all[i] == -1;
     if (!optional_residual && (all[i] < 0 || all[i] >= slots)) return bad_step("a slot is out of range");
+  }
+  return true;
+}
+
+// The phases from their tuples (replay.py, Builder, writes them): (lanes: lists of step indices, release), every
+// step in exactly one lane.
+bool parse_phases(PyObject* obj, size_t steps, int slots, std::vector<Phase>& phases) {
+  if (!PyList_Check(obj)) return bad_step("phases is a list");
+  std::vector<int> seen(steps, 0);
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(obj); ++i) {
+    PyObject *lanes, *release;
+    if (!PyArg_ParseTuple(PyList_GET_ITEM(obj, i), "OO", &lanes, &release)) return false;
+    if (!PyList_Check(lanes) || PyList_GET_SIZE(lanes) == 0) return bad_step("a phase has a list of lanes");
+    Phase phase;
+    for (Py_ssize_t l = 0; l < PyList_GET_SIZE(lanes); ++l) {
+      std::optional<std::vector<int>> lane = int_list(PyList_GET_ITEM(lanes, l));
+      if (!lane) return PyErr_Occurred() ? false : bad_step("a lane is a list of steps");
+      for (int s : *lane) {
+        if (s < 0 || static_cast<size_t>(s) >= steps || seen[s]++) return bad_step("a lane's step is out of range or in two lanes");
+      }
+      phase.lanes.push_back(std::move(*lane));
+    }
+    std::optional<std::vector<int>> rel = int_list(release);
+    if (!rel) return PyErr_Occurred() ? false : bad_step("a phase's release is a list of slots");
+    for (int r : *rel) {
+      if (r < 0 || r >= slots) return bad_step("a slot is out of range");
+    }
+    phase.release = std::move(*rel);
+    phases.push_back(std::move(phase));
+  }
+  for (size_t s = 0; s < steps; ++s) {
+    if (!phases.empty() && !seen[s]) return bad_step("a step is in no lane");
   }
   return true;
 }
@@ -226,9 +410,15 @@ Program* program_of(PyObject* handle) {
 
 PyObject* replay_new(PyObject* /*module*/, PyObject* args) {
   HANDLE_TH_ERRORS
-  PyObject *steps_obj, *outputs_obj;
-  int inputs, slots;
-  if (!PyArg_ParseTuple(args, "OiiO:replay_new", &steps_obj, &inputs, &slots, &outputs_obj)) return nullptr;
+  PyObject *steps_obj, *outputs_obj, *phases_obj;
+  int inputs, slots, mode;
+  if (!PyArg_ParseTuple(args, "OiiOOi:replay_new", &steps_obj, &inputs, &slots, &outputs_obj, &phases_obj, &mode)) {
+    return nullptr;
+  }
+  if (mode < 0 || mode > 2) {
+    PyErr_SetString(PyExc_ValueError, "replay_new: mode is 0 (serial), 1 (parallel) or 2 (automatic)");
+    return nullptr;
+  }
   if (!PyList_Check(steps_obj)) {
     PyErr_SetString(PyExc_TypeError, "replay_new: steps is a list");
     return nullptr;
@@ -237,6 +427,8 @@ PyObject* replay_new(PyObject* /*module*/, PyObject* args) {
   for (size_t i = 0; i < steps.size(); ++i) {
     if (!parse_step(PyList_GET_ITEM(steps_obj, i), slots, steps[i])) return nullptr;
   }
+  std::vector<Phase> phases;
+  if (!parse_phases(phases_obj, steps.size(), slots, phases)) return nullptr;
   const std::optional<std::vector<int>> outputs = int_list(outputs_obj);
   if (!outputs) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "replay_new: outputs is a list of slots");
@@ -249,7 +441,9 @@ PyObject* replay_new(PyObject* /*module*/, PyObject* args) {
       break;
     }
   }
-  return PyCapsule_New(new Program(std::move(steps), inputs, slots, *outputs, dtype), kCapsule, destroy);
+  return PyCapsule_New(new Program(std::move(steps), inputs, slots, *outputs, dtype, std::move(phases),
+                                   static_cast<Mode>(mode)),
+                       kCapsule, destroy);
   END_HANDLE_TH_ERRORS
 }
 
@@ -260,6 +454,29 @@ PyObject* replay_valid(PyObject* /*module*/, PyObject* args) {
   const Program* program = program_of(handle);
   if (program == nullptr) return nullptr;
   return PyBool_FromLong(watch_unchanged(watch) && program->weights_current());
+}
+
+PyObject* replay_schedule(PyObject* /*module*/, PyObject* handle) {
+  const Program* program = program_of(handle);
+  if (program == nullptr) return nullptr;
+  const std::map<Program::Key, Program::Decision> decisions = program->decisions();
+  PyObject* list = PyList_New(0);
+  if (list == nullptr) return nullptr;
+  for (const auto& [key, d] : decisions) {
+    PyObject* item = Py_BuildValue("{s:L,s:L,s:L,s:i,s:O,s:d,s:d}", "batch", static_cast<long long>(std::get<0>(key)),
+                                   "height", static_cast<long long>(std::get<1>(key)), "width",
+                                   static_cast<long long>(std::get<2>(key)), "threads", std::get<3>(key), "parallel",
+                                   d.parallel ? Py_True : Py_False, "serial_ms", d.serial_ms, "parallel_ms",
+                                   d.parallel_ms);
+    if (item == nullptr || PyList_Append(list, item) != 0) {
+      Py_XDECREF(item);
+      Py_DECREF(list);
+      return nullptr;
+    }
+    Py_DECREF(item);
+  }
+  return Py_BuildValue("{s:i,s:O,s:N}", "mode", static_cast<int>(program->mode()), "splits",
+                       program->splits() ? Py_True : Py_False, "decisions", list);
 }
 
 PyObject* replay_run(PyObject* /*module*/, PyObject* args) {
@@ -289,7 +506,7 @@ PyObject* replay_run(PyObject* /*module*/, PyObject* args) {
     pybind11::gil_scoped_release no_gil;
     RECORD_FUNCTION("hrnet_fast_C::replay", std::vector<c10::IValue>());  // named in torch.profiler's trace
     try {
-      outputs = program->run(std::move(slots));
+      outputs = program->run(slots);
     } catch (const c10::Error&) {
       outputs.reset();  // input a kernel rejects: the module path raises the error with its own context
     }

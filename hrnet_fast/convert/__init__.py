@@ -75,7 +75,8 @@ def _report_leftovers(module: nn.Module, report: FusionReport) -> None:
 
 def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Optional[str],
                channels_last: Optional[bool], cuda_graph: Optional[bool], keep_channels_last: bool,
-               inplace: bool, pad_channels: Optional[int] = None) -> ConvertedModel:
+               inplace: bool, pad_channels: Optional[int] = None,
+               parallel_branches: Optional[bool] = None) -> ConvertedModel:
     """``convert`` of a converted model: the same model with the new run options. The dtype and the channel
     padding cannot change (BN was folded for the one, the weights are padded for the other); a new backend is set
     on every fused module."""
@@ -101,6 +102,8 @@ def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Opt
     target.keep_channels_last = keep_channels_last
     if cuda_graph is not None and cuda_graph != target.cuda_graph:
         target.set_cuda_graph(cuda_graph)
+    if parallel_branches is not None:
+        target.set_parallel_branches(parallel_branches)
     return target
 
 
@@ -128,7 +131,8 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: Optional[str] = None,
             channels_last: Optional[bool] = None, cuda_graph: Optional[bool] = None, inplace: bool = False,
-            keep_channels_last: bool = False, pad_channels: Optional[int] = None) -> ConvertedModel:
+            keep_channels_last: bool = False, pad_channels: Optional[int] = None,
+            parallel_branches: Optional[bool] = None) -> ConvertedModel:
     """Returns an inference module with the same outputs as ``model``, running fused kernels.
 
     Args:
@@ -149,13 +153,19 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
             conv+bias+ReLU and Triton's tensor-core tiles take. None (default): 8 on CUDA (cuDNN), 16 with the
             triton backend, no padding on CPU (oneDNN blocks channels itself); an int >= 1 on any device (1 = off).
             The fusion report and the model's repr say what was padded. A converted model keeps its padding.
+        parallel_branches: run an HR module's branches (and its output fusions) at once instead of one after
+            another (``replay.py``): on CPU its replayed steps as lanes, one thread each. None (default): on CPU
+            decided per stage, input shape and thread count at the first replayed call by timing both schedules;
+            on CUDA serial (see the README). True wherever there are two or more threads, False never.
+            ``HRNET_FAST_PARALLEL_BRANCHES=0`` keeps every model serial. The fusion report says which runs and why.
+            A converted model given again keeps its setting unless this is True or False.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert() takes an nn.Module, got {type(model).__name__}")
     check_pad_channels(pad_channels)
     if isinstance(model, ConvertedModel):
         return _reconvert(model, dtype, backend, channels_last, cuda_graph, keep_channels_last, inplace,
-                          pad_channels)
+                          pad_channels, parallel_branches)
     if model.training:
         raise RuntimeError("convert() folds BatchNorm running statistics, so the model must be in eval mode: "
                            "call model.eval() first")
@@ -191,5 +201,7 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
     # ones take any size, and so do fusions that compose their resize modules where the branches do not halve.
     nearest = hrnet and any(m.mode == "nearest" and m.up_src and m.resizers is None if isinstance(m, FusedHRFuse)
                             else isinstance(m, nn.Upsample) and m.mode == "nearest" for m in inner.modules())
-    return ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
-                          keep_channels_last, batch_independent=hrnet, padding=padding)
+    converted = ConvertedModel(inner, dtype, channels_last, in_chans, nearest, report, cuda_graph, backend,
+                               keep_channels_last, batch_independent=hrnet, padding=padding)
+    converted.set_parallel_branches(parallel_branches)
+    return converted

@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -11,6 +11,7 @@ import torch.nn as nn
 from ..models import check_input_size
 from ..ops.backends import BACKENDS, select
 from ..ops.checks import output_memory_format
+from . import replay
 from .cuda_graph import GraphCache
 from .padding import ChannelPadding
 from .report import FusionReport
@@ -75,7 +76,23 @@ class ConvertedModel(nn.Module):
         self.graphs = None if cuda_graph is False else GraphCache(self._run, module=self.inner,
                                                                    bucket_batches=self.batch_independent)
 
+    def set_parallel_branches(self, parallel_branches: Optional[bool]) -> None:
+        """The branch schedule (``convert``'s ``parallel_branches``) on every replayed owner; their steps are
+        listed again at their next call."""
+        self.parallel_branches = parallel_branches
+        for m in self.inner.modules():
+            if hasattr(m, "parallel_branches"):
+                m.parallel_branches = parallel_branches
+
+    def schedules(self) -> Dict[str, dict]:
+        """Per replayed owner not inside another (module path -> ``replay.schedule``): which schedule its calls
+        run and why."""
+        owners = [(name, m) for name, m in self.inner.named_modules() if hasattr(m, "parallel_branches")]
+        inner = {id(c) for _, m in owners for c in m.modules() if c is not m}
+        return {name: replay.schedule(m) for name, m in owners if id(m) not in inner}
+
     def fusion_report(self) -> FusionReport:
+        self.report.schedule = [f"{path}: {s['schedule']}" for path, s in self.schedules().items()]
         return self.report
 
     def __getattr__(self, name: str) -> Any:

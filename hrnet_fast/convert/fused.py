@@ -6,6 +6,7 @@ does no availability checks.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -18,7 +19,7 @@ from ..ops.backends import resolve
 from ..ops.folding import fold_bn
 from ..ops.onednn_conv import OnednnConv
 from ..ops.weights import PreparedWeight, stored_weight
-from . import replay
+from . import branch_streams, replay
 
 
 def supported_conv(conv: nn.Conv2d) -> Optional[str]:
@@ -231,6 +232,7 @@ class FusedBranch(nn.Sequential):
     def __init__(self, *args):
         super().__init__(*args)
         self._replay = replay.Replay()
+        self.parallel_branches: Optional[bool] = None  # the schedule of replayed calls (replay.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = replay.run(self, [x])
@@ -341,11 +343,17 @@ class FusedHRModule(nn.Module):
         # Steps are listed for the sizes where every branch halves exactly: other sizes take the module path.
         self.needs_halving = _needs_halving(fuses)
         self._replay = replay.Replay()
+        self.parallel_branches: Optional[bool] = None  # the schedule of replayed calls (replay.py)
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         out = replay.run(self, list(xs)) if not self.needs_halving or halves_exactly(xs) else None
         if out is not None:
             return out
+        if branch_streams.concurrent(self.parallel_branches, xs[0]):  # a CUDA graph capture (branch_streams.py)
+            ys = branch_streams.run_parts([functools.partial(b, x) for b, x in zip(self.branches, xs)], xs[0].device)
+            if len(self.fuses):
+                ys = branch_streams.run_parts([functools.partial(f, ys) for f in self.fuses], xs[0].device)
+            return ys
         ys = [branch(x) for branch, x in zip(self.branches, xs)]
         if len(self.fuses):
             ys = [fuse(ys) for fuse in self.fuses]
@@ -353,8 +361,9 @@ class FusedHRModule(nn.Module):
         return ys
 
     def _emit(self, b: "replay.Builder", xs: List[int]) -> List[int]:
-        ys = [b.emit(branch, x) for branch, x in zip(self.branches, xs)]
-        return [b.emit(fuse, ys) for fuse in self.fuses] if len(self.fuses) else ys
+        # The branches share no data, nor do the output fusions: each one lane of a phase (replay.py).
+        ys = b.lanes([functools.partial(b.emit, branch, x) for branch, x in zip(self.branches, xs)])
+        return b.lanes([functools.partial(b.emit, fuse, ys) for fuse in self.fuses]) if len(self.fuses) else ys
 
 
 class FusedStage(nn.Sequential):
@@ -366,6 +375,7 @@ class FusedStage(nn.Sequential):
         super().__init__(*args)
         self.needs_halving = _needs_halving(self)
         self._replay = replay.Replay()
+        self.parallel_branches: Optional[bool] = None  # the schedule of replayed calls (replay.py)
 
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         out = replay.run(self, list(xs)) if not self.needs_halving or halves_exactly(xs) else None

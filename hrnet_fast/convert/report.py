@@ -17,6 +17,8 @@ class Entry:
 class FusionReport:
     fused: List[Entry] = field(default_factory=list)
     unfused: List[Entry] = field(default_factory=list)
+    # Per replayed stage, which branch schedule its calls run and why (ConvertedModel.fusion_report fills it in).
+    schedule: List[str] = field(default_factory=list)
 
     def add(self, path: str, pattern: str, detail: str = "") -> None:
         self.fused.append(Entry(path, pattern, detail))
@@ -35,6 +37,9 @@ class FusionReport:
             lines += [f"  {e.path or '<model>'}: {e.pattern} ({e.detail})" for e in self.unfused]
         else:
             lines.append("left as is: nothing")
+        if self.schedule:
+            lines.append("branch schedule:")
+            lines += [f"  {line}" for line in self.schedule]
         return "\n".join(lines)
 
 
