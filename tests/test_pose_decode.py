@@ -108,7 +108,7 @@ def test_flip_index_checks_its_pairs():
     with pytest.raises(ValueError, match="for 17 joints but the model predicts 14"):
         flip_index([(1, 2)], 14, expected_joints=17)
     with pytest.raises(ValueError, match="joint 16"):
-        flip_index([(15, 16)], 14)
+        flip_index([(12, 16)], 14)
     with pytest.raises(ValueError, match="twice"):
         flip_index([(1, 2), (2, 3)], 5)
 
