@@ -1,7 +1,6 @@
 """TopDownPose's reference pipeline (fused=False) end to end: boxes -> crops -> network -> flip test -> decoding ->
 image pixels, checked on a stand-in model whose keypoints can be worked out by hand (``pose_models.Sampler``), on
 the model layouts the library takes, and on bad input."""
-import numpy as np
 import pytest
 import torch
 
