@@ -77,7 +77,11 @@ def run(args: argparse.Namespace) -> Dict:
 def main(args: argparse.Namespace) -> int:
     """``hrnet-fast eval``: 0 on success, 2 with a one-line message for a user error."""
     try:
-        run(args)
+        if args.task == "pose":
+            from ..pose.evaluate import run as run_pose
+            run_pose(args)
+        else:
+            run(args)
         return 0
     except UserError as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank meets the same error

@@ -15,11 +15,16 @@ from .errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..pose.command import add_pose_options
+
+    parser.add_argument("--task", choices=("classify", "pose"), default="classify",
+                        help="classify (top-1/top-5 on --data, the default) or pose (COCO keypoint AP on --images "
+                             "with --annotations)")
     parser.add_argument("--model", required=True, help="model name, e.g. hrnet_w18 (aliases accepted)")
     parser.add_argument("--checkpoint", required=True, help="weights: timm/official, mmpretrain or PaddleClas")
-    parser.add_argument("--data", required=True,
+    parser.add_argument("--data",
                         help="validation images: one sub-folder per class (classes sorted by name = label order), "
-                             "or the root the --labels paths are relative to")
+                             "or the root the --labels paths are relative to (required with --task classify)")
     parser.add_argument("--labels", help="labels file, one 'relative/path.jpg <int label>' per line")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier size (default 1000)")
     parser.add_argument("--resize", type=int, default=256, help="short side before the crop (default 256)")
@@ -36,12 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-converted", action="store_true", help="evaluate only the reference model")
     parser.add_argument("--json", help="also write the report as JSON to this path")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (none when stderr is no TTY)")
+    add_pose_options(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before reading images or building models."""
     from ..models import check_input_size
 
+    if not args.data:
+        raise UserError("--data is required (the folder of validation images)")
     if args.no_reference and args.no_converted:
         raise UserError("--no-reference and --no-converted together leave nothing to evaluate")
     if args.batch_size <= 0 or args.workers < 0 or args.num_classes <= 0:
