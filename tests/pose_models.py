@@ -14,14 +14,15 @@ class Sampler(nn.Module):
 
     def __init__(self, joints: int = 17):
         super().__init__()
-        self.final_layer = nn.Conv2d(1, joints, 1)
+        self.final_layer = nn.Conv2d(3, joints, 1)  # every joint reads the red channel only
         with torch.no_grad():
-            self.final_layer.weight.fill_(1.0)
+            self.final_layer.weight.zero_()
+            self.final_layer.weight[:, 0] = 1.0
             self.final_layer.bias.zero_()
         self.eval()
 
     def forward(self, x):
-        return self.final_layer(x[:, :1, ::4, ::4])
+        return self.final_layer(x[:, :, ::4, ::4])
 
 
 def blob_image(x0: float, y0: float, h: int = 120, w: int = 100, sigma: float = 8.0) -> torch.Tensor:
