@@ -2,6 +2,7 @@
 person, and the fused pipeline's time split into pre-processing (crops), network and post-processing (decoding).
 
     python benchmarks/pose_pipeline.py --people 1,8,32 --dtypes fp32,bf16 --threads 2 --json out.json
+    python benchmarks/pose_pipeline.py --device cuda --dtypes fp16,bf16 --json gpu.json
 
 Reference: ``TopDownPose(model, fused=False)``: the eager model, the plain-PyTorch crop, and decoding on the host
 as mmpose does. Fused: ``TopDownPose(model)``: ``convert()``-ed model, ``crop_normalize`` and ``heatmap_decode``.
@@ -24,7 +25,7 @@ from hrnet_fast.pose.decode import flip_back
 from hrnet_fast.timing import time_round_robin
 from script_support import command, emit
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def scene(people: int, height: int, width: int, seed: int = 0):
@@ -54,7 +55,7 @@ def stats_dict(s, people: int):
 
 
 def cell(model, dtype, people, args, size):
-    image, boxes = scene(people, *args.image)
+    image, boxes = (t.to(args.device) for t in scene(people, *args.image))
     options = dict(input_size=size, flip_test=not args.no_flip, decode=args.decode)
     reference = hrnet_fast.TopDownPose(copy.deepcopy(model).to(dtype), fused=False, **options)
     fused = hrnet_fast.TopDownPose(hrnet_fast.convert(model, dtype=dtype), **options)
@@ -65,11 +66,12 @@ def cell(model, dtype, people, args, size):
         ref_batch = reference.preprocess([image], [boxes])
         peaks = [merged_argmax(p, p.forward(b.crops)) for p, b in ((reference, ref_batch), (fused, batch))]
     rows = time_round_robin({"reference": lambda: reference(image, boxes), "fused": lambda: fused(image, boxes)},
-                            warmup=1, reps=args.reps, min_time=args.min_time, min_reps=2, rewarm=False)
+                            args.device, warmup=1, reps=args.reps, min_time=args.min_time, min_reps=2, rewarm=False)
     split = time_round_robin({"pre": lambda: fused.preprocess([image], [boxes]),
                               "network": lambda: fused.forward(batch.crops),
                               "post": lambda: fused.postprocess(heatmaps, batch)},
-                             warmup=1, reps=args.reps, min_time=args.min_time / 4, min_reps=2, rewarm=False)
+                             args.device, warmup=1, reps=args.reps, min_time=args.min_time / 4, min_reps=2,
+                             rewarm=False)
     total = sum(s.median_ms for s in split.values())
     return {"dtype": args.dtype_name, "people": people,
             "reference": stats_dict(rows["reference"], people), "fused": stats_dict(rows["fused"], people),
@@ -91,6 +93,7 @@ def main() -> None:
     p.add_argument("--decode", default="classic", choices=("classic", "dark"))
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the same cells timed on a GPU)")
     p.add_argument("--reps", type=int, help="exact timed calls per pipeline (default: until --min-time)")
     p.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls per pipeline")
     p.add_argument("--json", help="also write the result here")
@@ -99,7 +102,7 @@ def main() -> None:
     size = tuple(int(v) for v in args.input_size.lower().split("x"))
     args.image = tuple(int(v) for v in args.image.lower().split("x"))
     torch.manual_seed(0)
-    base = calibrate_bn(hrnet_fast.create_model(args.model), size, steps=1, batch=2).eval()
+    base = calibrate_bn(hrnet_fast.create_model(args.model), size, steps=1, batch=2).eval().to(args.device)
     rows = []
     for name in args.dtypes.split(","):
         args.dtype_name = name
@@ -110,7 +113,8 @@ def main() -> None:
                   f"{100 * rows[-1]['fused_pre_post_share']:.1f} % of fused", flush=True)
     emit({"command": command(), "model": args.model, "input_size": list(size), "image": list(args.image),
           "flip_test": not args.no_flip, "decode": args.decode, "threads": args.threads, "torch": torch.__version__,
-          "cpu": cpu_features.summary(), "loadavg_after": os.getloadavg()[0], "rows": rows}, args.json)
+          "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_features.summary(),
+          "loadavg_after": os.getloadavg()[0], "rows": rows}, args.json)
 
 
 if __name__ == "__main__":
