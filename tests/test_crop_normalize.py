@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fuzz_profiles import fuzz_settings
 from hrnet_fast.pose.ops import crop_normalize, crop_normalize_reference
-from pose_ops_support import TARGETS, assert_within_rule, fail_if_a_kernel_runs, live
+from pose_ops_support import FUZZ_TARGETS, TARGETS, assert_within_rule, fail_if_a_kernel_runs, live
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -156,7 +156,7 @@ def crop_cases(draw):
                 std=tuple(draw(st.floats(0.05, 2)) for _ in range(3)))
 
 
-@pytest.mark.parametrize("backend, device_type", TARGETS)
+@pytest.mark.parametrize("backend, device_type", FUZZ_TARGETS)
 def test_fuzz(backend, device_type):
     device = live(backend, OP, device_type)
 

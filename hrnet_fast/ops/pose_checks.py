@@ -93,6 +93,8 @@ def _check_flip_index(flip_index, j: int, device: torch.device) -> torch.Tensor:
     if flip_index is None:
         raise ValueError("flip_index is required with flipped: the joint each flipped joint becomes")
     index = torch.as_tensor(flip_index)
+    if index.numel() == 0:  # an empty list has no integer dtype of its own
+        index = index.long()
     if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
         raise ValueError(f"flip_index must hold integers, got dtype {index.dtype}")
     if index.dim() != 1 or index.shape[0] != j:
