@@ -36,13 +36,15 @@ def blob_image(x0: float, y0: float, h: int = 120, w: int = 100, sigma: float = 
 
 
 class MMPoseLayout(nn.Module):
-    """mmpose 1.x's TopdownPoseEstimator shape: ``backbone`` (an HRNet) and ``head.final_layer``."""
+    """mmpose's TopdownPoseEstimator shape: ``backbone`` (an HRNet) and ``head.final_layer`` (1.x) or
+    ``keypoint_head.final_layer`` (0.x)."""
 
-    def __init__(self, backbone: nn.Module, joints: int = 17):
+    def __init__(self, backbone: nn.Module, joints: int = 17, head: str = "head"):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Module()
-        self.head.final_layer = nn.Conv2d(backbone.stage_channels[0], joints, 1)
+        self.head_name = head
+        setattr(self, head, nn.Module())
+        getattr(self, head).final_layer = nn.Conv2d(backbone.stage_channels[0], joints, 1)
 
     def forward(self, x):
-        return self.head.final_layer(self.backbone.features(x)[0])
+        return getattr(self, self.head_name).final_layer(self.backbone.features(x)[0])

@@ -122,7 +122,10 @@ def test_fused_pipeline_equals_the_reference_on_an_hrnet(tiny_pose):
 
 def test_a_converted_model_is_used_as_given(tiny_pose):
     fast = hrnet_fast.convert(tiny_pose)
-    assert hrnet_fast.TopDownPose(fast, input_size=(64, 64)).model is fast
+    pose = hrnet_fast.TopDownPose(fast, input_size=(64, 64))
+    assert pose.model is fast
+    keypoints, scores = pose([torch.zeros(30, 20, 3, dtype=torch.uint8)] * 2, [torch.zeros(0, 4)] * 2)
+    assert [k.shape for k in keypoints] == [(0, 17, 2)] * 2 and [s.shape for s in scores] == [(0, 17)] * 2
 
 
 def test_bfloat16_pipeline_follows_the_model(tiny_pose):

@@ -137,14 +137,15 @@ def calibrated(model):
     return hrnet_fast.calibrate_bn(model, (64, 64), steps=1, batch=2)
 
 
-@pytest.mark.parametrize("layout", ["ours", "official", "mmpose"])
+@pytest.mark.parametrize("layout", ["ours", "official", "mmpose", "mmpose0"])
 def test_every_pose_layout_runs(layout):
     if layout == "ours":
         model = PoseHighResolutionNet(CONFIGS["hrnet_w18_small"])
     elif layout == "official":
         model = OfficialHRNet(extra(18, "v1"), "pose", 17)
     else:
-        model = MMPoseLayout(PoseHighResolutionNet(CONFIGS["hrnet_w18_small"]))
+        model = MMPoseLayout(PoseHighResolutionNet(CONFIGS["hrnet_w18_small"]),
+                             head="head" if layout == "mmpose" else "keypoint_head")
     model = calibrated(model)
     image = torch.randint(0, 256, (90, 70, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     boxes = torch.tensor([[5., 5., 40., 60.], [20., 10., 69., 89.], [-20., -20., 30., 40.]])
