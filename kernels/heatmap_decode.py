@@ -26,10 +26,12 @@ from hrnet_fast.ops.pose_reference import gaussian_taps
 from . import needs_int64
 
 _INTERPRETED = knobs.runtime.interpret
-MAX_BLOCK = 4096 if _INTERPRETED else 1024  # map values a program scans at a time
-NUM_WARPS = 4
-LOG_FLOOR = 1e-10  # the reference's clamp before the log
-NO_CLAMP_FLOOR = 2e-10  # csrc/pose_math.h's kDarkNoClampFloor
+# Map values a program scans at a time, and its warps: on the GPU 2 values per thread (at 4 and 8, ptxas spills
+# 16 bytes in DARK variants on sm_90; tests/pose_gpu_static.py).
+MAX_BLOCK = 4096 if _INTERPRETED else 512
+NUM_WARPS = 8
+LOG_FLOOR = tl.constexpr(1e-10)  # the reference's clamp before the log
+NO_CLAMP_FLOOR = tl.constexpr(2e-10)  # csrc/pose_math.h's kDarkNoClampFloor
 
 
 @triton.jit

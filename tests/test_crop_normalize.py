@@ -3,7 +3,11 @@ the image, dtypes, layouts, non-contiguous inputs, a hypothesis fuzz), bad input
 the torch.library registration (opcheck)."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from pose_ops_support import FUZZ_TARGETS, TARGETS, assert_within_rule, fail_if_
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EXPECTED_VARIANTS = 4  # compiled by tests/pose_gpu_static.py
 OP = "crop_normalize"
 
 
@@ -239,3 +244,17 @@ def test_opcheck(backend, device_type, channels_last):
     theta = rotations(2, 7, 6, gen).to(device)
     torch.library.opcheck(torch.ops.hrnet_fast.crop_normalize.default,
                           (image, theta, 5, 4, list(MEAN), list(STD), torch.float16, channels_last, backend))
+
+
+@pytest.mark.static_gpu
+def test_triton_kernel_compiles_for_sm90_without_spills():
+    """The GPU code path the interpreter does not compile: every dtype and variant on pose pipeline shapes
+    (tests/pose_gpu_static.py), for sm_90, down to cubins; none may spill registers."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "pose_gpu_static.py"), OP],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == EXPECTED_VARIANTS, records
+    spilling = [r for r in records if r["spill_bytes"]]
+    assert not spilling, spilling

@@ -4,6 +4,10 @@ small to refine, the flip merge), DARK's log clamp where it matters, every backe
 torch.library registration (opcheck)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import pytest
 import torch
 from hypothesis import given
@@ -16,6 +20,7 @@ from pose_ops_support import FUZZ_TARGETS, TARGETS, assert_within_rule, fail_if_
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 METHODS = ("classic", "dark")
+EXPECTED_VARIANTS = 7  # compiled by tests/pose_gpu_static.py
 OP = "heatmap_decode"
 
 
@@ -397,3 +402,17 @@ def test_opcheck(backend, device_type, method, flip):
     index = torch.tensor([1, 0], device=device) if flip else None
     torch.library.opcheck(torch.ops.hrnet_fast.heatmap_decode.default,
                           (hm, centers, scales, method, flipped, index, True, 5, backend))
+
+
+@pytest.mark.static_gpu
+def test_triton_kernel_compiles_for_sm90_without_spills():
+    """The GPU code path the interpreter does not compile: every dtype and variant on pose pipeline shapes
+    (tests/pose_gpu_static.py), for sm_90, down to cubins; none may spill registers."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "pose_gpu_static.py"), OP],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == EXPECTED_VARIANTS, records
+    spilling = [r for r in records if r["spill_bytes"]]
+    assert not spilling, spilling
