@@ -7,7 +7,8 @@ coordinates) and writes its 3 channels: three planes for NCHW, three consecutive
 """
 from __future__ import annotations
 
-from typing import List
+import functools
+from typing import List, Tuple
 
 import torch
 import triton
@@ -82,8 +83,10 @@ def _crop_normalize_kernel(
         tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def norm_constants(mean: List[float], std: List[float], device: torch.device) -> torch.Tensor:
-    """[6] float32: 1 / (255 std[c]) then -mean[c] / std[c], computed in fp64 and rounded once (as the C++ op)."""
+@functools.lru_cache(maxsize=64)
+def norm_constants(mean: Tuple[float, ...], std: Tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """[6] float32: 1 / (255 std[c]) then -mean[c] / std[c], computed in fp64 and rounded once (as the C++ op).
+    Kept per (mean, std, device): a pipeline uses one, and a fresh host-to-device copy per call would wait."""
     values = [1.0 / (255.0 * s) for s in std] + [-m / s for m, s in zip(mean, std)]
     return torch.tensor(values, dtype=torch.float32, device=device)
 
@@ -98,7 +101,7 @@ def crop_normalize(image: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: 
     if pixels == 0:
         return out
     grid = (triton.cdiv(pixels, BLOCK),)
-    _crop_normalize_kernel[grid](out, image, theta, norm_constants(mean, std, image.device), image.shape[0],
+    _crop_normalize_kernel[grid](out, image, theta, norm_constants(tuple(mean), tuple(std), image.device), image.shape[0],
                                  image.shape[1], out_h, out_w, pixels, CHANNELS_LAST=bool(channels_last),
                                  INT64=needs_int64(out, image), BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out

@@ -14,6 +14,7 @@ one program per (box, joint) heatmap; only its (x, y, score) is written.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -189,6 +190,12 @@ def _heatmap_decode_kernel(
     tl.store(o + 2, tl.where(has_nan, float("nan"), score))
 
 
+@functools.lru_cache(maxsize=16)
+def _taps(blur_kernel: int, device: torch.device) -> torch.Tensor:
+    """DARK's Gaussian on ``device``, kept per size: a fresh host-to-device copy per call would wait."""
+    return gaussian_taps(blur_kernel).to(device)
+
+
 def heatmap_decode(heatmaps: torch.Tensor, centers: torch.Tensor, scales: torch.Tensor, method: str,
                    flipped: Optional[torch.Tensor], flip_index: Optional[torch.Tensor], shift_flipped: bool,
                    blur_kernel: int) -> torch.Tensor:
@@ -198,7 +205,7 @@ def heatmap_decode(heatmaps: torch.Tensor, centers: torch.Tensor, scales: torch.
     if k * j == 0:
         return out
     dark = method == "dark"
-    taps = gaussian_taps(blur_kernel).to(heatmaps.device) if dark else centers
+    taps = _taps(blur_kernel, heatmaps.device) if dark else centers
     has_flipped = flipped is not None
     block = min(MAX_BLOCK, triton.next_power_of_2(h * w))
     _heatmap_decode_kernel[(k * j,)](
