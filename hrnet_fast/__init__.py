@@ -10,6 +10,7 @@ from .calibrate import calibrate_bn
 from .checkpoints import CheckpointError, LoadReport, load_checkpoint, to_mmpose, to_mmpretrain, to_mmseg, to_paddle
 from .convert import convert
 from .ops import backend_info
+from .pose import TopDownPose
 from .profile import Profile, profile
 from .registry import create_model, list_models, resolve_name
 from .segment import Segmenter
@@ -20,5 +21,5 @@ __all__ = [
     "HighResolutionNet", "PoseHighResolutionNet", "SegHighResolutionNet", "create_model", "list_models",
     "resolve_name", "check_input_size", "calibrate_bn", "load_checkpoint", "CheckpointError", "LoadReport",
     "to_mmpretrain", "to_mmpose", "to_mmseg", "to_paddle", "profile", "Profile", "convert", "backend_info", "warmup",
-    "cpu_features", "Segmenter",
+    "cpu_features", "TopDownPose", "Segmenter",
 ]

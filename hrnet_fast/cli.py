@@ -13,7 +13,9 @@ from typing import List, Optional
 COMMANDS = {
     "bench": ("hrnet_fast.bench", "latency table (the seed's layout): reference vs convert() vs peers"),
     "profile": ("hrnet_fast.profile", "params, MACs and FLOPs of every variant beside the seed tables"),
-    "eval": ("hrnet_fast.evaluate", "top-1/top-5 on an image folder, reference vs converted"),
+    "eval": ("hrnet_fast.evaluate", "top-1/top-5 on an image folder, COCO keypoint AP (--task pose) or mIoU "
+                                    "(--task seg), reference vs converted"),
+    "pose": ("hrnet_fast.pose.command", "COCO keypoint results for the person boxes in a folder of images"),
     "seg": ("hrnet_fast.segment.command", "PNG class maps of a folder of images (segmentation models)"),
     "info": ("hrnet_fast.info", "which backends are live on this machine, and why the others are not"),
 }

@@ -16,7 +16,8 @@ from .errors import UserError
 
 # eval --task: the module whose ``run(args)`` evaluates each task and, past classification's (below), whose
 # ``add_arguments(group)`` adds the task's own options. Imported when the parser is built or the task runs.
-TASKS = {"classification": "hrnet_fast.evaluate.command", "seg": "hrnet_fast.segment.evaluate"}
+TASKS = {"classification": "hrnet_fast.evaluate.command", "pose": "hrnet_fast.pose.evaluate",
+         "seg": "hrnet_fast.segment.evaluate"}
 DEFAULT_CLASSES = 1000
 
 
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data",
                         help="classification: validation images, one sub-folder per class (classes sorted by name = "
                              "label order), or the root the --labels paths are relative to")
+    parser.add_argument("--images", help="pose and seg: the folder of images")
     parser.add_argument("--labels", help="labels file, one 'relative/path.jpg <int label>' per line")
     parser.add_argument("--num-classes", type=int,
                         help=f"classifier size (default {DEFAULT_CLASSES}; other tasks: the model's)")

@@ -39,7 +39,6 @@ CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "
 def add_arguments(group) -> None:
     from .command import add_pipeline_arguments
 
-    group.add_argument("--images", help="seg: folder of images (searched recursively)")
     group.add_argument("--masks", help="seg: folder of ground-truth PNG masks of class ids, laid out as --images")
     group.add_argument("--ignore-index", type=int, default=255, help="seg: mask value not scored (default 255)")
     group.add_argument("--image-suffix", default="", help="seg: end of an image's stem not in its mask's name")
