@@ -11,7 +11,8 @@
 #   sanitizer (25)  compute-sanitizer memcheck over a small converted forward per backend
 #   measure (85)    every implementation per (model, dtype, batch) cell, interleaved; cells in priority order
 #   ops (15)        the fused ops beside what they replace on W18's calls, most-called first
-#   latency (60)    only when named: the seed's table through `hrnet-fast bench`
+#   latency (120)   only when named: the seed's table through `hrnet-fast bench`, then the pose and
+#                   segmentation pipelines end to end (benchmarks/pose_pipeline.py, seg_pipeline.py)
 # Each stage gets a backstop `timeout` 3 s after its budget (SIGTERM: it records itself as cut), SIGKILL 2 s
 # later; with the summary the default run takes at most 270 s from a bare checkout, build included.
 # --stage reruns only the named stages (e.g. --stage measure); the summary then covers every stage in OUTDIR.
