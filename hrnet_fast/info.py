@@ -28,7 +28,7 @@ def extension_summary() -> str:
         return f"{mod.__file__}: {cuda}; CPU convolution through ATen's oneDNN op ({why})"
     calls = ("stages and branches replayed in one call each" if replay.enabled() else
              "each conv called from Python (HRNET_FAST_NO_REPLAY=1)")
-    schedule = ("HR modules' branches at once where the first call per input shape and thread count "
+    schedule = ("HR modules' branches at once where the first replayed call per input shape and thread count "
                 f"measures it faster ({torch.get_num_threads()} threads now; convert(parallel_branches=...))"
                 if replay.parallel_enabled() else "branches one after another (HRNET_FAST_PARALLEL_BRANCHES=0)")
     if replay.enabled():

@@ -29,7 +29,7 @@ each conv on all threads with a barrier after it. Answers: the same kernels give
 one-thread primitive is another kernel than the all-thread one rounds differently, within the fp32 rule. The
 owner's ``parallel_branches`` (what ``convert(parallel_branches=...)`` set) picks the schedule: False serial (the
 steps as one list, as before), True branch-parallel wherever a phase has lanes, None decided per input shape and
-thread count at its first call by timing both. ``HRNET_FAST_PARALLEL_BRANCHES=0`` (read when steps are
+thread count at the first replayed call by timing both. ``HRNET_FAST_PARALLEL_BRANCHES=0`` (read when steps are
 listed) keeps every owner serial.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def schedule(owner: nn.Module) -> dict:
     elif info["mode"] == PARALLEL:
         why = "branch-parallel: parallel_branches=True (serial wherever one thread runs it)"
     elif not decisions:
-        why = "automatic: decided at the first call per input shape with 2 or more threads"
+        why = "automatic: decided at the first replayed call with 2 or more threads"
     else:
         why = "automatic: " + "; ".join(
             f"{'branch-parallel' if d['parallel'] else 'serial'} at {d['batch']}x{d['height']}x{d['width']} on "
@@ -153,11 +153,6 @@ def refresh(owner: nn.Module, inputs: Sequence[object], as_list: bool = True) ->
     except NotReplayable:
         state.program = None
     state.watch = watch(owner)
-    if state.program is not None and mode_of(owner) == AUTOMATIC:
-        # The automatic schedule is decided by a shape's first replayed call. Replay once now, on the call that
-        # listed the steps (the slow one anyway), so the next call, the first a user times or profiles, runs only
-        # what was decided; a later new shape decides on its own first call.
-        _entry("replay_run")(state.program, state.watch, list(inputs))
 
 
 def watch(owner: nn.Module) -> Watch:
