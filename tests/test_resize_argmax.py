@@ -8,6 +8,10 @@ against the float64 truth.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Tuple
 
 import pytest
@@ -338,3 +342,17 @@ def test_fuzz_against_reference(backend, device_type, record_property):
     device = backend_device(backend, "resize_argmax") if device_type == "cpu" else torch.device("cuda")
     interpreted = backend == "triton" and device.type == "cpu"
     run_fuzz(f"resize_argmax[{backend}]", fuzz_cases(interpreted), _fuzz_check, backend, device, record_property)
+
+
+def test_cpu_baseline_isa_loops():
+    """The CPU kernel's loops compiled for the baseline ISA (ATEN_CPU_CAPABILITY=default picks them, as for ATen's
+    kernels), which no CI CPU would otherwise run: the CPU backend's reference, tie, NaN and hand-computed tests
+    in a child process."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    selection = "cpu and (matches_reference or hand_computed or exact_ties or nan_counts) and not baseline"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+                          str(Path(__file__).resolve())], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]

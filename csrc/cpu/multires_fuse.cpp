@@ -24,12 +24,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HRNET_FAST_HAS_AVX2_PATH 1
-#include <immintrin.h>
-#else
-#define HRNET_FAST_HAS_AVX2_PATH 0
-#endif
+#include "cpu/avx2_loops.h"
 
 // GCC's unroll-and-jam pairs up iterations of the loops over terms and leaves what it produced less vectorised:
 // NHWC fusion into an 18-channel map runs ~1.4x slower with it.
@@ -170,24 +165,13 @@ namespace avx2 {
 #undef HRNET_FAST_AVX2
 #undef HRNET_FAST_TARGET
 }  // namespace avx2
-
-// AVX2 + FMA + F16C present, and not turned off with ATen's own switch (ATEN_CPU_CAPABILITY=default), which
-// also lets tests run the baseline loops on any machine.
-bool use_avx2() {
-  static const bool use = [] {
-    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
-    if (capability != nullptr && std::strcmp(capability, "default") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return use;
-}
 #endif
 
 template <typename T>
 void fuse(const FuseView<T>& v, int64_t numel) {
   void (*range)(const FuseView<T>&, int64_t, int64_t) = baseline::fuse_range<T>;
 #if HRNET_FAST_HAS_AVX2_PATH
-  if (use_avx2()) range = avx2::fuse_range<T>;
+  if (use_avx2_loops()) range = avx2::fuse_range<T>;
 #endif
   at::parallel_for(0, numel, kGrainElements, [&](int64_t begin, int64_t end) { range(v, begin, end); });
 }

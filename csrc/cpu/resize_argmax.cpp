@@ -5,6 +5,7 @@
 // the labels (and prob). Output rows are split over OpenMP threads (at::parallel_for). The loops are compiled for
 // the baseline ISA and for AVX2 + FMA + F16C, chosen once at run time.
 #include "bilinear.h"
+#include "cpu/avx2_loops.h"
 #include "dispatch.h"
 #include "seg_ops.h"
 
@@ -61,26 +62,12 @@ namespace baseline {
 #undef HRNET_FAST_TARGET
 }  // namespace baseline
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define HRNET_FAST_HAS_AVX2_PATH 1
+#if HRNET_FAST_HAS_AVX2_PATH
 namespace avx2 {
 #define HRNET_FAST_TARGET __attribute__((target("avx2,fma,f16c")))
 #include "cpu/resize_argmax_kernel.h"
 #undef HRNET_FAST_TARGET
 }  // namespace avx2
-
-// AVX2 + FMA + F16C present, and not turned off with ATen's switch (ATEN_CPU_CAPABILITY=default), which also lets
-// tests run the baseline loops on any machine.
-bool use_avx2() {
-  static const bool use = [] {
-    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
-    if (capability != nullptr && std::strcmp(capability, "default") == 0) return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return use;
-}
-#else
-#define HRNET_FAST_HAS_AVX2_PATH 0
 #endif
 
 template <typename T, typename L>
@@ -97,7 +84,7 @@ void run(const ResizeArgmaxArgs& a) {
   void (*rows_fn)(const View<T>&, L*, float*, int64_t, int64_t, int64_t, float*) =
       baseline::resize_argmax_rows<T, L>;
 #if HRNET_FAST_HAS_AVX2_PATH
-  if (use_avx2()) rows_fn = avx2::resize_argmax_rows<T, L>;
+  if (use_avx2_loops()) rows_fn = avx2::resize_argmax_rows<T, L>;
 #endif
   const int64_t row_grain = std::max<int64_t>(1, kGrainWork / (v.C * v.out_w));
   at::parallel_for(0, a.labels.size(0) * v.out_h, row_grain, [&](int64_t begin, int64_t end) {
