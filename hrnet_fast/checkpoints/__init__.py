@@ -3,8 +3,8 @@
 One module per family of layouts, each detected from the keys:
 
 - ``official.py``: timm and the official repositories (classification, pose, segmentation): our own names.
-- ``openmmlab.py``: mmpretrain/MMClassification, mmpose 1.x and 0.x, mmsegmentation's FCN and OCRNet
-  (``backbone.*`` + a head).
+- ``openmmlab.py``: mmpretrain/MMClassification, mmpose 1.x and 0.x (top-down, and 0.x's HigherHRNet),
+  mmsegmentation's FCN and OCRNet (``backbone.*`` + a head).
 - ``paddle.py``: PaddleClas ``.pdparams`` (three naming schemes).
 
 ``reading.py`` reads files without running code from them (``torch.load(weights_only=True)``; a numpy-only
@@ -24,12 +24,13 @@ checkpoint are ignored, as timm does.
 from .base import CheckpointError, Format, LoadReport
 from .loading import detect_format, identify_variant, load_checkpoint, model_task
 from .official import FlatFormat, TimmFormat, UnknownFormat
-from .openmmlab import (MMPoseFormat, MMPretrainFormat, MMSegFormat, MMSegOCRFormat, to_mmpose, to_mmpretrain,
-                        to_mmseg, to_mmseg_ocr)
+from .openmmlab import (MMPoseFormat, MMPoseHigherHRNetFormat, MMPretrainFormat, MMSegFormat, MMSegOCRFormat,
+                        to_mmpose, to_mmpose_higher_hrnet, to_mmpretrain, to_mmseg, to_mmseg_ocr)
 from .paddle import PaddleFormat, fuse_term_index, to_paddle
 from .reading import read_checkpoint, unwrap
 
 __all__ = ["CheckpointError", "LoadReport", "Format", "load_checkpoint", "detect_format", "identify_variant",
-           "model_task", "read_checkpoint", "unwrap", "to_mmpretrain", "to_mmpose", "to_mmseg", "to_mmseg_ocr",
-           "to_paddle", "fuse_term_index", "FlatFormat", "TimmFormat", "MMPretrainFormat", "MMPoseFormat",
-           "MMSegFormat", "MMSegOCRFormat", "PaddleFormat", "UnknownFormat"]
+           "model_task", "read_checkpoint", "unwrap", "to_mmpretrain", "to_mmpose", "to_mmpose_higher_hrnet",
+           "to_mmseg", "to_mmseg_ocr", "to_paddle", "fuse_term_index", "FlatFormat", "TimmFormat",
+           "MMPretrainFormat", "MMPoseFormat", "MMPoseHigherHRNetFormat", "MMSegFormat", "MMSegOCRFormat",
+           "PaddleFormat", "UnknownFormat"]

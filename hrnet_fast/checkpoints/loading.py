@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,7 @@ from ..registry import create_model, list_models
 from .base import CheckpointError, Format, LoadReport
 from .conventions import AlignCorners, check_align_corners, check_policy
 from .official import HRNET_PREFIXES, FlatFormat, UnknownFormat, flat_task
-from .openmmlab import MMPoseFormat, MMPretrainFormat, MMSegFormat, MMSegOCRFormat
+from .openmmlab import MMPoseFormat, MMPoseHigherHRNetFormat, MMPretrainFormat, MMSegFormat, MMSegOCRFormat
 from .paddle import PaddleFormat
 from .reading import read_checkpoint, summarise, unwrap
 
@@ -45,6 +45,8 @@ def detect_format(state_dict: Mapping[str, object], task: Optional[str] = None) 
         return MMSegOCRFormat()
     if any(k.startswith("decode_head.") for k in keys):
         return MMSegFormat()
+    if any(k.startswith(("keypoint_head.final_layers.", "keypoint_head.deconv_layers.")) for k in keys):
+        return MMPoseHigherHRNetFormat()
     if any(k.startswith("keypoint_head.") for k in keys):
         return MMPoseFormat("0.x")
     if any(k.startswith("head.final_layer.") for k in keys):
@@ -52,7 +54,8 @@ def detect_format(state_dict: Mapping[str, object], task: Optional[str] = None) 
     if any(k.startswith(("neck.", "head.fc.")) for k in keys):
         return MMPretrainFormat()
     if any(k.startswith("backbone.") for k in keys):
-        return {"pose": MMPoseFormat("1.x"), "segmentation": MMSegFormat()}.get(task or "", MMPretrainFormat())
+        return {"pose": MMPoseFormat("1.x"), "segmentation": MMSegFormat(),
+                "bottom-up pose": MMPoseHigherHRNetFormat()}.get(task or "", MMPretrainFormat())
     if "conv_layer1_1.conv.weight" in keys:
         return PaddleFormat("legendary")
     if "conv_layer1_1._conv.weight" in keys:
@@ -105,7 +108,9 @@ def _ignored_prefixes(model: nn.Module, fmt: Format) -> Tuple[str, ...]:
 def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike, Mapping[str, object]],
                     strict: bool = True, align_corners: AlignCorners = "check") -> LoadReport:
     """Loads a checkpoint (file or dict) into ``model``: classification (timm/official, mmpretrain/MMClassification,
-    PaddleClas), pose (official, mmpose 1.x and 0.x) or segmentation (official, mmsegmentation).
+    PaddleClas), pose (official, mmpose 1.x and 0.x), bottom-up pose HigherHRNet (official, mmpose 0.x's
+    ``AEHigherResolutionHead``), segmentation (official, mmsegmentation) or HRNet + OCR (official, mmsegmentation's
+    OCRNet).
 
     The format is detected from the keys (the format modules' docstrings). With ``strict=True`` (default) every
     entry must fit: missing, unexpected or mis-shaped entries raise one :class:`CheckpointError` naming them (and
@@ -169,7 +174,12 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
     if problems and strict:
         details = _mismatch_details(model, state, fmt, report)
         hints = ["  Use strict=False to load what fits."]
-        if any(k.startswith(fmt.classifier_prefixes) for k in report.mismatched_keys):
+        head = _higher_head_differences(model, state, fmt, report) if fmt.task == "bottom-up pose" else None
+        if head is not None:
+            details += "".join(f"\n  {line}" for line in head[0])
+            hints.insert(0, f"  {head[1]}")
+        elif any(k.startswith(fmt.classifier_prefixes) and c[:1] != m[:1]  # outputs, not inputs, differ
+                 for k, (c, m) in report.mismatched_keys.items()):
             what = {"classification": "classifier size", "pose": "number of joints",
                     "segmentation": "number of classes", "bottom-up pose": "number of joints",
                     "OCR segmentation": "number of classes"}[fmt.task]
@@ -238,3 +248,94 @@ def _mismatch_details(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: 
     if report.ignored_keys:
         lines.append(f"  ignored (no such modules in a features_only model): {len(report.ignored_keys)} keys")
     return "\n".join(lines)
+
+
+# HigherHRNet head arguments (PoseHigherResolutionNet's) and what the mmpose 0.x config calls them.
+_MMPOSE_HEAD_ARGS = {"num_joints": "num_joints", "tag_per_joint": "tag_per_joint", "with_ae": "with_ae_loss",
+                     "deconv_channels": "num_deconv_filters", "deconv_kernel": "num_deconv_kernels",
+                     "num_basic_blocks": "num_basic_blocks", "cat_output": "cat_output",
+                     "final_conv_kernel": "extra.final_conv_kernel"}
+
+
+def _read_higher_head(shape_of: Callable[[str], Optional[Tuple[int, ...]]],
+                      joints: Optional[int] = None) -> Optional[Dict[str, object]]:
+    """A HigherHRNet head's ``PoseHigherResolutionNet`` arguments, read from its shapes (``shape_of``: our key ->
+    shape, None where absent); None where the head is not readable. The output layers' channels are heatmaps
+    (``num_joints``) plus, where ``with_ae``, tag maps (``num_joints`` of them, or 1 without ``tag_per_joint``):
+    ``joints`` (the model's) is tried first to split them, then the smallest output."""
+    finals: List[Tuple[int, ...]] = []
+    while (shape := shape_of(f"final_layers.{len(finals)}.weight")) is not None and len(shape) == 4:
+        finals.append(shape)
+    deconvs = [shape_of(f"deconv_layers.{i}.0.0.weight") for i in range(len(finals) - 1)]
+    if not finals or any(d is None or len(d) != 4 for d in deconvs):
+        return None
+    blocks = []
+    for i in range(len(deconvs)):
+        k = 1
+        while shape_of(f"deconv_layers.{i}.{k}.0.conv1.weight") is not None:
+            k += 1
+        blocks.append(k - 1)
+
+    def one(values: List[int]) -> object:  # the constructor takes one value for every stage
+        distinct = sorted(set(values))
+        return distinct[0] if len(distinct) == 1 else (distinct or None)
+
+    outputs = [f[0] for f in finals]
+    head: Dict[str, object] = {
+        "outputs": outputs, "deconv_channels": [d[1] for d in deconvs],
+        "deconv_kernel": one([d[-1] for d in deconvs]), "num_basic_blocks": one(blocks),
+        "final_conv_kernel": one([f[-1] for f in finals]),
+        "cat_output": [d[0] == finals[i][1] + outputs[i] for i, d in enumerate(deconvs)]}
+    for j in ([joints] if joints else []) + [min(outputs)]:
+        tags = {o - j for o in outputs} - {0}
+        if len(tags) <= 1 and tags <= {j, 1}:
+            head.update(num_joints=j, with_ae=[o != j for o in outputs])
+            if tags:
+                head["tag_per_joint"] = tags == {j}
+            break
+    return head
+
+
+def _higher_head_differences(model: nn.Module, state: Mapping[str, torch.Tensor], fmt: Format,
+                             report: LoadReport) -> Optional[Tuple[List[str], str]]:
+    """Where only the HigherHRNet head does not fit (the backbone does): the head arguments that differ (lines
+    for the details) and the model to build (a hint); None otherwise."""
+    head_keys = tuple(fmt.key_of(k) for k in ("final_layers.", "deconv_layers."))
+    if not all(k.startswith(head_keys) for k in [*report.missing_keys, *report.unexpected_keys,
+                                                 *report.mismatched_keys]):
+        return None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ours = _read_higher_head(shapes.get, getattr(model, "num_joints", None))
+    theirs = _read_higher_head(lambda k: tuple(state[f].shape) if (f := fmt.key_of(k)) in state else None,
+                               ours["num_joints"] if ours else None)
+    if ours is None or theirs is None:
+        return None
+    names = _MMPOSE_HEAD_ARGS if fmt.name.startswith("mmpose") else {}
+    deconvs = len(theirs["outputs"]) - 1
+    # With another number of deconvs, these follow from with_ae unless they are not the constructor's defaults.
+    implied = {"cat_output": [True] * deconvs, "deconv_channels": [shapes["final_layers.0.weight"][1]] * deconvs}
+    differ, build = [], []
+    for arg in ("num_joints", "tag_per_joint", "with_ae", "cat_output", "deconv_channels", "deconv_kernel",
+                "num_basic_blocks", "final_conv_kernel"):
+        a, b = theirs.get(arg), ours.get(arg)
+        if a == b or (arg != "num_joints" and (a is None or b is None)):  # e.g. no tags, or no deconv
+            continue
+        if arg in implied and len(a) != len(b) and a == implied[arg]:
+            continue
+        alias = f"{fmt.name}'s {names[arg]}; " if names.get(arg, arg) != arg else ""
+        differ.append(f"{arg}={a if a is not None else 'unreadable'} ({alias}this model: {b})")
+        if a is not None:
+            build.append(f"{arg}={a}")
+    if not differ and theirs["outputs"] == ours["outputs"]:
+        return None
+    lines = [f"HigherHRNet head: the checkpoint's has {', '.join(differ) or 'other output layers'}; output "
+             f"channels per output, checkpoint {theirs['outputs']}, this model {ours['outputs']}."]
+    if "num_joints" in theirs and theirs["num_joints"] != ours.get("num_joints"):
+        lines.append("The number of joints differs.")
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if name and build == [f"num_joints={theirs.get('num_joints')}"]:  # create_model builds this one
+        return lines, (f"Build the model with the checkpoint's number of joints, hrnet_fast.create_model({name!r}, "
+                       f"num_classes={theirs['num_joints']}), and load the checkpoint into that.")
+    args = ", ".join(["cfg"] + build)
+    return lines, (f"Build the model with the checkpoint's head, {type(model).__name__}({args}) (cfg: this model's "
+                   f"stage layout), and load the checkpoint into that.")

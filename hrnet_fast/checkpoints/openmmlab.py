@@ -10,6 +10,17 @@ does) and names the head its own way:
     ``HeatmapHead`` without deconvolutions: ``head.final_layer.*`` (our ``final_layer``).
 ``mmpose 0.x``
     ``TopdownHeatmapSimpleHead`` with ``num_deconv_layers=0``: ``keypoint_head.final_layer.*``.
+``mmpose 0.x`` HigherHRNet (bottom-up ``AssociativeEmbedding`` with ``AEHigherResolutionHead``, the
+``higherhrnet_w32/w48_*`` configs, e.g. ``higher_hrnet32_coco_512x512-8ae85183_20200713.pth``)
+    ``keypoint_head.final_layers.{i}`` and ``keypoint_head.deconv_layers.{i}``: the official HigherHRNet head
+    with the same children (``deconv_layers.{i}.0`` = ConvTranspose2d without bias, BN, ReLU; ``.{k}.0`` a
+    BasicBlock ``conv1/bn1/conv2/bn2``), so our ``final_layers``/``deconv_layers`` keys gain the prefix and
+    nothing else changes. Every published config uses our defaults (``num_deconv_layers=1``,
+    ``num_deconv_filters`` the branch-0 width, ``num_deconv_kernels=[4]``, ``num_basic_blocks=4``,
+    ``cat_output=[True]``, ``with_ae_loss=[True, False]``, ``tag_per_joint=True``, ``final_conv_kernel=1``,
+    stage 4 ending on branch 0), only ``num_joints`` varies (COCO 17, CrowdPose and AIC 14, COCO-WholeBody
+    133). A checkpoint of another head layout is refused, naming the difference (``loading.py``). mmpose 1.x has
+    no HigherHRNet head (its ``AssociativeEmbeddingHead`` is a ``HeatmapHead``).
 ``mmseg``
     ``FCNHead`` (``input_transform='resize_concat'``, ``num_convs=1``, ``kernel_size=1``): its ConvModule
     ``decode_head.convs.0.conv`` (no bias) + ``decode_head.convs.0.bn`` (our ``last_layer.0/1``) and
@@ -62,6 +73,19 @@ class MMPoseFormat(RuleFormat):
         self.name = "mmpose" if version == "1.x" else "mmpose 0.x"
         self.classifier_prefixes = (f"{head}.final_layer.",)
         self.RULES = rules([(r"^final_layer\.(.*)$", head + r".final_layer.\1"), (r"^(.*)$", r"backbone.\1")])
+
+
+class MMPoseHigherHRNetFormat(RuleFormat):
+    """mmpose 0.x HigherHRNet: ``backbone.*`` + ``keypoint_head.final_layers|deconv_layers.*`` (module
+    docstring)."""
+
+    name = "mmpose 0.x"
+    task = "bottom-up pose"
+    classifier_prefixes = ("keypoint_head.final_layers.",)
+    RULES = rules([
+        (r"^(final_layers|deconv_layers)\.(.*)$", r"keypoint_head.\1.\2"),
+        (r"^(.*)$", r"backbone.\1"),
+    ])
 
 
 class MMSegFormat(RuleFormat):
@@ -127,8 +151,26 @@ def to_mmpretrain(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Ten
 
 def to_mmpose(state_dict: Mapping[str, torch.Tensor], version: str = "1.x") -> Dict[str, torch.Tensor]:
     """Our pose state dict in mmpose's names (``head.final_layer`` in 1.x, ``keypoint_head.final_layer`` in
-    0.x): ``torch.save({"state_dict": to_mmpose(sd)}, path)``."""
+    0.x): ``torch.save({"state_dict": to_mmpose(sd)}, path)``. A HigherHRNet state dict is refused: its
+    exporter is :func:`to_mmpose_higher_hrnet`."""
+    if any(k.startswith(("final_layers.", "deconv_layers.")) for k in state_dict):
+        raise ValueError("this is a HigherHRNet (bottom-up pose) state dict, which to_mmpose would export as a "
+                         "backbone with stray head entries; use to_mmpose_higher_hrnet (mmpose 0.x's "
+                         "AEHigherResolutionHead; mmpose 1.x has no HigherHRNet head)")
     return export(state_dict, MMPoseFormat(version))
+
+
+def to_mmpose_higher_hrnet(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Our HigherHRNet state dict (``higher_hrnet_w32``/``w48``) in mmpose 0.x's names (``backbone.*``,
+    ``keypoint_head.final_layers.*``, ``keypoint_head.deconv_layers.*``; module docstring), values unchanged:
+    ``torch.save({"state_dict": to_mmpose_higher_hrnet(sd)}, path)`` writes what mmpose 0.x's
+    ``AssociativeEmbedding`` with an ``AEHigherResolutionHead`` loads, and ``load_checkpoint`` reads back
+    exactly. Only the official head layout is exported: a state dict without ``final_layers`` is refused."""
+    if not any(k.startswith("final_layers.") for k in state_dict):
+        raise ValueError("not a HigherHRNet state dict (no final_layers.* entries): to_mmpose_higher_hrnet exports "
+                         "higher_hrnet_w32/w48 (PoseHigherResolutionNet) state dicts; a top-down pose model's is "
+                         "exported by to_mmpose")
+    return export(state_dict, MMPoseHigherHRNetFormat())
 
 
 def to_mmseg_ocr(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
