@@ -3,7 +3,10 @@
 A first forward per input shape pays for work later calls skip: Triton compiles its kernels and times a short list
 of configs per shape class (the choice persists on disk, so later processes on the same GPU skip the timing, see
 ``hrnet_fast_kernels/tuning.py``), cuDNN picks its algorithms, the CPU backend packs weights, and a model converted
-with ``cuda_graph=True`` captures one graph per shape. Calling ``warmup`` at start-up moves all of it there.
+with ``cuda_graph=True`` captures one graph per shape. On the CPU a converted model's first call lists the steps
+it replays and its first replayed call decides, by timing both, whether an HR module's branches run one after
+another or at once (``parallel_branches=None``, ``convert/replay.py``), so there each shape is run twice. Calling
+``warmup`` at start-up moves all of it there.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ def _model_tensor(model: nn.Module) -> Optional[torch.Tensor]:
 
 def warmup(model: nn.Module, shapes: Iterable[Sequence[int]], *, dtype: Optional[torch.dtype] = None,
            device: Optional[torch.device] = None) -> Dict[Tuple[int, ...], float]:
-    """Runs ``model`` once on a random input of each shape; returns the seconds each first call took.
+    """Runs ``model`` on a random input of each shape (once, twice on the CPU: see the module docstring); returns
+    the seconds each shape's warm-up calls took.
 
     Args:
         model: a converted model (``hrnet_fast.convert``) or any module.
@@ -47,7 +51,8 @@ def warmup(model: nn.Module, shapes: Iterable[Sequence[int]], *, dtype: Optional
         x = torch.randn(shape, device=device).to(dtype)
         begin = time.perf_counter()
         with torch.inference_mode():
-            model(x)
+            for _ in range(2 if device.type == "cpu" else 1):
+                model(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[shape] = time.perf_counter() - begin

@@ -130,6 +130,18 @@ def test_automatic_decides_once_per_shape_and_threads_and_says_why():
     assert "branch schedule:" in str(auto.fusion_report())
 
 
+def test_warmup_makes_the_automatic_decision():
+    """After ``hrnet_fast.warmup`` the first real call of each shape runs only the chosen schedule."""
+    model, _, _, x = models("ours")
+    auto = hrnet_fast.convert(model)  # parallel_branches=None
+    hrnet_fast.warmup(auto, [tuple(x.shape)])
+    decided = {path: len(s["decisions"]) for path, s in auto.schedules().items() if s["decisions"]}
+    assert decided and set(decided.values()) == {1}, auto.schedules()
+    with torch.inference_mode():
+        auto(x)
+    assert {path: len(s["decisions"]) for path, s in auto.schedules().items() if s["decisions"]} == decided
+
+
 def test_the_switch_and_the_environment(monkeypatch):
     model, serial, parallel, x = models("ours")
     with torch.inference_mode():
