@@ -107,3 +107,24 @@ def test_readme_key_figures_match_their_json():
             assert float(ratio) == round(exact[a] / exact[b], 2), f"{ratio}x is not {a} / {b} in {name}"
             checked += 1
     assert checked >= 6
+
+
+def test_readme_pipeline_figures_match_their_json():
+    """The key figures' segmentation-pipeline rows: the end-to-end speed-up, the memory after the network and the
+    pixels that differ (all ties), as the seg_pipeline.py JSON they cite recorded them."""
+    import json
+    table = (ROOT / "README.md").read_text().split("## Key figures", 1)[1].split("\n## ", 1)[0]
+
+    def row_and_run(name):
+        row = next(r for r in table.splitlines() if f"`{name}`" in r)
+        return row, json.loads((ROOT / "benchmarks" / "results" / name).read_text())["results"][0]["fp32"]
+
+    row, run = row_and_run("cpu-epyc-2threads-seg-pipeline-w18-512x1024.json")
+    assert f"**{run['end_to_end_ms']['speedup']:.2f}x**" in row
+    row, run = row_and_run("cpu-epyc-2threads-seg-pipeline-w48-1024x2048-fp32.json")
+    post, agreement = run["post_network"], run["agreement"]
+    assert (f"{post['fused']['peak_bytes'] / 1e6:.2f} MB instead of {post['reference']['peak_bytes'] / 1e6:.1f} MB"
+            in row)
+    assert f"**1/{round(1 / post['peak_ratio'])}**" in row
+    assert f"differ at {agreement['differ']} of {agreement['pixels'] / 1e6:.1f} M pixels, all ties" in row
+    assert agreement["all_ties"]
