@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import hrnet_fast
 from hrnet_fast import load_checkpoint, to_mmpose, to_mmpretrain, to_mmseg, to_paddle
-from hrnet_fast.checkpoints import CheckpointError, model_task, to_mmseg_ocr
+from hrnet_fast.checkpoints import CheckpointError, model_task, to_mmpose_higher_hrnet, to_mmseg_ocr
 from hrnet_fast.models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet
 from hrnet_fast.models.higher_hrnet import PoseHigherResolutionNet
 from hrnet_fast.models.ocr import SegHRNetOCR
@@ -117,7 +117,7 @@ BUILD = {"higher": higher, "ocr": ocr, "timm": lambda: HighResolutionNet(SMALL),
          "official pose": lambda: PoseHighResolutionNet(SMALL),
          "official seg": lambda: SegHighResolutionNet(SMALL, align_corners=False)}
 FORMATS = ["timm", "mmpretrain", "paddle", "official pose", "mmpose", "mmpose 0.x", "official seg", "mmseg", "higher",
-           "ocr", "mmseg ocr"]
+           "mmpose higher", "ocr", "mmseg ocr"]
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +135,25 @@ def every_format():
     return {"timm": cls, "mmpretrain": to_mmpretrain(cls), "paddle": to_paddle(cls),
             "official pose": pose, "mmpose": to_mmpose(pose), "mmpose 0.x": to_mmpose(pose, "0.x"),
             "official seg": seg, "mmseg": to_mmseg(seg),
-            "higher": higher().state_dict(), "ocr": ocr().state_dict(),
+            "higher": higher().state_dict(), "mmpose higher": to_mmpose_higher_hrnet(higher().state_dict()),
+            "ocr": ocr().state_dict(),
             "mmseg ocr": to_mmseg_ocr(ocr(align_corners=False).state_dict())}
 
 
-NEW = {"higher", "ocr", "mmseg ocr"}
+NEW = {"higher", "mmpose higher", "ocr", "mmseg ocr"}
 
 
 @pytest.mark.parametrize("target,source", [(t, s) for t in BUILD for s in FORMATS
-                                           if s != t and s != f"mmseg {t}" and NEW & {s, t}])
+                                           if s not in (t, f"mmseg {t}", f"mmpose {t}") and NEW & {s, t}])
 def test_no_checkpoint_of_another_kind_loads_silently(every_format, targets, target, source):
     """Every checkpoint of another task or format into HigherHRNet or OCR, and theirs into every other model."""
     with pytest.raises(CheckpointError), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a segmentation checkpoint's align_corners warning, where one is reached
         load_checkpoint(targets[target], every_format[source])
+
+
+@pytest.mark.parametrize("source", ["higher", "mmpose higher"])
+def test_the_matrix_leaves_out_only_loads_that_fit(every_format, source):
+    """HigherHRNet's own formats, left out of the matrix above, load into it (strict)."""
+    assert load_checkpoint(higher(), every_format[source]).format == ("official" if source == "higher" else
+                                                                       "mmpose 0.x")

@@ -184,6 +184,15 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: Union[str, os.PathLike
                     "segmentation": "number of classes", "bottom-up pose": "number of joints",
                     "OCR segmentation": "number of classes"}[fmt.task]
             hints.insert(0, f"  The {what} differs: build the model with the checkpoint's num_classes.")
+            outputs = _classifier_size(state, fmt)
+            joints = next((m[0] for k, (c, m) in report.mismatched_keys.items()
+                           if k.startswith(fmt.classifier_prefixes)), None)
+            if fmt.task == "pose" and joints and outputs in (2 * joints, joints + 1):
+                hints.insert(1, f"  Its {outputs} outputs are this model's {joints} joints plus "
+                                f"{outputs - joints} tag map(s): if it is a bottom-up associative-embedding "
+                                f"checkpoint (mmpose's AESimpleHead or AssociativeEmbeddingHead: heatmaps and tags "
+                                f"from one conv), its outputs are not {outputs} joints' heatmaps and no top-down "
+                                f"pose model reads it correctly.")
         raise CheckpointError("\n".join([details] + hints), details, _classifier_size(state, fmt))
     check_align_corners(model, task, state, fmt, align_corners, lambda: identify_variant(state, fmt))
     model.load_state_dict(converted, strict=not problems)
