@@ -19,8 +19,13 @@ does) and names the head its own way:
     ``num_deconv_filters`` the branch-0 width, ``num_deconv_kernels=[4]``, ``num_basic_blocks=4``,
     ``cat_output=[True]``, ``with_ae_loss=[True, False]``, ``tag_per_joint=True``, ``final_conv_kernel=1``,
     stage 4 ending on branch 0), only ``num_joints`` varies (COCO 17, CrowdPose and AIC 14, COCO-WholeBody
-    133). A checkpoint of another head layout is refused, naming the difference (``loading.py``). mmpose 1.x has
-    no HigherHRNet head (its ``AssociativeEmbeddingHead`` is a ``HeatmapHead``).
+    133). A checkpoint of another head layout is refused, naming the difference (``loading.py``). No state dict
+    records the backbone's fusion upsampling (mmpose's ``extra.upsample``, nearest by default and in every
+    HigherHRNet config; ours is nearest) or the input normalisation (mmpose 0.x's ``NormalizeTensor`` with the
+    ImageNet mean/std on RGB in [0, 1], as the official repository). The UDP configs differ only in training
+    targets and decoding, so their raw outputs are ours too. mmpose 1.x has no HigherHRNet head (its
+    ``AssociativeEmbeddingHead`` is a ``HeatmapHead``: one conv of heatmaps and tags, under ``head.final_layer``
+    like a top-down model's, which a top-down model's load flags where the outputs are twice its joints).
 ``mmseg``
     ``FCNHead`` (``input_transform='resize_concat'``, ``num_convs=1``, ``kernel_size=1``): its ConvModule
     ``decode_head.convs.0.conv`` (no bias) + ``decode_head.convs.0.bn`` (our ``last_layer.0/1``) and
