@@ -174,8 +174,8 @@ def test_another_head_layout_is_refused_naming_the_difference(kw, named):
     checkpoint = to_mmpose_higher_hrnet(small(**kw).state_dict())
     model = small()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"(?s)mmpose 0.x format.*HigherHRNet head: the checkpoint's was built with .*"
-                       + named) as error:
+    with pytest.raises(CheckpointError, match=r"(?s)mmpose 0.x format.*HigherHRNet head: the checkpoint's was "
+                                              r"built with .*" + named) as error:
         load_checkpoint(model, checkpoint)
     build = ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in kw.items())
     assert f"PoseHigherResolutionNet(cfg, {build})" in str(error.value)

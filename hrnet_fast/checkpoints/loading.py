@@ -337,8 +337,8 @@ def _higher_head_differences(model: nn.Module, state: Mapping[str, torch.Tensor]
             build.append(f"{arg}={a}")
     if not differ and theirs["outputs"] == ours["outputs"]:
         return None
-    lines = [f"HigherHRNet head: the checkpoint's was built with {', '.join(differ) or 'other output layers'}; output "
-             f"channels per output, checkpoint {theirs['outputs']}, this model {ours['outputs']}."]
+    lines = [f"HigherHRNet head: the checkpoint's was built with {', '.join(differ) or 'other output layers'}; "
+             f"output channels per output, checkpoint {theirs['outputs']}, this model {ours['outputs']}."]
     if "num_joints" in theirs and theirs["num_joints"] != ours.get("num_joints"):
         lines.append("The number of joints differs.")
     name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
