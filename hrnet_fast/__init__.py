@@ -7,7 +7,8 @@
 from .models import HighResolutionNet, PoseHighResolutionNet, SegHighResolutionNet, check_input_size
 from . import cpu_features
 from .calibrate import calibrate_bn
-from .checkpoints import CheckpointError, LoadReport, load_checkpoint, to_mmpose, to_mmpretrain, to_mmseg, to_paddle
+from .checkpoints import (CheckpointError, LoadReport, load_checkpoint, to_mmpose, to_mmpose_higher_hrnet,
+                          to_mmpretrain, to_mmseg, to_mmseg_ocr, to_paddle)
 from .convert import convert
 from .ops import backend_info
 from .pose import TopDownPose
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HighResolutionNet", "PoseHighResolutionNet", "SegHighResolutionNet", "create_model", "list_models",
     "resolve_name", "check_input_size", "calibrate_bn", "load_checkpoint", "CheckpointError", "LoadReport",
-    "to_mmpretrain", "to_mmpose", "to_mmseg", "to_paddle", "profile", "Profile", "convert", "backend_info", "warmup",
+    "to_mmpretrain", "to_mmpose", "to_mmpose_higher_hrnet", "to_mmseg", "to_mmseg_ocr", "to_paddle", "profile",
+    "Profile", "convert", "backend_info", "warmup",
     "cpu_features", "TopDownPose", "Segmenter",
 ]

@@ -156,7 +156,8 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
         parallel_branches: run an HR module's branches (and its output fusions) at once instead of one after
             another (``replay.py``): on CPU its replayed steps as lanes, one thread each. None (default): on CPU
             decided per stage, input shape and thread count at the first replayed call by timing both schedules;
-            on CUDA serial (see the README). True wherever there are two or more threads, False never.
+            on CUDA serial (docs/convert.md, "Branch-parallel schedule"). True wherever there are two or more
+            threads, False never.
             ``HRNET_FAST_PARALLEL_BRANCHES=0`` keeps every model serial. The fusion report says which runs and why.
             A converted model given again keeps its setting unless this is True or False.
     """

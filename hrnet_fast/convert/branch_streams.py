@@ -11,7 +11,8 @@ streams, they become parallel paths of the graph. The pattern is the fork/join C
 Every tensor a part reads or writes stays referenced until after the join, so the caching allocator never hands a
 block to one stream while another may still use it. Only during capture: eager CUDA calls and the warm-up runs stay
 on one stream (their launches are not concurrent work anyway), and the default (``parallel_branches=None``) is
-serial on CUDA until a GPU run of benchmarks/gpu_check.sh decides otherwise (README, "Branch-parallel schedule").
+serial on CUDA until a GPU run of benchmarks/gpu_check.sh decides otherwise (docs/convert.md, "Branch-parallel
+schedule").
 """
 from __future__ import annotations
 

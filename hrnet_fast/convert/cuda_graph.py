@@ -2,7 +2,7 @@
 
 At batch 1 an HRNet forward is ~300 fused kernels of a few microseconds each; the GPU waits on launches, and the
 Python that issues them costs as much as the kernels. A CUDA graph turns them into one launch. Rules (documented in
-the README):
+docs/convert.md, "CUDA graphs"):
   - a graph is captured the first time a (shape, dtype, memory format, device) is seen, after two warm-up runs
     (they make every choice a capture must not make: Triton tuning and module loading, cuDNN's fused-engine
     decisions, allocator growth), and kept in a bounded LRU cache (``max_graphs``, default 8; the least recently
