@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import hrnet_fast
-from tests.tiny_hrnet import TINY
+from tiny_hrnet import TINY
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -16,7 +16,7 @@ from PIL import Image
 import hrnet_fast
 from hrnet_fast.cli import main as cli_main
 from hrnet_fast.segment.evaluate import confusion_matrix, metrics
-from tests.segment_support import normalized, whole_scores
+from segment_support import normalized, whole_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

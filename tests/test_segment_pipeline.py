@@ -8,9 +8,9 @@ import torch
 
 import hrnet_fast
 from hrnet_fast import Segmenter
-from tests.segment_support import (disagreements_are_ties, images, network_gap, normalized, tiny_seg_model,
+from segment_support import (disagreements_are_ties, images, network_gap, normalized, tiny_seg_model,
                                    whole_scores)
-from tests.tiny_hrnet import TINY
+from tiny_hrnet import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hrnet_fast import Segmenter
 from hrnet_fast.segment import tiled
 from hrnet_fast.segment.windows import Window, slide_windows
-from tests.segment_support import disagreements_are_ties, images, network_gap, normalized, tiny_seg_model
+from segment_support import disagreements_are_ties, images, network_gap, normalized, tiny_seg_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
