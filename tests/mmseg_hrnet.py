@@ -11,7 +11,8 @@ and forward behaviour:
 - ``Upsample`` (``mmseg/models/utils/wrappers.py``): ``size``, ``scale_factor``, ``mode``, ``align_corners``;
   resizes to ``int(t * scale_factor)`` per side.
 - ``FCNHead`` (``mmseg/models/decode_heads/fcn_head.py`` over ``decode_head.py``'s ``BaseDecodeHead``) as the
-  config builds it: ``in_channels`` [18, 36, 72, 144], ``in_index`` (0, 1, 2, 3), ``input_transform='resize_concat'``
+  config builds it: ``in_channels`` [18, 36, 72, 144] (kept as their sum, 270, as ``BaseDecodeHead._init_inputs``
+  does for resize_concat), ``in_index`` (0, 1, 2, 3), ``input_transform='resize_concat'``
   (every map resized bilinearly to the first one's size with the head's ``align_corners``, False, and concatenated),
   ``convs`` = Sequential(ConvModule 1x1 -> BN -> ReLU), ``concat_input=False``, ``dropout_ratio=-1`` (``dropout``
   None), ``conv_seg`` 1x1 conv with bias.
@@ -150,7 +151,7 @@ class HRNet(nn.Module):
 class FCNHead(nn.Module):
     def __init__(self, in_channels, num_classes, align_corners=False):
         super().__init__()
-        self.in_channels = list(in_channels)
+        self.in_channels = sum(in_channels)  # BaseDecodeHead._init_inputs keeps the sum for resize_concat
         self.in_index = tuple(range(len(in_channels)))
         self.input_transform = "resize_concat"
         self.channels = sum(in_channels)

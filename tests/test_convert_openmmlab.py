@@ -101,12 +101,24 @@ def test_resize_module_that_does_not_do_what_its_attributes_say_stays_eager():
 def test_decode_head_that_is_not_resize_concat_is_fused_conv_by_conv():
     model = mmseg_fcn_hrnet()
     model.decode_head.in_index = (0, 1, 2, 3)[::-1]  # the concatenation now starts from branch 3's size
-    model.decode_head.in_channels = model.decode_head.in_channels[::-1]
     head = model.decode_head
     head.convs[0].conv = nn.Conv2d(head.channels, head.channels, 1, bias=False)  # same width, any order
     fast = hrnet_fast.convert(model)
     report = fast.fusion_report()
     assert any(e.path == "decode_head" and "in_index" in e.detail for e in report.unfused), str(report)
+    assert any(e.path == "decode_head.convs.0" and e.pattern == "conv+bn+relu" for e in report.fused)
+    assert_model_matches(model, fast, image(64, 64), decision=pixel_classes)
+
+
+def test_decode_head_whose_in_channels_are_not_the_backbone_maps_is_fused_conv_by_conv():
+    """mmseg keeps a resize_concat head's in_channels as one sum: the branch widths come from the backbone's maps,
+    and a head that reads other widths than it says is not split over them."""
+    model = mmseg_fcn_hrnet()
+    model.decode_head.in_channels += 1
+    said = f"in_channels {model.decode_head.in_channels} is not the channels of the backbone's maps"
+    fast = hrnet_fast.convert(model)
+    report = fast.fusion_report()
+    assert any(e.path == "decode_head" and said in e.detail for e in report.unfused), str(report)
     assert any(e.path == "decode_head.convs.0" and e.pattern == "conv+bn+relu" for e in report.fused)
     assert_model_matches(model, fast, image(64, 64), decision=pixel_classes)
 

@@ -37,11 +37,31 @@ def _conv_module(m: nn.Module) -> bool:
             and not getattr(m, "with_explicit_padding", False))
 
 
-def _layout(head: nn.Module) -> Optional[str]:
-    """Why ``head`` is not a resize_concat FCNHead with one 1x1 ConvModule, or None when it is."""
-    widths = getattr(head, "in_channels", None)
-    if getattr(head, "input_transform", None) != "resize_concat" or not isinstance(widths, (list, tuple)):
+def branch_widths(net: nn.Module, head: nn.Module) -> Optional[List[int]]:
+    """The channels of the branch maps ``head`` reads, in its ``in_index`` order. mmsegmentation's ``BaseDecodeHead``
+    keeps only their sum for resize_concat (``in_channels``), so they are read off the maps the backbone ``net``
+    returns on a 64x64 probe input, taken at ``in_index``; None where those do not add up to ``in_channels``."""
+    widths, index = getattr(head, "in_channels", None), getattr(head, "in_index", None)
+    first = probe.first_conv(net)
+    if not isinstance(widths, int) or not isinstance(index, (list, tuple)) or first is None:
+        return None
+    try:
+        with torch.no_grad():
+            maps = net(probe.probe_input(net, first.in_channels, (64, 64), seed=0))
+        found = [maps[i].shape[1] for i in index]
+    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError):
+        return None
+    return found if sum(found) == widths else None
+
+
+def _layout(head: nn.Module, widths: Optional[List[int]]) -> Optional[str]:
+    """Why ``head`` (reading maps of ``widths`` channels) is not a resize_concat FCNHead with one 1x1 ConvModule,
+    or None when it is."""
+    if getattr(head, "input_transform", None) != "resize_concat":
         return "not an input_transform='resize_concat' decode head"
+    if widths is None:
+        return (f"in_channels {getattr(head, 'in_channels', None)!r} is not the channels of the backbone's maps at "
+                f"in_index {getattr(head, 'in_index', None)!r} added up")
     if tuple(getattr(head, "in_index", ())) != tuple(range(len(widths))):
         return f"in_index {getattr(head, 'in_index', None)} does not take every branch in order"
     if not isinstance(getattr(head, "align_corners", None), bool) or getattr(head, "concat_input", False):
@@ -58,9 +78,8 @@ def _layout(head: nn.Module) -> Optional[str]:
     return None
 
 
-def _behaves(head: nn.Module) -> bool:
+def _behaves(head: nn.Module, widths: List[int]) -> bool:
     """Whether ``head``'s forward on branch maps of 9x7, 5x4, 3x2, 2x1 is the resize_concat composition."""
-    widths: List[int] = list(head.in_channels)
     xs = [probe.probe_input(head, c, s, seed=i) for i, (c, s) in enumerate(zip(widths, probe.branch_sizes(len(widths))))]
     cm = head.convs[0]
     size = xs[0].shape[-2:]
@@ -73,20 +92,21 @@ def _behaves(head: nn.Module) -> bool:
     return probe.same(composed, reference)
 
 
-def fuse_decode_head(rw: Rewriter, model: nn.Module) -> None:
-    """Replaces ``model.decode_head`` in place by its ``FusedSegHead`` where it is the head above; else reports why
-    (nothing to do when ``model`` has no ``decode_head``)."""
+def fuse_decode_head(rw: Rewriter, model: nn.Module, net: nn.Module) -> None:
+    """Replaces ``model.decode_head`` in place by its ``FusedSegHead`` where it is the head above over the HRNet
+    ``net``'s branch maps; else reports why (nothing to do when ``model`` has no ``decode_head``)."""
     head = getattr(model, PATH, None)
     if head is None:
         return
-    why = _layout(head)
-    if why is None and not _behaves(head):
+    widths = branch_widths(net, head)
+    why = _layout(head, widths)
+    if why is None and not _behaves(head, widths):
         why = "its forward is not resize_concat -> convs -> conv_seg"
     if why is not None:
         rw.report.skip(PATH, "segmentation head", f"{why}; its convs are fused one by one")
         return
     cm = head.convs[0]
     fused = fused_seg_head(rw, (f"{PATH}.convs.0.conv", f"{PATH}.conv_seg", PATH), cm.conv,
-                                         getattr(cm, cm.norm_name), head.conv_seg, list(head.in_channels),
+                                         getattr(cm, cm.norm_name), head.conv_seg, widths,
                                          head.align_corners)
     setattr(model, PATH, fused)

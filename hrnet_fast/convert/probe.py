@@ -28,7 +28,7 @@ IMAGE = (36, 28)     # a model probe's input: the stem's two stride-2 convs brin
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
-def _first_conv(m: nn.Module) -> Optional[nn.Conv2d]:
+def first_conv(m: nn.Module) -> Optional[nn.Conv2d]:
     return next((c for c in m.modules() if isinstance(c, nn.Conv2d)), None)
 
 
@@ -84,7 +84,7 @@ def fuse_reference(fuse_layers: nn.ModuleList, ys: List[torch.Tensor],
 def hr_module_align_corners(m: nn.Module) -> Optional[bool]:
     """``align_corners`` of an HR module whose forward resizes its upsampled terms bilinearly to the target
     branch's size; None when its forward does something else."""
-    convs = [_first_conv(b) for b in m.branches]
+    convs = [first_conv(b) for b in m.branches]
     if any(c is None for c in convs):
         return None
     xs = [probe_input(m, c.in_channels, s, seed=i) for i, (c, s) in enumerate(zip(convs, branch_sizes(len(convs))))]
@@ -128,7 +128,7 @@ def hr_module_post_resize(m: nn.Module) -> Optional[PostResize]:
     found by running it: where the branches do not halve exactly (9x7, 5x4, ...), against the terms resized once
     more bilinearly to the target's size; where they do (16x8, 8x4, ...), against the terms added as they are.
     None when neither matches."""
-    convs = [_first_conv(b) for b in m.branches]
+    convs = [first_conv(b) for b in m.branches]
     if any(c is None for c in convs):
         return None
     exact = [(16 >> k, 8 >> k) for k in range(len(convs))]
@@ -160,7 +160,7 @@ def official_features(net: nn.Module, x: torch.Tensor) -> List[torch.Tensor]:
 def segmentation_align_corners(net: nn.Module) -> Optional[bool]:
     """``align_corners`` of an official-layout segmentation HRNet whose forward is ``last_layer(cat(branch 0,
     branches 1..3 resized bilinearly to branch 0))``; None when its forward is something else."""
-    conv = _first_conv(net)
+    conv = first_conv(net)
     if conv is None:
         return None
     x = probe_input(net, conv.in_channels, IMAGE, seed=0)

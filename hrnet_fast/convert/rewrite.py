@@ -48,10 +48,10 @@ def rewrite_hrnet(model: nn.Module, dtype: torch.dtype, backend: Optional[str],
     if official_widths and official_align_corners is None:
         report.skip("last_layer", "segmentation head", "the model's forward does not compute last_layer over branch 0 "
                     "and branches 1..3 resized bilinearly to it")
+    if net is not model:  # an HRNet inside another model: mmsegmentation's EncoderDecoder has its decode_head
+        fuse_decode_head(rw, model, net)  # first: it may run the backbone as given to learn the branch widths
     rw.stem(prefix, net)
     seg_head = segmentation_head(rw, net) if net is model else None
-    if net is not model:  # an HRNet inside another model: mmsegmentation's EncoderDecoder has its decode_head
-        fuse_decode_head(rw, model)
     if seg_head is None and official_align_corners is not None:
         seg_head = split_head(rw, net, official_widths, official_align_corners)
     rw.children("", model)
