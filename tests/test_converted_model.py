@@ -10,6 +10,7 @@ import torch
 
 import hrnet_fast
 from hrnet_fast.convert import FORWARDED_ATTRIBUTES, ConvertedModel
+from tolerance import assert_model_matches
 
 SMALL = (64, 64)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,6 +193,48 @@ def test_keep_channels_last_option(features):
 
 
 # -- TorchScript, saving, loading -------------------------------------------------------------------------------
+
+class _Called(torch.nn.Module):
+    """``model`` called as ``call(model, x)``, as a module of x alone (for the tolerance rule's copies)."""
+
+    def __init__(self, model, call):
+        super().__init__()
+        self.model, self.call = model, call
+
+    def forward(self, x):
+        return self.call(self.model, x)
+
+
+def heatmap_peaks(y):
+    return y.flatten(2).argmax(-1)
+
+
+class Estimator(torch.nn.Module):
+    """A pose network behind an mmpose-style entry point: ``forward(inputs, data_samples, mode="tensor")`` with no
+    default for ``data_samples`` (mmpose's ``BasePoseEstimator``)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.backbone = net
+
+    def forward(self, inputs, data_samples, mode="tensor"):
+        if mode != "tensor":
+            raise RuntimeError(f"mode {mode!r} is not taken here")
+        return self.backbone(inputs) * (1 if data_samples is None else 2)
+
+
+def test_further_arguments_reach_the_wrapped_forward():
+    """A converted model is called as the model was: its forward's further arguments pass through."""
+    estimator = Estimator(calibrated("pose_hrnet_w32")).eval()
+    fast = hrnet_fast.convert(copy.deepcopy(estimator))
+    x = image(batch=1)
+    for call in (lambda m, t: m(t, None), lambda m, t: m(t, None, mode="tensor"), lambda m, t: m(t, data_samples=[])):
+        assert_model_matches(_Called(estimator, call), lambda t: call(fast, t), x, decision=heatmap_peaks)
+    with pytest.raises(TypeError, match="data_samples"):
+        fast(x)  # as the estimator itself would
+    with pytest.raises(RuntimeError, match="mode 'loss'"):
+        fast(x, None, mode="loss")
+
 
 def test_torchscript_is_refused_naming_export_and_onnx(model):
     fast = hrnet_fast.convert(model)

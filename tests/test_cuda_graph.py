@@ -77,9 +77,9 @@ def cache(monkeypatch):
     model = small_model()
     captures = []
 
-    def capture(self, x, batch):
+    def capture(self, x, batch, fn):
         static_in = self._static_input(x, batch)
-        graph = FakeGraph(self.fn, static_in)
+        graph = FakeGraph(fn, static_in)
         captures.append(graph)
         return graph, static_in, graph.static_out
 
@@ -110,6 +110,24 @@ def test_graphs_are_reused_until_the_model_changes(cache):
         model.double()
         y3 = gc(x.double())
         assert len(captures) == 3 and y3.dtype == torch.float64
+
+
+def test_constant_further_arguments_get_a_graph_each(cache):
+    """fn(x, *args, **kwargs) for constant arguments (an mmpose estimator's data_samples=None, mode="tensor"): one
+    graph per (input, arguments), each replaying what fn computes with them."""
+    gc, model, captures = cache
+    gc.fn = lambda x, samples=None, mode="tensor": model(x) * (2 if mode == "double" else 1)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(gc(x, None), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(gc(x, None, mode="double"), 2 * model(x), rtol=0, atol=0)
+        torch.testing.assert_close(gc(x, None, mode="tensor"), model(x), rtol=0, atol=0)
+        assert len(captures) == 3
+        gc(x, None, mode="double")
+        assert len(captures) == 3  # replayed, not captured again
+    assert cuda_graph.GraphCache.takes((None, 1, 2.0, True), {"mode": "tensor"})
+    assert not cuda_graph.GraphCache.takes((torch.zeros(1),), {})
+    assert not cuda_graph.GraphCache.takes((), {"data_samples": [object()]})
 
 
 def test_cache_is_bounded_and_clear_drops_everything(cache):

@@ -288,10 +288,12 @@ def test_mmpose_td_hm_hrnet_w32_is_fused_whole_and_matches(mmpose_hrnet_w32):
     assert y.shape == (2, 17, POSE_SIZE[0] // 4, POSE_SIZE[1] // 4)
 
 
-def test_mmpose_converted_estimator_is_called_with_the_image_alone(mmpose_hrnet_w32):
-    """A converted model takes one image batch; for an mmpose estimator that is its tensor-mode output."""
+def test_mmpose_converted_estimator_is_called_as_the_estimator_is(mmpose_hrnet_w32):
+    """The converted estimator takes what the estimator takes: ``fast(inputs, data_samples, mode)``."""
     _, model, fast = mmpose_hrnet_w32
-    assert_model_matches(TensorMode(model), fast, image(*POSE_SIZE), decision=heatmap_peaks)
+    assert_model_matches(TensorMode(model), lambda x: fast(x, None), image(*POSE_SIZE), decision=heatmap_peaks)
+    assert_model_matches(TensorMode(model), lambda x: fast(x, None, mode="tensor"), image(*POSE_SIZE),
+                         decision=heatmap_peaks)
 
 
 def test_mmpose_checkpoint_of_the_real_model_loads_into_pose_hrnet_w32(mmpose_hrnet_w32, tmp_path):

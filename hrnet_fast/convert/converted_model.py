@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional
 
 import torch
@@ -67,6 +68,7 @@ class ConvertedModel(nn.Module):
         self.hrnet = hrnet
         self.report = report
         self.batch_independent = batch_independent
+        self._warned_arguments = False  # a call with non-constant further arguments ran without graphs (forward)
         self.set_cuda_graph(cuda_graph)
         super().train(False)
 
@@ -169,22 +171,33 @@ class ConvertedModel(nn.Module):
             raise ValueError(f"the model cannot take a {x.shape[-2]}x{x.shape[-1]} input: height and width must be "
                              f"at least 1")
 
-    def _run(self, x: torch.Tensor) -> Any:
-        """The fused model on ``x``, outputs in ``x``'s layout (what CUDA graphs capture)."""
+    def _run(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The fused model on ``x`` (and any further arguments of its forward), outputs in ``x``'s layout (what CUDA
+        graphs capture)."""
         restore = not self.keep_channels_last and output_memory_format(x) != torch.channels_last
         if self.channels_last and not self.padding.pads_image:  # a padding stem lays the image out as it pads it
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.padding.slice_outputs(self.inner(x), dense=not restore)
+        out = self.padding.slice_outputs(self.inner(x, *args, **kwargs), dense=not restore)
         return _contiguous(out) if restore else out
 
-    def forward(self, x: torch.Tensor) -> Any:
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The model's outputs on the image batch ``x``. Further arguments go to the wrapped model's forward as
+        given (an mmpose estimator's ``data_samples`` and ``mode``: ``fast(x, None)`` is its tensor mode). On CUDA
+        a call whose further arguments are constants replays a graph captured for them; other arguments (tensors,
+        lists of samples) run without graphs, with a warning the first time."""
         if torch.jit.is_tracing():
             raise RuntimeError(_NO_TORCHSCRIPT)
         self.check_input(x)
         with torch.no_grad():
             if self.graphs is not None and x.is_cuda and not torch.compiler.is_compiling():
-                return self.graphs(x)
-            return self._run(x)
+                if GraphCache.takes(args, kwargs):
+                    return self.graphs(x, *args, **kwargs)
+                if not self._warned_arguments:
+                    self._warned_arguments = True
+                    warnings.warn("hrnet_fast: a converted model called with arguments besides the image batch that "
+                                  "are not constants (None, bool, int, float, str) runs without CUDA graphs",
+                                  RuntimeWarning, stacklevel=2)
+            return self._run(x, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"dtype={self.dtype}, channels_last={self.channels_last}, "

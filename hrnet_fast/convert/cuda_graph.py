@@ -103,12 +103,21 @@ class GraphCache:
         self._dicts = tensor_dicts(module)
         self._signature: Any = None
 
-    def key(self, x: torch.Tensor) -> Tuple:
+    def key(self, x: torch.Tensor, args: Tuple = (), kwargs: Optional[Dict[str, Any]] = None) -> Tuple:
+        """What a graph is captured for: the input's (bucketed) shape, dtype, layout and device, and the further
+        arguments of the forward (constants, see ``takes``)."""
         fmt = "cl" if x.is_contiguous(memory_format=torch.channels_last) else "nchw"
         shape = tuple(x.shape)
         if self.bucket_batches:
             shape = (batch_bucket(shape[0]),) + shape[1:]
-        return shape, x.dtype, fmt, x.device
+        return shape, x.dtype, fmt, x.device, tuple(args), tuple(sorted((kwargs or {}).items()))
+
+    @staticmethod
+    def takes(args: Tuple, kwargs: Dict[str, Any]) -> bool:
+        """Whether a forward with these further arguments can be replayed: each is a constant (None, a bool, int,
+        float or str, as an mmpose estimator's ``data_samples=None, mode="tensor"``), which a graph captures as it
+        captures the weights; a tensor or a list of samples would be read at capture only."""
+        return all(v is None or isinstance(v, (bool, int, float, str)) for v in (*args, *kwargs.values()))
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -128,7 +137,8 @@ class GraphCache:
         static_in[:x.shape[0]].copy_(x)
         return static_in
 
-    def _capture(self, x: torch.Tensor, batch: int) -> Tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
+    def _capture(self, x: torch.Tensor, batch: int, fn: Callable[[torch.Tensor], Any]
+                 ) -> Tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
         """Warm-up runs then a capture of ``fn`` on a ``batch``-row input, on ``x``'s device (current within the
         caller's guard)."""
         static_in = self._static_input(x, batch)
@@ -136,31 +146,33 @@ class GraphCache:
         stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(stream):
             for _ in range(2):  # warm-up: Triton tuning and module loads, cuDNN decisions, allocator, lazy init
-                self.fn(static_in)
+                fn(static_in)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            static_out = self.fn(static_in)
+            static_out = fn(static_in)
         torch.cuda.current_stream(x.device).wait_stream(stream)
         return graph, static_in, static_out
 
-    def __call__(self, x: torch.Tensor) -> Any:
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """``fn(x, *args, **kwargs)`` replayed from a graph; the further arguments are constants (``takes``)."""
+        fn = (lambda t: self.fn(t, *args, **kwargs)) if args or kwargs else self.fn
         if x.shape[0] == 0:  # nothing to launch: a graph would only hold memory
-            return self.fn(x)
+            return fn(x)
         sig = signature(self._dicts)
         if sig != self._signature:  # the model's tensors moved or changed since the graphs were captured
             self._graphs.clear()
             self._signature = sig
-        k = self.key(x)
+        k = self.key(x, args, kwargs)
         with torch.cuda.device(x.device):
             entry = self._graphs.get(k)
             if entry is None:
-                entry = self._capture(x, k[0][0])
+                entry = self._capture(x, k[0][0], fn)
                 if self.bucket_batches and any(n != k[0][0] for n in _leading_sizes(entry[2])):
                     warnings.warn("hrnet_fast: this model's outputs do not all lead with the batch dimension, so its "
                                   "CUDA graphs are captured per exact batch size", RuntimeWarning, stacklevel=3)
                     self.bucket_batches = False
                     self._graphs.clear()
-                    return self(x)
+                    return self(x, *args, **kwargs)
                 self._graphs[k] = entry
                 if len(self._graphs) > self.max_graphs:
                     self._graphs.popitem(last=False)
