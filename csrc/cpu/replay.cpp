@@ -12,10 +12,12 @@
 // it reads last, so memory is freed as early as on the module path. Anything the steps do not take as given
 // (a dtype without a primitive, input the kernels reject) makes the call return None before any caller-visible
 // effect, and the caller runs its module path, which gives the answer or the error.
+//
+// The program and its schedules are replay_program.{h,cpp}; this file reads it from Python and runs it for Python.
+
 #ifdef HRNET_FAST_WITH_ONEDNN
 
-#include "cpu/onednn_conv.h"
-#include "ops.h"
+#include "cpu/replay_program.h"
 #include "plain_call.h"
 
 #include <ATen/ATen.h>
@@ -26,242 +28,18 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
-#include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
-#include <omp.h>
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <exception>
 #include <map>
-#include <memory>
-#include <mutex>
 #include <optional>
-#include <tuple>
 #include <string>
 #include <vector>
 
 namespace hrnet_fast {
 namespace {
 
-struct Step {
-  enum class Kind { kConv, kFuse } kind;
-  std::vector<int> reads;    // conv: x, residual (or -1); fuse: x, low_res..., same_res...
-  int out = -1;
-  std::vector<int> release;           // slots read for the last time here, in the serial order
-  std::vector<int> release_parallel;  // those read here after every other read in any branch-parallel run
-  // conv
-  std::shared_ptr<onednn::Conv> conv;
-  at::Tensor weight;         // the module's buffer (its TensorImpl): checked, never read by the step
-  const void* weight_ptr = nullptr;
-  int64_t weight_version = 0;
-  at::Tensor bias;           // the module's buffer, read at each run as the module path does
-  bool relu = false, residual_is_free = false;
-  // fuse
-  size_t low = 0;            // reads[1, 1 + low) are low_res, the rest same_res
-  std::string mode;
-  bool align_corners = false;
-};
-
-// Steps that may run at once: each lane's steps in order, the lanes in any order or concurrently (no lane reads
-// what another writes: replay.py's Builder checks that against the steps' slots). A phase with one lane runs its
-// steps with every thread; the phases run one after another.
-struct Phase {
-  std::vector<std::vector<int>> lanes;  // step indices
-  std::vector<int> release;             // slots several lanes read last, dropped after the phase
-};
-
-// How a program runs: the steps in order, each conv on every thread (serial), the lanes of each phase
-// concurrently on one thread each (parallel), or whichever the first call for an input shape and thread count
-// measured faster (automatic).
-enum class Mode { kSerial = 0, kParallel = 1, kAutomatic = 2 };
-
-using Slots = std::vector<at::Tensor>;
-
-int64_t version_of(const at::Tensor& t) { return t.is_inference() ? -1 : static_cast<int64_t>(t._version()); }
-
-class Program {
- public:
-  // (batch, height, width of the first input, threads): what a decision holds for
-  using Key = std::tuple<int64_t, int64_t, int64_t, int>;
-  struct Decision {
-    bool parallel = false;
-    double serial_ms = 0, parallel_ms = 0;  // the faster of two timed runs each; 0 where not measured
-  };
-
-  Program(std::vector<Step> steps, int inputs, int slots, std::vector<int> outputs, at::ScalarType dtype,
-          std::vector<Phase> phases, Mode mode)
-      : steps_(std::move(steps)), inputs_(inputs), slots_(slots), outputs_(std::move(outputs)), dtype_(dtype),
-        phases_(std::move(phases)), mode_(mode) {}
-
-  int inputs() const { return inputs_; }
-  at::ScalarType dtype() const { return dtype_; }
-  Mode mode() const { return mode_; }
-
-  // Whether some phase has lanes to run at once.
-  bool splits() const {
-    for (const Phase& p : phases_) {
-      if (p.lanes.size() > 1) return true;
-    }
-    return false;
-  }
-
-  std::map<Key, Decision> decisions() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return decisions_;
-  }
-
-  // Every conv's weight is the tensor its primitives were made from, unchanged since (pointer and version).
-  bool weights_current() const {
-    for (const Step& s : steps_) {
-      if (s.kind == Step::Kind::kConv &&
-          (s.weight.const_data_ptr() != s.weight_ptr || version_of(s.weight) != s.weight_version)) {
-        return false;
-      }
-    }
-    return true;
-  }
-
-  // The outputs, or nullopt where a step does not take its input as given.
-  std::optional<Slots> run(const Slots& inputs) const {
-    at::internal::lazy_init_num_threads();
-    const int threads = omp_in_parallel() ? 1 : at::get_num_threads();
-    if (mode_ == Mode::kSerial || threads < 2 || !splits()) return outputs_of(run_serial(inputs));
-    if (mode_ == Mode::kParallel) return outputs_of(run_parallel(inputs, threads));
-    const Key key{inputs[0].size(0), inputs[0].size(2), inputs[0].size(3), threads};
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto found = decisions_.find(key);
-      if (found != decisions_.end()) {
-        return outputs_of(found->second.parallel ? run_parallel(inputs, threads) : run_serial(inputs));
-      }
-    }
-    return outputs_of(decide(inputs, threads, key));
-  }
-
- private:
-  // Times both schedules, interleaved (a first parallel run creates its single-thread primitives untimed), keeps
-  // the faster, and returns that run's slots. Parallel must win by 3 %: within noise, the serial schedule stays.
-  std::optional<Slots> decide(const Slots& inputs, int threads, const Key& key) const {
-    if (!run_parallel(inputs, threads)) return std::nullopt;
-    using Clock = std::chrono::steady_clock;
-    Decision d{false, 1e300, 1e300};
-    std::optional<Slots> serial, parallel;
-    for (int i = 0; i < 2; ++i) {
-      auto t0 = Clock::now();
-      serial = run_serial(inputs);
-      auto t1 = Clock::now();
-      parallel = run_parallel(inputs, threads);
-      auto t2 = Clock::now();
-      if (!serial || !parallel) return std::nullopt;
-      d.serial_ms = std::min(d.serial_ms, std::chrono::duration<double, std::milli>(t1 - t0).count());
-      d.parallel_ms = std::min(d.parallel_ms, std::chrono::duration<double, std::milli>(t2 - t1).count());
-    }
-    d.parallel = d.parallel_ms < 0.97 * d.serial_ms;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      decisions_.emplace(key, d);
-    }
-    return d.parallel ? parallel : serial;
-  }
-
-  std::optional<Slots> outputs_of(std::optional<Slots> slots) const {
-    if (!slots) return std::nullopt;
-    Slots out;
-    out.reserve(outputs_.size());
-    for (int o : outputs_) out.push_back((*slots)[o]);
-    return out;
-  }
-
-  // One step on `slots`; false where it does not take its input as given.
-  bool run_step(const Step& s, Slots& slots, onednn::Exec& exec, bool parallel) const {
-    if (s.kind == Step::Kind::kConv) {
-      const at::Tensor& x = slots[s.reads[0]];
-      std::optional<at::Tensor> residual;
-      if (s.reads[1] >= 0) residual = slots[s.reads[1]];
-      if (!s.conv->takes(x, s.bias, residual)) return false;
-      RECORD_FUNCTION("hrnet_fast_C::onednn_conv", std::vector<c10::IValue>());  // as onednn_conv_run names it
-      std::optional<at::Tensor> y = s.conv->run(x, s.bias, residual, s.relu, s.residual_is_free, exec);
-      if (!y) return false;
-      residual.reset();  // the step's own reference, so that a released residual is freed here
-      slots[s.out] = std::move(*y);
-    } else {
-      std::vector<at::Tensor> low, same;
-      for (size_t i = 1; i < s.reads.size(); ++i) (i <= s.low ? low : same).push_back(slots[s.reads[i]]);
-      FuseArgs fuse = prepare_fuse(slots[s.reads[0]], low, same, /*relu=*/true, s.mode, s.align_corners,
-                                   c10::DeviceType::CPU);
-      if (fuse.out.numel() > 0) {
-        RECORD_FUNCTION("hrnet_fast_C::multires_fuse", std::vector<c10::IValue>());  // as module.cpp names it
-        multires_fuse_cpu(fuse);
-      }
-      slots[s.out] = std::move(fuse.out);
-    }
-    for (int r : parallel ? s.release_parallel : s.release) slots[r].reset();
-    return true;
-  }
-
-  std::optional<Slots> run_serial(Slots slots) const {
-    slots.resize(slots_);
-    onednn::Exec exec;
-    for (const Step& s : steps_) {
-      if (!run_step(s, slots, exec, false)) return std::nullopt;
-    }
-    return slots;
-  }
-
-  // Each phase's lanes on a team of min(lanes, threads) OpenMP threads (the runtime torch's ops use), taken in
-  // turn by whichever thread is free; inside the team oneDNN and at::parallel_for run on the calling thread.
-  // Each thread has its own oneDNN stream and scratchpad, and the caller's thread-local state (grad and
-  // inference mode, the profiler), so what a lane creates is what the serial run creates.
-  std::optional<Slots> run_parallel(Slots slots, int threads) const {
-    slots.resize(slots_);
-    std::vector<onednn::Exec> execs(threads);
-    const at::ThreadLocalState state;
-    for (const Phase& phase : phases_) {
-      const int lanes = static_cast<int>(phase.lanes.size());
-      if (lanes == 1) {
-        for (int i : phase.lanes[0]) {
-          if (!run_step(steps_[i], slots, execs[0], true)) return std::nullopt;
-        }
-      } else {
-        std::atomic<bool> failed{false};
-        std::exception_ptr error;
-        std::mutex error_mutex;
-#pragma omp parallel for num_threads(std::min(lanes, threads)) schedule(dynamic, 1)
-        for (int lane = 0; lane < lanes; ++lane) {
-          if (failed.load()) continue;
-          try {
-            at::ThreadLocalStateGuard guard(state);
-            for (int i : phase.lanes[lane]) {
-              if (!run_step(steps_[i], slots, execs[omp_get_thread_num()], true)) {
-                failed = true;
-                break;
-              }
-            }
-          } catch (...) {  // no exception may leave an OpenMP region: rethrown on the calling thread below
-            std::lock_guard<std::mutex> lock(error_mutex);
-            if (!error) error = std::current_exception();
-            failed = true;
-          }
-        }
-        if (error) std::rethrow_exception(error);
-        if (failed) return std::nullopt;
-      }
-      for (int r : phase.release) slots[r].reset();
-    }
-    return slots;
-  }
-
-  std::vector<Step> steps_;
-  int inputs_, slots_;
-  std::vector<int> outputs_;
-  at::ScalarType dtype_;
-  std::vector<Phase> phases_;
-  Mode mode_;
-  mutable std::mutex mutex_;
-  mutable std::map<Key, Decision> decisions_;
-};
+using replay::Mode;
+using replay::Phase;
+using replay::Program;
+using replay::Step;
 
 constexpr const char* kCapsule = "hrnet_fast.replay";
 
