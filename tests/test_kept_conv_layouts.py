@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import hrnet_fast
 from hrnet_fast.convert.fused import FoldedConv, FusedConvBNAct
 from hrnet_fast.ops import onednn_conv
-from hrnet_fast.ops.onednn_conv import OnednnConv
 from lite_hrnet import LITE_HRNET_18, LiteHRNetPose
 from tolerance import assert_matches_reference, assert_model_matches
 

@@ -4,7 +4,6 @@ channels_last map (before, the shuffle's ``.contiguous()`` made about 120 of the
 is not what its children's names suggest left as it is."""
 import pytest
 import torch
-import torch.nn as nn
 
 import hrnet_fast
 from hrnet_fast.convert.fused import FoldedConv, FusedConvBNAct
