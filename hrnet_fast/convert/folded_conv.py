@@ -69,18 +69,20 @@ class FoldedConv(nn.Module):
         return torch.relu(y) if self.relu else y
 
     def _kept(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> Optional[OnednnConv]:
-        """The kept oneDNN primitives for this call (built on the first CPU call), or None: the plain conv runs."""
+        """The kept oneDNN primitives for this call (built on the first CPU call), or None: the plain conv runs.
+        Only plain eager calls take them (``direct.plain_eager_call``: not traced, compiled or under a mode), so a
+        traced value is never tested here."""
         if self.kept_geometry is None or not self.channels_last or torch.compiler.is_compiling() or \
-                not x.is_cpu or not torch._C._get_mkldnn_enabled():
+                not torch._C._get_mkldnn_enabled() or not direct.plain_eager_call(x, residual):
             return None
         weight = self.conv.weight
         prepared = self._prepared.current(weight)
-        if prepared is None and x.dim() == 4 and direct.plain_eager_call(x, residual) and \
+        if prepared is None and x.is_cpu and x.dim() == 4 and \
                 resolve("conv_bn_act", "cpu", self.requested_backend) == "cpu":
             stride, padding = self.kept_geometry
             prepared = self._prepared.get("cpu", weight, stride=stride, padding=padding, channels_last=True,
                                           x_shape=x.shape, groups=self.conv.groups)
-        return prepared if type(prepared) is OnednnConv and direct.plain_eager_call(x, residual) else None
+        return prepared if type(prepared) is OnednnConv else None
 
     def _zero_bias(self) -> torch.Tensor:
         """The kept primitive always adds a bias: zeros for a conv without one (no BN, no bias)."""
