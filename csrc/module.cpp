@@ -131,7 +131,8 @@ PyMethodDef methods[] = {
      "tensor_signature(dicts) -> bytes: data pointer, version, device and dtype of every tensor in a list of dicts."},
 #ifdef HRNET_FAST_WITH_ONEDNN
     {"onednn_conv_new", hrnet_fast::onednn_conv_new, METH_VARARGS,
-     "onednn_conv_new(weight, stride, padding) -> handle: a conv layer run through oneDNN primitives it keeps."},
+     "onednn_conv_new(weight, stride, padding[, groups]) -> handle: a conv layer run through oneDNN primitives "
+     "it keeps."},
     {"onednn_conv_run", hrnet_fast::onednn_conv_run, METH_VARARGS,
      "onednn_conv_run(handle, x, bias, residual, relu, residual_is_free) -> Tensor or None (no primitive for the "
      "call on this CPU)."},

@@ -13,6 +13,7 @@ import torch.nn as nn
 import hrnet_fast
 from bn_forms import replace_batchnorms
 from hrnet_fast.convert.fused import FoldedConv, FusedConvBNAct, FusedHRFuse
+from hrnet_fast.convert.lite_rules import SHUFFLE
 from hrnet_fast.ops.folding import is_batchnorm
 from lite_hrnet import LITE_HRNET_18, LiteHRNetPose
 from mmseg_hrnet import EncoderDecoder, Upsample
@@ -136,7 +137,10 @@ def test_lite_hrnet_18_every_conv_bn_fused_inside_its_blocks(lite_pair):
     assert not _unfused_convs_and_bns(fast)
     counts = report.counts()
     n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    assert sum(counts.values()) == n_convs, counts
+    assert sum(n for pattern, n in counts.items() if pattern != SHUFFLE) == n_convs, counts
+    # Each weighting block and the stem: their concatenation and channel shuffle as one copy (lite_rules.py).
+    shuffling = [m for m in model.modules() if type(m).__name__ in ("ConditionalChannelWeighting", "Stem")]
+    assert counts[SHUFFLE] == len(shuffling) == 17
     depthwise = sum(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
     assert counts["depthwise conv+bn"] + counts["depthwise conv+bn+relu"] == depthwise
     # What is left runs as is: the weighting's pools and sigmoids, the fusions' nearest upsampling, and the modules

@@ -53,6 +53,47 @@ def test_matches_reference(case, dtype, residual, relu):
                              relu=relu)
 
 
+def grouped_ref(x, weight, bias, *, stride, padding, groups, residual, relu):
+    y = torch.nn.functional.conv2d(x, weight, bias, stride, padding, 1, groups)
+    y = y if residual is None else y + residual
+    return torch.relu(y) if relu else y
+
+
+@needs_onednn
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [
+    (1, 20, 20, 16, 12, 3, 1, 1, 20),  # Lite-HRNet's depthwise convs: groups == Cin == Cout
+    (2, 40, 40, 9, 7, 3, 2, 1, 40),
+    (1, 12, 24, 5, 6, 3, 1, 0, 4),  # grouped, several channels in and out per group
+], ids=lambda c: "n{}_{}to{}_{}x{}_k{}s{}p{}_g{}".format(*c))
+def test_grouped_matches_reference(case, dtype, residual):
+    """The weight [Cout, Cin / groups, k, k] (stored channels_last, as converted models keep it) read as oneDNN's
+    [groups, Cout / groups, Cin / groups, k, k]."""
+    n, cin, cout, h, w, k, stride, padding, groups = case
+    g = torch.Generator().manual_seed(1)
+    cl = torch.channels_last
+    x = torch.randn(n, cin, h, w, generator=g).to(dtype).contiguous(memory_format=cl)
+    weight = (torch.randn(cout, cin // groups, k, k, generator=g) / (cin // groups * k * k) ** 0.5).to(dtype)
+    bias = torch.randn(cout, generator=g).to(dtype)
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    r = torch.randn(n, cout, ho, wo, generator=g).to(dtype).contiguous(memory_format=cl) if residual else None
+    layer = OnednnConv(weight.contiguous(memory_format=cl), stride, padding, groups)
+    y = layer.run(x, bias, r, True)
+    if y is None:  # oneDNN refuses only a reduced precision this CPU does not compute
+        assert dtype != torch.float32 and not cpu_conv.native_compute(dtype)
+        return
+    assert y.dtype == dtype and y.is_contiguous(memory_format=cl)
+    assert_matches_reference(y, grouped_ref, x, weight, bias, stride=stride, padding=padding, groups=groups,
+                             residual=r, relu=True)
+
+
+@needs_onednn
+def test_groups_that_do_not_divide_the_output_channels_raise():
+    with pytest.raises(RuntimeError, match="does not divide"):
+        OnednnConv(torch.randn(6, 2, 3, 3), 1, 1, 4)
+
+
 @needs_onednn
 @pytest.mark.parametrize("free", [False, True], ids=["held", "free"])
 def test_residual_summed_in_place_only_when_free(free):

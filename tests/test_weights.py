@@ -94,7 +94,7 @@ def test_a_weight_in_another_layout_is_converted_once(fake_cuda_backend):
 def counting_preparer(monkeypatch):
     built = []
 
-    def prepare(weight, *, stride, padding, channels_last, x_shape):
+    def prepare(weight, *, stride, padding, channels_last, x_shape, groups):
         built.append(weight)
         return weight * 2  # a distinguishable "prepared" form
 

@@ -67,8 +67,8 @@ namespace onednn {
 
 Exec::Exec() : stream(cpu_engine()) {}
 
-Conv::Conv(at::Tensor weight, int64_t stride, int64_t padding)
-    : weight_(std::move(weight)), stride_(stride), padding_(padding) {}
+Conv::Conv(at::Tensor weight, int64_t stride, int64_t padding, int64_t groups)
+    : weight_(std::move(weight)), stride_(stride), padding_(padding), groups_(groups) {}
 
 size_t Conv::plans() {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -132,9 +132,10 @@ std::optional<at::Tensor> Conv::run(const at::Tensor& x, const at::Tensor& bias,
 }
 
 void Conv::check(const at::Tensor& x, const at::Tensor& bias) const {
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == weight_.size(1) && x.scalar_type() == weight_.scalar_type() &&
+  const int64_t cin = weight_.size(1) * groups_;
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == cin && x.scalar_type() == weight_.scalar_type() &&
                   x.device().is_cpu() && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "onednn_conv: x must be a channels_last CPU tensor [N, ", weight_.size(1), ", H, W] of ",
+              "onednn_conv: x must be a channels_last CPU tensor [N, ", cin, ", H, W] of ",
               weight_.scalar_type(), ", got ", x.sizes(), " ", x.scalar_type(), " with strides ", x.strides());
   TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "onednn_conv: x has an empty spatial size ", x.sizes());
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == weight_.size(0) && bias.scalar_type() == weight_.scalar_type() &&
@@ -187,7 +188,7 @@ class ThreadCount {
 
 Conv::Plan Conv::make_plan(const at::Tensor& x, bool sum, bool relu, int threads) {
   const ThreadCount count(threads);
-  const int64_t cout = weight_.size(0), cin = weight_.size(1), k = weight_.size(2);
+  const int64_t cout = weight_.size(0), cin = weight_.size(1) * groups_, k = weight_.size(2);
   const int64_t n = x.size(0), h = x.size(2), w = x.size(3);
   const std::vector<int64_t> sizes = out_sizes(x);
   const int64_t ho = sizes[2], wo = sizes[3];
@@ -204,9 +205,13 @@ Conv::Plan Conv::make_plan(const at::Tensor& x, bool sum, bool relu, int threads
   attr.set_post_ops(ops);
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::engine& engine = cpu_engine();
+  // A grouped weight is oneDNN's 5-D [groups, Cout / groups, Cin / groups, k, k]: the same memory as the stored
+  // [Cout, Cin / groups, k, k], its first dimension split.
+  const memory::dims wdims = groups_ == 1 ? memory::dims{cout, cin, k, k}
+                                          : memory::dims{groups_, cout / groups_, cin / groups_, k, k};
   dnnl::convolution_forward::primitive_desc pd(
       engine, dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, plan.src,
-      memory::desc({cout, cin, k, k}, dt, Tag::any), plan.bias, plan.dst, {stride_, stride_},
+      memory::desc(wdims, dt, Tag::any), plan.bias, plan.dst, {stride_, stride_},
       {padding_, padding_}, {padding_, padding_}, attr);
   plan.primitive = dnnl::convolution_forward(pd);
   plan.implementation = pd.impl_info_str();
@@ -218,7 +223,9 @@ Conv::Plan Conv::make_plan(const at::Tensor& x, bool sum, bool relu, int threads
     }
   }
   plan.weights = memory(pd.weights_desc(), engine);
-  memory user(memory::desc(dims_of(weight_.sizes()), dt, dims_of(weight_.strides())), engine, weight_.data_ptr());
+  memory::dims wstrides = dims_of(weight_.strides());
+  if (groups_ != 1) wstrides.insert(wstrides.begin(), wstrides[0] * (cout / groups_));
+  memory user(memory::desc(wdims, dt, wstrides), engine, weight_.data_ptr());
   dnnl::stream stream(engine);
   dnnl::reorder(user, plan.weights).execute(stream, user, plan.weights);
   stream.wait();
@@ -253,8 +260,8 @@ const at::Tensor* tensor_arg(PyObject* obj, const char* name) {
 PyObject* onednn_conv_new(PyObject* /*module*/, PyObject* args) {
   HANDLE_TH_ERRORS
   PyObject* weight_obj;
-  long long stride, padding;
-  if (!PyArg_ParseTuple(args, "OLL:onednn_conv_new", &weight_obj, &stride, &padding)) return nullptr;
+  long long stride, padding, groups = 1;
+  if (!PyArg_ParseTuple(args, "OLL|L:onednn_conv_new", &weight_obj, &stride, &padding, &groups)) return nullptr;
   const at::Tensor* weight = tensor_arg(weight_obj, "weight");
   if (weight == nullptr) return nullptr;
   TORCH_CHECK(weight->dim() == 4 && weight->size(2) == weight->size(3) && weight->device().is_cpu() &&
@@ -262,7 +269,9 @@ PyObject* onednn_conv_new(PyObject* /*module*/, PyObject* args) {
               "onednn_conv: weight must be a non-empty [Cout, Cin, k, k] CPU tensor, got ", weight->sizes());
   dnnl_type(weight->scalar_type());
   TORCH_CHECK(stride >= 1 && padding >= 0, "onednn_conv: stride ", stride, ", padding ", padding);
-  return PyCapsule_New(new std::shared_ptr<Conv>(std::make_shared<Conv>(weight->detach(), stride, padding)),
+  TORCH_CHECK(groups >= 1 && weight->size(0) % groups == 0, "onednn_conv: groups ", groups,
+              " does not divide the weight's ", weight->size(0), " output channels");
+  return PyCapsule_New(new std::shared_ptr<Conv>(std::make_shared<Conv>(weight->detach(), stride, padding, groups)),
                        kCapsule, destroy);
   END_HANDLE_TH_ERRORS
 }

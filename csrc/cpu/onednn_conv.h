@@ -35,8 +35,9 @@ struct Exec {
 // One conv layer: out = relu?(conv2d(x, weight) + bias + residual) (see onednn_conv.cpp).
 class Conv {
  public:
-  // weight: [Cout, Cin, k, k], dense in any layout; held (not copied) and read again only for a new plan.
-  Conv(at::Tensor weight, int64_t stride, int64_t padding);
+  // weight: [Cout, Cin / groups, k, k], dense in any layout; held (not copied) and read again only for a new plan.
+  // groups > 1: a grouped conv (Lite-HRNet's depthwise convs: groups == Cin == Cout).
+  Conv(at::Tensor weight, int64_t stride, int64_t padding, int64_t groups);
 
   size_t plans();
 
@@ -72,7 +73,7 @@ class Conv {
   Plan make_plan(const at::Tensor& x, bool sum, bool relu, int threads);
 
   at::Tensor weight_;
-  int64_t stride_, padding_;
+  int64_t stride_, padding_, groups_;
   std::mutex mutex_;
   std::map<Key, std::shared_ptr<const Plan>> plans_;
 };
@@ -83,7 +84,7 @@ std::shared_ptr<Conv> conv_of(PyObject* handle);
 }  // namespace onednn
 
 // Python entry points, listed in module.cpp's method table:
-//   onednn_conv_new(weight, stride, padding) -> handle
+//   onednn_conv_new(weight, stride, padding[, groups]) -> handle
 //   onednn_conv_run(handle, x, bias, residual, relu, residual_is_free) -> Tensor, or None for a call the kept
 //       primitives do not take as given (not channels_last, another dtype, a tensor the dispatcher would not hand
 //       to a CPU kernel unchanged, a dispatch or function mode) or where oneDNN has no primitive for the dtype on

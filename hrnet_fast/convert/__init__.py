@@ -94,7 +94,7 @@ def _reconvert(model: ConvertedModel, dtype: Optional[torch.dtype], backend: Opt
         for m in target.modules():
             if hasattr(m, "requested_backend"):
                 m.requested_backend = backend
-            if isinstance(m, FusedConvBNAct):
+            if isinstance(m, (FusedConvBNAct, FoldedConv)):
                 m._prepared.clear()  # a form prepared for the old backend (kept oneDNN primitives) would still run
     if channels_last is not None:
         target.channels_last = channels_last

@@ -20,6 +20,7 @@ from ..ops.folding import fold_bn
 from ..ops.onednn_conv import OnednnConv
 from ..ops.weights import PreparedWeight, stored_weight
 from . import branch_streams, replay
+from .folded_conv import FoldedConv, as_channels_last
 
 
 def supported_conv(conv: nn.Conv2d) -> Optional[str]:
@@ -96,6 +97,9 @@ class FusedConvBNAct(nn.Module):
             # and returns None otherwise.
             y = prepared.run(x, bias, residual, self.relu, residual_is_free) if torch._C._get_mkldnn_enabled() \
                 else None
+            if y is None and x.dim() == 4 and x.dtype == prepared.dtype and direct.plain_eager_call(x, residual) \
+                    and not x.is_contiguous(memory_format=torch.channels_last) and torch._C._get_mkldnn_enabled():
+                y = prepared.run(as_channels_last(x), bias, residual, self.relu, residual_is_free)
             if y is not None:
                 return y
         elif prepared is not None and direct.plain_eager_call(x, residual):
@@ -127,42 +131,13 @@ class FusedConvBNAct(nn.Module):
                 f"dtype={self.weight.dtype}")
 
 
-class FoldedConv(nn.Module):
-    """A convolution ``conv_bn_act`` cannot run (e.g. 7x7, grouped): BN folded into a plain conv, then ReLU."""
-
-    def __init__(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool, dtype: torch.dtype):
-        super().__init__()
-        w, b = fold_bn(conv, bn) if bn is not None else (conv.weight.detach().float(),
-                                                         None if conv.bias is None else conv.bias.detach().float())
-        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              conv.dilation, conv.groups, bias=b is not None, padding_mode=conv.padding_mode,
-                              device=w.device, dtype=dtype)
-        with torch.no_grad():
-            self.conv.weight.copy_(w)
-            if b is not None:
-                self.conv.bias.copy_(b)
-        self.conv.requires_grad_(False)
-        self.relu = relu
-
-    def set_activation_layout(self, channels_last: bool) -> None:
-        """Stores the weight dense in the activations' memory format, which cuDNN reads without a per-call copy."""
-        self.conv.weight = nn.Parameter(stored_weight(self.conv.weight, channels_last), requires_grad=False)
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                residual_is_free: bool = False) -> torch.Tensor:
-        y = self.conv(x)
-        if residual is not None:
-            y = y + residual
-        return torch.relu(y) if self.relu else y
-
-
 def make_conv(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], relu: bool, dtype: torch.dtype,
               backend: Optional[str]) -> Tuple[nn.Module, Optional[str]]:
     """The fused module for conv(+bn)(+relu) and, when it cannot be fused, the reason."""
     why = supported_conv(conv)
     if why is None:
         return FusedConvBNAct(conv, bn, relu, dtype, backend), None
-    return FoldedConv(conv, bn, relu, dtype), why
+    return FoldedConv(conv, bn, relu, dtype, backend), why
 
 
 class FusedChain(nn.Sequential):

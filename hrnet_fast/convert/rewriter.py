@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import hr_rules
+from . import hr_rules, lite_rules
 from .fused import FusedBlock, FusedBranch, FusedChain, FusedHRModule, FusedStage, make_conv
 from ..ops.folding import bn_not_foldable, is_batchnorm, is_foldable_bn
 from .norm_steps import bn_relu_after
@@ -139,6 +139,13 @@ class Rewriter:
     def hr_module(self, path: str, m: nn.Module) -> Optional[nn.Module]:
         return hr_rules.hr_module(self, path, m)
 
+    # -- Lite-HRNet's shuffling blocks (lite_rules.py) -----------------------------------------------------------
+    def lite_block(self, path: str, m: nn.Module) -> Optional[nn.Module]:
+        new = lite_rules.shuffled_block(self, path, m)
+        if new is not None:
+            self.children(path, new)  # its convs, fused as anywhere else
+        return new
+
     # -- stem --------------------------------------------------------------------------------------------------
     def stem(self, path: str, m: nn.Module) -> None:
         """HRNet's stem: conv1 -> bn1 -> act -> conv2 -> bn2 -> act, as attributes of the model (or backbone)."""
@@ -153,7 +160,7 @@ class Rewriter:
     # -- the walk ----------------------------------------------------------------------------------------------
     def any(self, path: str, m: nn.Module) -> nn.Module:
         """The fused replacement for ``m``, or ``m`` with its children rewritten."""
-        for rule in (self.hr_module, self.block, self.conv_module):
+        for rule in (self.hr_module, self.block, self.conv_module, self.lite_block):
             new = rule(path, m)
             if new is not None:
                 return new

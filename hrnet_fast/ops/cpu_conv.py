@@ -143,16 +143,16 @@ def pack_weight(weight: torch.Tensor, stride: int, padding: int, x_shape: Sequen
 
 
 def prepare_weight(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
-                   x_shape: Sequence[int]) -> Optional[Union[torch.Tensor, OnednnConv]]:
+                   x_shape: Sequence[int], groups: int = 1) -> Optional[Union[torch.Tensor, OnednnConv]]:
     """The cpu backend's form of a converted model's weight (``hrnet_fast.ops.weights``). With channels_last
     activations: an ``OnednnConv`` (oneDNN primitives kept per input shape) where the extension has oneDNN and
     this CPU computes the weight's dtype natively; else the weight packed for ATen's oneDNN op where that runs
-    the conv (``pack_weight``). None (the dense weight as is) otherwise."""
+    the conv (``pack_weight``, ungrouped convs only). None (the dense weight as is) otherwise."""
     if not channels_last:
         return None
     if native_compute(weight.dtype) and onednn_conv.available()[0]:
-        return OnednnConv(weight, stride, padding)
-    return pack_weight(weight, stride, padding, x_shape)
+        return OnednnConv(weight, stride, padding, groups)
+    return pack_weight(weight, stride, padding, x_shape) if groups == 1 else None
 
 
 # Packed copies of dense weights seen by ``conv_bn_act``: id(weight) -> (weakref, (version, stride, padding,

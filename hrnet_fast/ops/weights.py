@@ -7,10 +7,10 @@ which on a GPU is one extra kernel per conv and per call (on HRNet-W18 with chan
 (on CPU a layer object keeping oneDNN primitives, ``OnednnConv``, or oneDNN's blocked layout; the Triton conv's
 K-major buffer padded to 16 bytes); ``preparer(backend)`` returns the function that builds its form:
 
-    prepare(weight, *, stride, padding, channels_last, x_shape) -> Tensor, OnednnConv or None
+    prepare(weight, *, stride, padding, channels_last, x_shape, groups=1) -> Tensor, OnednnConv or None
 
-``weight`` is the stored [Cout, Cin, k, k] weight; ``x_shape`` the input's shape (oneDNN picks its layout for
-it); None means "the stored weight as it is". ``PreparedWeight`` holds one conv's prepared form and rebuilds it
+``weight`` is the stored [Cout, Cin / groups, k, k] weight; ``x_shape`` the input's shape (oneDNN picks its layout
+for it); None means "the stored weight as it is". ``PreparedWeight`` holds one conv's prepared form and rebuilds it
 when the stored weight is no longer the tensor it was built from (moved, cast, replaced by
 ``load_state_dict(assign=True)`` or written in place): it compares the weight's data pointer, version counter,
 device and dtype on every call rather than relying on hooks that a caller can bypass.
@@ -38,7 +38,7 @@ def stored_weight(weight: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def dense_in_activation_layout(weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
-                               x_shape: Sequence[int]) -> Optional[torch.Tensor]:
+                               x_shape: Sequence[int], groups: int = 1) -> Optional[torch.Tensor]:
     """The stored weight when it is already dense in the activations' layout (None), else such a copy: what
     cuDNN / ATen convolutions read without a per-call copy (``cuda``, ``torch``)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -72,12 +72,12 @@ class PreparedWeight:
         self.clear()
 
     def get(self, backend: str, weight: torch.Tensor, *, stride: int, padding: int, channels_last: bool,
-            x_shape: Sequence[int]) -> Union[torch.Tensor, "OnednnConv"]:
+            x_shape: Sequence[int], groups: int = 1) -> Union[torch.Tensor, "OnednnConv"]:
         key = (backend, *signature(weight))
         # The weak reference makes a freed weight whose address a new tensor reuses count as a different one.
         if key != self._key or self._source() is not weight:
             self._value = preparer(backend)(weight, stride=stride, padding=padding, channels_last=channels_last,
-                                            x_shape=tuple(x_shape))
+                                            x_shape=tuple(x_shape), groups=groups)
             self._source, self._key = weakref.ref(weight), key
         return weight if self._value is None else self._value
 
