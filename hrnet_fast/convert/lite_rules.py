@@ -92,7 +92,7 @@ def shuffled_block(rw, path: str, m: nn.Module) -> Optional[nn.Module]:
 
 def _weighting_input(m: nn.Module) -> Optional[List[torch.Tensor]]:
     """A branch list for the probe: each branch twice its depthwise conv's width, the sizes of ``probe``'s."""
-    convs = [probe._first_conv(dw) for dw in m.depthwise_convs]
+    convs = [probe.first_conv(dw) for dw in m.depthwise_convs]
     if not convs or any(c is None for c in convs):
         return None
     sizes = probe.branch_sizes(len(convs))
@@ -101,7 +101,7 @@ def _weighting_input(m: nn.Module) -> Optional[List[torch.Tensor]]:
 
 
 def _stem_input(m: nn.Module) -> Optional[List[torch.Tensor]]:
-    conv = probe._first_conv(m.conv1)
+    conv = probe.first_conv(m.conv1)
     return None if conv is None else [_channels_last(probe.probe_input(m, conv.in_channels, probe.IMAGE, seed=0))]
 
 
