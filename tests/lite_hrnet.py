@@ -239,3 +239,12 @@ class LiteHRNetPose(nn.Module):
 
     def forward(self, x):
         return self.head.final_layer(self.backbone(x)[0])
+
+
+def converted_lite_pair():
+    """(Lite-HRNet-18 with BN calibrated at 64x64, in eval mode; its ``convert()``-ed copy): the pair the tests
+    compare."""
+    import hrnet_fast
+    torch.manual_seed(0)
+    model = hrnet_fast.calibrate_bn(LiteHRNetPose(LITE_HRNET_18), (64, 64), steps=2, batch=2).eval()
+    return model, hrnet_fast.convert(model)

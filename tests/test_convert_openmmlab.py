@@ -15,7 +15,7 @@ from bn_forms import replace_batchnorms
 from hrnet_fast.convert.fused import FoldedConv, FusedConvBNAct, FusedHRFuse
 from hrnet_fast.convert.lite_rules import SHUFFLE
 from hrnet_fast.ops.folding import is_batchnorm
-from lite_hrnet import LITE_HRNET_18, LiteHRNetPose
+from lite_hrnet import converted_lite_pair
 from mmseg_hrnet import EncoderDecoder, Upsample
 from official_hrnet import extra
 from tolerance import assert_model_matches
@@ -126,9 +126,7 @@ def test_decode_head_whose_in_channels_are_not_the_backbone_maps_is_fused_conv_b
 
 @pytest.fixture(scope="module")
 def lite_pair():
-    torch.manual_seed(0)
-    model = hrnet_fast.calibrate_bn(LiteHRNetPose(LITE_HRNET_18), (64, 64), steps=2, batch=2).eval()
-    return model, hrnet_fast.convert(model)
+    return converted_lite_pair()
 
 
 def test_lite_hrnet_18_every_conv_bn_fused_inside_its_blocks(lite_pair):

@@ -34,7 +34,7 @@ TESTS = ["tests/test_cpu_conv_paths.py", "tests/test_cpu_conv.py",
 SELECTION = "not 56x56 and not 64x48"
 # Converted models' CPU convolutions (the kept oneDNN primitives read the cap too) and what compares them.
 CONVERTED_TESTS = ["tests/test_onednn_conv.py", "tests/test_residual_in_place.py", "tests/test_replay.py",
-                   "tests/test_parallel_branches.py",
+                   "tests/test_parallel_branches.py", "tests/test_kept_conv_layouts.py",
                    "tests/test_convert.py::test_torch_compile_and_export"]
 PROBE = "import json; from hrnet_fast import cpu_features; print(json.dumps(cpu_features.native_dtypes()))"
 

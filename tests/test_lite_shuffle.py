@@ -8,7 +8,8 @@ import torch
 import hrnet_fast
 from hrnet_fast.convert.fused import FoldedConv, FusedConvBNAct
 from hrnet_fast.convert.lite_rules import SHUFFLE, ShuffledChannelWeighting, ShuffledStem, interleave
-from lite_hrnet import LITE_HRNET_18, ConditionalChannelWeighting, LiteHRNetPose, channel_shuffle
+from lite_hrnet import (LITE_HRNET_18, ConditionalChannelWeighting, LiteHRNetPose, channel_shuffle,
+                        converted_lite_pair)
 from tolerance import assert_model_matches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,9 +37,7 @@ def test_interleave_is_the_shuffle_of_the_concatenation_in_the_halves_layout(wid
 
 @pytest.fixture(scope="module")
 def lite_pair():
-    torch.manual_seed(0)
-    model = hrnet_fast.calibrate_bn(LiteHRNetPose(LITE_HRNET_18), (64, 64), steps=2, batch=2).eval()
-    return model, hrnet_fast.convert(model)
+    return converted_lite_pair()
 
 
 def test_lite_hrnet_blocks_replaced_under_the_same_keys(lite_pair):
