@@ -144,14 +144,14 @@ PyMethodDef methods[] = {
      "onednn_set_verbose(level): the linked oneDNN's verbose level (0 off, 1 executions, 2 also creations)."},
     {"onednn_version", hrnet_fast::onednn_version, METH_NOARGS, "onednn_version() -> str: the linked oneDNN."},
     {"replay_new", hrnet_fast::replay_new, METH_VARARGS,
-     "replay_new(steps, inputs, slots, outputs, phases, mode) -> handle: a converted module's forward as steps run "
+     "replay_new(steps, inputs, slots, outputs, mode) -> handle: a converted module's forward as steps run "
      "in C++ (mode 0 serial, 1 branch-parallel, 2 decided at the first call per input shape and thread count)."},
     {"replay_valid", hrnet_fast::replay_valid, METH_VARARGS,
      "replay_valid(handle, watch) -> bool: the modules and weights are as they were when it was built."},
     {"replay_run", hrnet_fast::replay_run, METH_VARARGS,
      "replay_run(handle, watch, inputs) -> list of Tensors, or None where the module path must run."},
     {"replay_schedule", hrnet_fast::replay_schedule, METH_O,
-     "replay_schedule(handle) -> dict: the mode, whether branches can run at once, and what was measured."},
+     "replay_schedule(handle) -> dict: the mode, the steps' dependency graph, and what was measured."},
 #endif
     {nullptr, nullptr, 0, nullptr}};
 

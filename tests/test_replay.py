@@ -275,20 +275,33 @@ def test_input_the_steps_do_not_take_gets_the_module_paths_answer_or_error():
 
 def test_the_extension_refuses_malformed_steps():
     from hrnet_fast.ops import extension
+    from hrnet_fast.ops.onednn_conv import OnednnConv
     mod = extension.module()
-    fuse = ("fuse", 0, [], [], "nearest", False, 1, [], [])
+    fuse = ("fuse", 0, [], [], "nearest", False, 1, [])
     with pytest.raises(ValueError, match='"conv" or "fuse"'):
-        mod.replay_new([("pool", 0)], 1, 2, [1], [], 0)
+        mod.replay_new([("pool", 0)], 1, 2, [1], 0)
     with pytest.raises(ValueError, match="out of range"):
-        mod.replay_new([("fuse", 0, [5], [], "nearest", False, 1, [], [])], 1, 2, [1], [], 0)
+        mod.replay_new([("fuse", 0, [5], [], "nearest", False, 1, [])], 1, 2, [1], 0)
     with pytest.raises(TypeError):
-        mod.replay_new([("conv", None)], 1, 2, [1], [], 0)
-    with pytest.raises(ValueError, match="in two lanes"):  # a step in two lanes of the schedule
-        mod.replay_new([fuse], 1, 2, [1], [([[0], [0]], [])], 1)
-    with pytest.raises(ValueError, match="in no lane"):
-        mod.replay_new([fuse], 1, 2, [1], [([[]], [])], 1)
+        mod.replay_new([("conv", None)], 1, 2, [1], 0)
+    with pytest.raises(ValueError, match="no earlier step writes"):
+        mod.replay_new([("fuse", 2, [], [], "nearest", False, 1, []), ("fuse", 0, [], [], "nearest", False, 2, [])],
+                       1, 3, [1], 0)
+    with pytest.raises(ValueError, match="written twice or over an input"):
+        mod.replay_new([fuse, fuse], 1, 2, [1], 0)
+    with pytest.raises(ValueError, match="written twice or over an input"):
+        mod.replay_new([("fuse", 0, [], [], "nearest", False, 0, [])], 1, 2, [1], 0)
+    weight, bias = torch.randn(4, 4, 1, 1), torch.zeros(4)
+    handle = OnednnConv(weight, 1, 0)._handle
+
+    def conv(x, residual, in_place, out):
+        return ("conv", handle, weight, weight.data_ptr(), 0, bias, x, residual, False, in_place, out, [])
+    with pytest.raises(ValueError, match="read by a later step"):  # in place, then read again
+        mod.replay_new([fuse, conv(0, 1, True, 2), ("fuse", 1, [], [], "nearest", False, 3, [])], 1, 4, [2, 3], 0)
+    with pytest.raises(ValueError, match="an input or an output"):
+        mod.replay_new([fuse, conv(0, 1, True, 2)], 1, 3, [1, 2], 0)
     with pytest.raises(ValueError, match="mode"):
-        mod.replay_new([fuse], 1, 2, [1], [], 3)
+        mod.replay_new([fuse], 1, 2, [1], 3)
 
 
 def test_a_dropped_model_is_freed():

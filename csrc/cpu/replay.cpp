@@ -37,7 +37,6 @@ namespace hrnet_fast {
 namespace {
 
 using replay::Mode;
-using replay::Phase;
 using replay::Program;
 using replay::Step;
 
@@ -64,21 +63,21 @@ bool bad_step(const char* why) {
 
 // One step from its tuple (replay.py, Builder, writes them):
 //   ("conv", handle, weight, weight_ptr, weight_version, bias, x, residual or -1, relu, residual_is_free, out,
-//    release, release_parallel)
-//   ("fuse", x, low_res, same_res, mode, align_corners, out, release, release_parallel)
+//    release)
+//   ("fuse", x, low_res, same_res, mode, align_corners, out, release)
 bool parse_step(PyObject* item, int slots, Step& step) {
   if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 1 || !PyUnicode_Check(PyTuple_GET_ITEM(item, 0))) {
     return bad_step("a step is a tuple starting with its kind");
   }
   const std::string kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(item, 0));
   const char* unused_kind;
-  PyObject *release, *release_parallel;
+  PyObject* release;
   if (kind == "conv") {
     PyObject *handle, *weight, *bias;
     long long weight_ptr, weight_version;
     int x, residual, relu, free;
-    if (!PyArg_ParseTuple(item, "sOOLLOiippiOO", &unused_kind, &handle, &weight, &weight_ptr, &weight_version,
-                          &bias, &x, &residual, &relu, &free, &step.out, &release, &release_parallel)) {
+    if (!PyArg_ParseTuple(item, "sOOLLOiippiO", &unused_kind, &handle, &weight, &weight_ptr, &weight_version,
+                          &bias, &x, &residual, &relu, &free, &step.out, &release)) {
       return false;
     }
     step.kind = Step::Kind::kConv;
@@ -96,8 +95,7 @@ bool parse_step(PyObject* item, int slots, Step& step) {
     PyObject *low, *same;
     const char* mode;
     int x, align;
-    if (!PyArg_ParseTuple(item, "siOOspiOO", &unused_kind, &x, &low, &same, &mode, &align, &step.out, &release,
-                          &release_parallel)) {
+    if (!PyArg_ParseTuple(item, "siOOspiO", &unused_kind, &x, &low, &same, &mode, &align, &step.out, &release)) {
       return false;
     }
     step.kind = Step::Kind::kFuse;
@@ -112,49 +110,15 @@ bool parse_step(PyObject* item, int slots, Step& step) {
   } else {
     return bad_step("a step is \"conv\" or \"fuse\"");
   }
-  const std::optional<std::vector<int>> rel = int_list(release), rel_parallel = int_list(release_parallel);
-  if (!rel || !rel_parallel) return PyErr_Occurred() ? false : bad_step("release is a list of slots");
+  const std::optional<std::vector<int>> rel = int_list(release);
+  if (!rel) return PyErr_Occurred() ? false : bad_step("release is a list of slots");
   step.release = *rel;
-  step.release_parallel = *rel_parallel;
   std::vector<int> all = step.reads;
   all.push_back(step.out);
   all.insert(all.end(), step.release.begin(), step.release.end());
-  all.insert(all.end(), step.release_parallel.begin(), step.release_parallel.end());
   for (size_t i = 0; i < all.size(); ++i) {
     const bool optional_residual = kind == "conv" && i == 1 && all[i] == -1;
     if (!optional_residual && (all[i] < 0 || all[i] >= slots)) return bad_step("a slot is out of range");
-  }
-  return true;
-}
-
-// The phases from their tuples (replay.py, Builder, writes them): (lanes: lists of step indices, release), every
-// step in exactly one lane.
-bool parse_phases(PyObject* obj, size_t steps, int slots, std::vector<Phase>& phases) {
-  if (!PyList_Check(obj)) return bad_step("phases is a list");
-  std::vector<int> seen(steps, 0);
-  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(obj); ++i) {
-    PyObject *lanes, *release;
-    if (!PyArg_ParseTuple(PyList_GET_ITEM(obj, i), "OO", &lanes, &release)) return false;
-    if (!PyList_Check(lanes) || PyList_GET_SIZE(lanes) == 0) return bad_step("a phase has a list of lanes");
-    Phase phase;
-    for (Py_ssize_t l = 0; l < PyList_GET_SIZE(lanes); ++l) {
-      std::optional<std::vector<int>> lane = int_list(PyList_GET_ITEM(lanes, l));
-      if (!lane) return PyErr_Occurred() ? false : bad_step("a lane is a list of steps");
-      for (int s : *lane) {
-        if (s < 0 || static_cast<size_t>(s) >= steps || seen[s]++) return bad_step("a lane's step is out of range or in two lanes");
-      }
-      phase.lanes.push_back(std::move(*lane));
-    }
-    std::optional<std::vector<int>> rel = int_list(release);
-    if (!rel) return PyErr_Occurred() ? false : bad_step("a phase's release is a list of slots");
-    for (int r : *rel) {
-      if (r < 0 || r >= slots) return bad_step("a slot is out of range");
-    }
-    phase.release = std::move(*rel);
-    phases.push_back(std::move(phase));
-  }
-  for (size_t s = 0; s < steps; ++s) {
-    if (!phases.empty() && !seen[s]) return bad_step("a step is in no lane");
   }
   return true;
 }
@@ -188,11 +152,9 @@ Program* program_of(PyObject* handle) {
 
 PyObject* replay_new(PyObject* /*module*/, PyObject* args) {
   HANDLE_TH_ERRORS
-  PyObject *steps_obj, *outputs_obj, *phases_obj;
+  PyObject *steps_obj, *outputs_obj;
   int inputs, slots, mode;
-  if (!PyArg_ParseTuple(args, "OiiOOi:replay_new", &steps_obj, &inputs, &slots, &outputs_obj, &phases_obj, &mode)) {
-    return nullptr;
-  }
+  if (!PyArg_ParseTuple(args, "OiiOi:replay_new", &steps_obj, &inputs, &slots, &outputs_obj, &mode)) return nullptr;
   if (mode < 0 || mode > 2) {
     PyErr_SetString(PyExc_ValueError, "replay_new: mode is 0 (serial), 1 (parallel) or 2 (automatic)");
     return nullptr;
@@ -205,11 +167,19 @@ PyObject* replay_new(PyObject* /*module*/, PyObject* args) {
   for (size_t i = 0; i < steps.size(); ++i) {
     if (!parse_step(PyList_GET_ITEM(steps_obj, i), slots, steps[i])) return nullptr;
   }
-  std::vector<Phase> phases;
-  if (!parse_phases(phases_obj, steps.size(), slots, phases)) return nullptr;
   const std::optional<std::vector<int>> outputs = int_list(outputs_obj);
   if (!outputs) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "replay_new: outputs is a list of slots");
+    return nullptr;
+  }
+  if (inputs < 0 || inputs > slots) {
+    PyErr_SetString(PyExc_ValueError, "replay_new: inputs is a count of slots");
+    return nullptr;
+  }
+  std::string why;
+  std::optional<replay::Graph> graph = replay::graph_of(steps, inputs, slots, *outputs, why);
+  if (!graph) {
+    PyErr_Format(PyExc_ValueError, "replay_new: %s", why.c_str());
     return nullptr;
   }
   at::ScalarType dtype = at::kFloat;
@@ -219,7 +189,7 @@ PyObject* replay_new(PyObject* /*module*/, PyObject* args) {
       break;
     }
   }
-  return PyCapsule_New(new Program(std::move(steps), inputs, slots, *outputs, dtype, std::move(phases),
+  return PyCapsule_New(new Program(std::move(steps), inputs, slots, *outputs, dtype, std::move(*graph),
                                    static_cast<Mode>(mode)),
                        kCapsule, destroy);
   END_HANDLE_TH_ERRORS
@@ -253,8 +223,42 @@ PyObject* replay_schedule(PyObject* /*module*/, PyObject* handle) {
     }
     Py_DECREF(item);
   }
-  return Py_BuildValue("{s:i,s:O,s:N}", "mode", static_cast<int>(program->mode()), "splits",
-                       program->splits() ? Py_True : Py_False, "decisions", list);
+  PyObject* successors = PyList_New(0);
+  if (successors == nullptr) {
+    Py_DECREF(list);
+    return nullptr;
+  }
+  for (const std::vector<int>& next : program->graph().successors) {
+    PyObject* item = PyList_New(0);
+    for (int j = 0; item != nullptr && j < static_cast<int>(next.size()); ++j) {
+      PyObject* v = PyLong_FromLong(next[j]);
+      if (v == nullptr || PyList_Append(item, v) != 0) Py_CLEAR(item);
+      Py_XDECREF(v);
+    }
+    if (item == nullptr || PyList_Append(successors, item) != 0) {
+      Py_XDECREF(item);
+      Py_DECREF(successors);
+      Py_DECREF(list);
+      return nullptr;
+    }
+    Py_DECREF(item);
+  }
+  PyObject* segments = PyList_New(0);
+  for (const replay::Segment& seg : program->graph().segments) {
+    PyObject* item = segments == nullptr ? nullptr : Py_BuildValue("(Oii)", seg.at_once ? Py_True : Py_False,
+                                                                   seg.begin, seg.end);
+    if (item == nullptr || PyList_Append(segments, item) != 0) Py_CLEAR(segments);
+    Py_XDECREF(item);
+    if (segments == nullptr) break;
+  }
+  if (segments == nullptr) {
+    Py_DECREF(successors);
+    Py_DECREF(list);
+    return nullptr;
+  }
+  return Py_BuildValue("{s:i,s:O,s:i,s:N,s:N,s:N}", "mode", static_cast<int>(program->mode()), "splits",
+                       program->splits() ? Py_True : Py_False, "width", program->graph().width, "successors",
+                       successors, "segments", segments, "decisions", list);
 }
 
 PyObject* replay_run(PyObject* /*module*/, PyObject* args) {

@@ -9,14 +9,16 @@
 namespace hrnet_fast {
 
 // Python entry points, listed in module.cpp's method table:
-//   replay_new(steps, inputs, slots, outputs, phases, mode) -> handle: steps as replay.cpp's parse_step reads
-//       them, phases as parse_phases does; mode 0 serial, 1 branch-parallel, 2 decided per input shape and
-//       thread count by timing both at the first call
+//   replay_new(steps, inputs, slots, outputs, mode) -> handle: steps as replay.cpp's parse_step reads them, their
+//       dependency graph read off their slots (replay_program.h, graph_of); mode 0 serial, 1 branch-parallel, 2
+//       decided per input shape and thread count by timing both at the first call
 //   replay_valid(handle, watch) -> bool: the watched dicts and the convs' weights are as they were at build
 //       (handle None: the dicts only)
 //   replay_run(handle, watch, inputs) -> list of Tensors, or None where the call must take the module path
-//   replay_schedule(handle) -> {"mode", "splits": whether a phase has lanes to run at once, "decisions": [{batch,
-//       height, width, threads, parallel, serial_ms, parallel_ms}] as automatic mode measured them}
+//   replay_schedule(handle) -> {"mode", "splits": whether some steps can run at once, "width": the most steps on one
+//       level of the graph, "successors": per step the steps waiting for it, "segments": [(at_once, begin, end)] in
+//       step order, "decisions": [{batch, height, width,
+//       threads, parallel, serial_ms, parallel_ms}] as automatic mode measured them}
 PyObject* replay_new(PyObject* module, PyObject* args);
 PyObject* replay_valid(PyObject* module, PyObject* args);
 PyObject* replay_run(PyObject* module, PyObject* args);

@@ -336,9 +336,9 @@ class FusedHRModule(nn.Module):
         return ys
 
     def _emit(self, b: "replay.Builder", xs: List[int]) -> List[int]:
-        # The branches share no data, nor do the output fusions: each one lane of a phase (replay.py).
-        ys = b.lanes([functools.partial(b.emit, branch, x) for branch, x in zip(self.branches, xs)])
-        return b.lanes([functools.partial(b.emit, fuse, ys) for fuse in self.fuses]) if len(self.fuses) else ys
+        # The branches share no data, nor do the output fusions: the extension may run them at once (replay.py).
+        ys = [b.emit(branch, x) for branch, x in zip(self.branches, xs)]
+        return [b.emit(fuse, ys) for fuse in self.fuses] if len(self.fuses) else ys
 
 
 class FusedStage(nn.Sequential):

@@ -20,17 +20,18 @@ torch.jit tracing, dispatch or function modes, tensors needing grad, another dty
 class without its own ``_emit``: one the converter did not make, or a subclass), and calls off the CPU.
 ``HRNET_FAST_NO_REPLAY=1`` (read when steps are listed) keeps every call on the module path.
 
-Branch-parallel schedule: the steps are also a dependency graph. An HR module's branches share no data until the
-fusion, and its output fusions none with each other, so an owner lists them as *lanes* of a *phase*
-(``Builder.lanes``); the builder checks against the slots each step reads that no lane reads what another writes.
-With more than one thread the extension may run a phase's lanes at once, one thread each (oneDNN runs a primitive
-inside an OpenMP parallel region on the calling thread only, with a primitive created for one thread), instead of
-each conv on all threads with a barrier after it. Answers: the same kernels give the same bits; a conv whose
-one-thread primitive is another kernel than the all-thread one rounds differently, within the fp32 rule. The
-owner's ``parallel_branches`` (what ``convert(parallel_branches=...)`` set) picks the schedule: False serial (the
-steps as one list, as before), True branch-parallel wherever a phase has lanes, None decided per input shape and
-thread count at the first replayed call by timing both. ``HRNET_FAST_PARALLEL_BRANCHES=0`` (read when steps are
-listed) keeps every owner serial.
+Branch-parallel schedule: the steps are also a dependency graph, read off the slots they read and write (the
+extension builds it: a step waits for the steps writing what it reads, a conv summing its residual in place also
+for the other readers of that residual). An HR module's branches share no data until the fusion, and its output
+fusions none with each other, so much of a stage can run at once. With more than one thread the extension may run
+the graph on a team of threads, each taking the ready step with the longest path (in measured step times) to the
+end, on one thread (oneDNN runs a primitive inside an OpenMP parallel region on the calling thread only, with a
+primitive created for one thread), instead of each conv on all threads with a barrier after it. Answers: the same
+kernels give the same bits; a conv whose one-thread primitive is another kernel than the all-thread one rounds
+differently, within the fp32 rule. The owner's ``parallel_branches`` (what ``convert(parallel_branches=...)``
+set) picks the schedule: False serial (as before), True branch-parallel wherever steps can run at once, None
+decided per input shape and thread count at the first replayed call by timing both.
+``HRNET_FAST_PARALLEL_BRANCHES=0`` (read when steps are listed) keeps every owner serial.
 """
 from __future__ import annotations
 
@@ -108,10 +109,10 @@ def schedule(owner: nn.Module) -> dict:
         return {"schedule": "module path (not replayed)", "decisions": []}
     info = _entry("replay_schedule")(program)
     decisions = info["decisions"]
-    if not info["splits"]:
+    if info["mode"] == SERIAL or not info["splits"]:
         why = ("serial: HRNET_FAST_PARALLEL_BRANCHES=0" if not parallel_enabled() else
                "serial: parallel_branches=False" if setting is False else
-               "serial: no independent branches to run at once")
+               "serial: no independent steps to run at once")
     elif info["mode"] == PARALLEL:
         why = "branch-parallel: parallel_branches=True (serial wherever one thread runs it)"
     elif not decisions:
@@ -169,18 +170,14 @@ def watch(owner: nn.Module) -> Watch:
 
 class Builder:
     """Lists an owner's forward as steps. Modules add theirs through ``emit`` (each converter module's
-    ``_emit(builder, slots)`` mirrors its forward), working on slot numbers instead of tensors. Each step is
-    tagged with its phase and lane (``lanes``); ``mode`` is the extension's schedule mode, and SERIAL lists no
-    lanes at all."""
+    ``_emit(builder, slots)`` mirrors its forward), working on slot numbers instead of tensors, in the order the
+    module path runs them; ``mode`` is the extension's schedule mode."""
 
     def __init__(self, inputs: int, mode: int = SERIAL):
         self.inputs = inputs
         self.slots = inputs
         self.mode = mode
         self.steps: List[list] = []
-        self.tags: List[Tuple[int, int]] = []  # (phase, lane) of each step
-        self.phases: List[tuple] = []  # what build passed the extension: (lanes of step indices, release)
-        self._phase, self._lane, self._in_lanes = 0, 0, False
 
     def build(self, owner: nn.Module, as_list: bool):
         """The extension's handle for ``owner``'s forward on ``self.inputs`` tensors (as a list, or the one)."""
@@ -189,9 +186,12 @@ class Builder:
             raise NotReplayable("a global forward hook is registered")
         slots = list(range(self.inputs))
         out = self.emit(owner, slots if as_list else slots[0], owner=True)
-        outputs = [out] if isinstance(out, int) else list(out)
-        self.phases = self._finish(outputs)
-        return _entry("replay_new")(self.steps, self.inputs, self.slots, outputs, self.phases, self.mode)
+        return self.program([out] if isinstance(out, int) else list(out))
+
+    def program(self, outputs: List[int]):
+        """The extension's handle for the steps emitted so far, returning the ``outputs`` slots."""
+        self._finish(outputs)
+        return _entry("replay_new")(self.steps, self.inputs, self.slots, outputs, self.mode)
 
     def emit(self, m: nn.Module, x, owner: bool = False, **kwargs):
         # Only a class that lists its own steps: a subclass may run a forward of its own.
@@ -201,87 +201,39 @@ class Builder:
             raise NotReplayable(f"a forward hook is registered on a {type(m).__name__}")
         return m._emit(self, x, **kwargs)
 
-    def lanes(self, parts: Sequence[Callable[[], object]]) -> list:
-        """What each of ``parts`` (a callable emitting steps, returning their slots) returns, each part's steps one
-        lane of a new phase: parts that read nothing another part writes (checked when the steps are finished), so
-        a branch-parallel run may run them at once. Inside a lane, or in SERIAL mode, the parts are emitted one
-        after another where the steps are."""
-        if self.mode == SERIAL or self._in_lanes or len(parts) < 2:
-            return [part() for part in parts]
-        self._phase += 1
-        self._in_lanes = True
-        out = []
-        for lane, part in enumerate(parts):
-            self._lane = lane
-            out.append(part())
-        self._phase, self._lane, self._in_lanes = self._phase + 1, 0, False
-        return out
-
     def conv(self, handle, weight: torch.Tensor, bias: torch.Tensor, relu: bool, x: int,
              residual: Optional[int]) -> int:
         out = self._new()
-        self._step(["conv", handle, weight, weight.data_ptr(), version(weight), bias, x,
-                    -1 if residual is None else residual, relu, False, out, [], []])
+        self.steps.append(["conv", handle, weight, weight.data_ptr(), version(weight), bias, x,
+                           -1 if residual is None else residual, relu, False, out, []])
         return out
 
     def fuse(self, x: int, low: List[int], same: List[int], mode: str, align_corners: bool) -> int:
         out = self._new()
-        self._step(["fuse", x, low, same, mode, align_corners, out, [], []])
+        self.steps.append(["fuse", x, low, same, mode, align_corners, out, []])
         return out
-
-    def _step(self, step: list) -> None:
-        self.steps.append(step)
-        self.tags.append((self._phase, self._lane))
 
     def _new(self) -> int:
         self.slots += 1
         return self.slots - 1
 
-    def _before(self, a: int, b: int) -> bool:
-        """Whether step ``a`` ends before step ``b`` starts in every run: an earlier phase, or earlier in b's lane."""
-        (pa, la), (pb, lb) = self.tags[a], self.tags[b]
-        return pa < pb or (pa == pb and la == lb and a < b)
-
-    def _finish(self, outputs: List[int]) -> List[tuple]:
-        """Sums each residual in place where nothing reads it later in any run (it is neither the caller's tensor
-        nor an output), drops each slot after its last read (in the serial order, and in a parallel run where one
-        step reads it after all others, else after the phase of its last reads), and returns the phases as the
-        extension takes them: (lanes of step indices, slots dropped after the phase)."""
+    def _finish(self, outputs: List[int]) -> None:
+        """Sums each residual in place where no later step reads it (it is neither the caller's tensor nor an
+        output: in a parallel run the conv then also waits for the residual's other readers), and drops each slot
+        after its last read in the serial order (a parallel run drops it after its last reader, whichever that is)."""
         reads = [self._reads(step) for step in self.steps]
-        writer = {step[-3]: i for i, step in enumerate(self.steps)}
-        readers: Dict[int, List[int]] = {}
+        last_reader: Dict[int, int] = {}
         for i, r in enumerate(reads):
             for slot in r:
-                if slot >= self.inputs and not self._before(writer[slot], i):
-                    raise ValueError(f"step {i} reads slot {slot} of a step that may run at the same time")
-                readers.setdefault(slot, []).append(i)
+                last_reader[slot] = i
         keep = set(outputs)
-        phase_of = sorted({phase for phase, _ in self.tags})
-        release: Dict[int, List[int]] = {p: [] for p in phase_of}
-        safe_last: Dict[int, int] = {}  # slot -> the step that reads it after every other read, in every run
-        for slot, rs in readers.items():
-            last = rs[-1]
-            if all(r == last or self._before(r, last) for r in rs):
-                safe_last[slot] = last
-            elif slot not in keep:
-                release[max(self.tags[r][0] for r in rs)].append(slot)
         for i, step in enumerate(self.steps):
             if step[0] == "conv":
                 x, residual = step[6], step[7]
                 step[9] = residual >= self.inputs and residual not in keep and residual != x and \
-                    safe_last.get(residual) == i
-            mine = sorted(s for s in set(reads[i]) if s not in keep)
-            step[-2] = [s for s in mine if readers[s][-1] == i]
-            step[-1] = [s for s in mine if safe_last.get(s) == i]
+                    last_reader[residual] == i
+            step[-1] = sorted(s for s in set(reads[i]) if s not in keep and last_reader[s] == i)
         self.steps = [tuple(step) for step in self.steps]
-        phases = []
-        for p in phase_of:
-            lanes: Dict[int, List[int]] = {}
-            for i, (phase, lane) in enumerate(self.tags):
-                if phase == p:
-                    lanes.setdefault(lane, []).append(i)
-            phases.append(([lanes[lane] for lane in sorted(lanes)], sorted(release[p])))
-        return phases
 
     @staticmethod
     def _reads(step: list) -> List[int]:
