@@ -1,5 +1,6 @@
 """A converted model's replayed CPU forward with its branches one after another (``parallel_branches=False``,
-each conv on every thread) and at once (``True``, each lane on one thread), the automatic choice (``None``), and
+each conv on every thread) and at once (``True``, steps that can run at once each on one thread), the automatic
+choice (``None``), and
 OpenVINO (fp32, and at its default precision: bf16 where the CPU computes bf16) side by side.
 
     python benchmarks/cpu_branch_schedule.py --model hrnet_w18 --input-size 224x224 --threads 2 --json out.json

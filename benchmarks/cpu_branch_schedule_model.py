@@ -9,19 +9,21 @@ with ``s`` from ``t(threads)`` (its serial fraction, which takes in the fork/joi
 call); the rest of the forward likewise. Schedules on p cores:
 
 * serial: every step on p threads, one after another (``parallel_branches=False``);
-* parallel, as built: a phase's lanes (``replay.py``) on min(lanes, p) threads, one thread a lane, each lane
-  taken by the first free thread in order (the OpenMP dynamic schedule), each step at its one-thread time;
-  one-lane phases on p threads;
-* parallel, threads split (not built: oneDNN runs a primitive inside an OpenMP region on one thread): each of a
-  phase's k lanes on p // k threads, or one thread each where k >= p.
+* parallel, as built: each owner's dependency graph (``replay_schedule``: successors and segments) as
+  replay_program.cpp runs it: chains on p threads, each segment of steps that can run at once on a team of
+  min(p, the segment's width: the most of its steps on one level) threads, each free thread taking the ready step with the longest path to the end,
+  each step at its one-thread time;
+* parallel, threads split (not built: oneDNN runs a primitive inside an OpenMP region on one thread): the same
+  team, each step on p // team threads.
 
-Assumptions: no memory-bandwidth or cache contention between lanes, the same per-core speed as here, Amdahl's
+Assumptions: no memory-bandwidth or cache contention between threads running steps at once, the same per-core speed as here, Amdahl's
 serial fraction constant from 2 threads up. The model's 2-thread figures beside the measured ones say how far
 to trust it.
 """
 from __future__ import annotations
 
 import argparse
+import heapq
 import os
 import statistics
 import time
@@ -31,7 +33,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hrnet_fast import cpu_features
-from hrnet_fast.convert import replay
+from hrnet_fast.ops import extension
 from script_support import add_model_arguments, command, converted_model, emit
 
 CORES = (2, 4, 8, 16, 32)
@@ -61,26 +63,20 @@ def step_times(model, x, threads: int, calls: int) -> Dict[str, object]:
     return {"steps": steps, "total": statistics.median(totals)}
 
 
-def owner_phases(model, x) -> List[List[List[int]]]:
-    """Each replayed call's phases (lanes of step indices), in call order, as the parallel builder lists them."""
+def owner_graphs(model, x) -> List[dict]:
+    """Each replayed call's dependency graph ({"successors", "segments"} as the extension reports it), in call
+    order."""
     owners = [m for m in model.modules() if hasattr(m, "_replay")]
     inside = {id(c) for m in owners for c in m.modules() if c is not m}
     calls = []  # a hook on an owner itself keeps it replayed (one inside it would not)
-    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args[0])))
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append(m))
              for m in owners if id(m) not in inside]
     with torch.inference_mode():
         model(x), model(x)
     for h in hooks:
         h.remove()
-    phases = []
-    for m, inputs in calls[len(calls) // 2:]:  # the second forward's calls
-        if m._replay.program is None:
-            continue
-        as_list = isinstance(inputs, (list, tuple))
-        b = replay.Builder(len(inputs) if as_list else 1, replay.PARALLEL)
-        b.build(m, as_list)
-        phases.append([lanes for lanes, _ in b.phases])
-    return phases
+    schedule = extension.module().replay_schedule
+    return [schedule(m._replay.program) for m in calls[len(calls) // 2:] if m._replay.program is not None]
 
 
 def amdahl(t1: float, tn: float, n: int, p: int) -> float:
@@ -88,27 +84,56 @@ def amdahl(t1: float, tn: float, n: int, p: int) -> float:
     return t1 * (s + (1 - s) / p)
 
 
-def simulate(one, many, phases, threads: int, p: int) -> Dict[str, float]:
+def list_schedule(graph: dict, begin: int, end: int, cost: List[float], workers: int) -> float:
+    """The time the extension's team of ``workers`` takes for steps [begin, end): each free worker takes the ready
+    step with the longest path (in ``cost``) to the segment's end, as replay_program.cpp does."""
+    succ = graph["successors"]
+    inside = range(begin, end)
+    path = {}
+    for i in reversed(inside):
+        path[i] = cost[i] + max((path[j] for j in succ[i] if j < end), default=0.0)
+    waiting = {i: 0 for i in inside}
+    for i in inside:
+        for j in succ[i]:
+            if j < end:
+                waiting[j] += 1
+    ready = [i for i in inside if waiting[i] == 0]
+    running: List[tuple] = []  # (finish time, step)
+    now, free = 0.0, workers
+    while ready or running:
+        while ready and free:
+            i = max(ready, key=lambda k: (path[k], -k))
+            ready.remove(i)
+            heapq.heappush(running, (now + cost[i], i))
+            free -= 1
+        now, i = heapq.heappop(running)
+        free += 1
+        for j in succ[i]:
+            if j < end:
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    ready.append(j)
+    return now
+
+
+def simulate(one, many, graphs, threads: int, p: int) -> Dict[str, float]:
     """Modelled forward times (ms) on p cores for the three schedules."""
     rest = amdahl(one["total"] - sum(map(sum, one["steps"])), many["total"] - sum(map(sum, many["steps"])),
                   threads, p)
     serial = parallel = split = rest
-    for t1s, tns, owner in zip(one["steps"], many["steps"], phases):
+    for t1s, tns, graph in zip(one["steps"], many["steps"], graphs):
         tp = [amdahl(a, b, threads, p) for a, b in zip(t1s, tns)]
         serial += sum(tp)
-        for lanes in owner:
-            if len(lanes) == 1:
-                parallel += sum(tp[i] for i in lanes[0])
-                split += sum(tp[i] for i in lanes[0])
+        for at_once, begin, end, width in graph["segments"]:
+            if not at_once:
+                parallel += sum(tp[begin:end])
+                split += sum(tp[begin:end])
                 continue
-            free = [0.0] * min(len(lanes), p)
-            for lane in lanes:  # the dynamic schedule: the next lane to the first free thread
-                k = free.index(min(free))
-                free[k] += sum(t1s[i] for i in lane)
-            parallel += max(free)
-            share = max(p // len(lanes), 1)
-            split += max(sum(amdahl(t1s[i], tns[i], threads, share) for i in lane) for lane in lanes) \
-                if share > 1 else max(free)
+            workers = min(p, width)
+            parallel += list_schedule(graph, begin, end, t1s, workers)
+            share = max(p // workers, 1)
+            split += list_schedule(graph, begin, end,
+                                   [amdahl(a, b, threads, share) for a, b in zip(t1s, tns)], workers)
     return {"serial_ms": round(serial, 3), "parallel_ms": round(parallel, 3), "split_ms": round(split, 3),
             "parallel_speedup": round(serial / parallel, 3), "split_speedup": round(serial / split, 3)}
 
@@ -122,12 +147,12 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     fast, x, (h, w) = converted_model(args)
     serial = replay_model(fast, False)
-    phases = owner_phases(replay_model(fast, True), x)
+    graphs = owner_graphs(replay_model(fast, True), x)
     one = step_times(serial, x, 1, args.calls)
     many = step_times(serial, x, args.threads, args.calls)
-    if [len(s) for s in one["steps"]] != [sum(len(lane) for lanes in owner for lane in lanes) for owner in phases]:
+    if [len(s) for s in one["steps"]] != [len(g["successors"]) for g in graphs]:
         raise SystemExit(f"the profiled steps {[len(s) for s in one['steps']]} do not match the listed steps "
-                         f"{[sum(len(lane) for lanes in owner for lane in lanes) for owner in phases]}")
+                         f"{[len(g['successors']) for g in graphs]}")
     out = {"command": command(), "model": args.model, "input_size": [h, w], "batch": args.batch,
            "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__, "cpu": cpu_features.summary(),
            "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0],
@@ -137,7 +162,7 @@ def main() -> None:
                         "replayed_steps_1_thread_ms": round(sum(map(sum, one["steps"])), 3),
                         f"replayed_steps_{args.threads}_threads_ms": round(sum(map(sum, many["steps"])), 3)},
            "model_assumptions": __doc__.split("Assumptions: ")[1].split("\n\n")[0].replace("\n", " "),
-           "modelled": {str(c): simulate(one, many, phases, args.threads, c) for c in CORES}}
+           "modelled": {str(c): simulate(one, many, graphs, args.threads, c) for c in CORES}}
     emit(out, args.json)
 
 

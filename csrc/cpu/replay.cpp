@@ -245,8 +245,8 @@ PyObject* replay_schedule(PyObject* /*module*/, PyObject* handle) {
   }
   PyObject* segments = PyList_New(0);
   for (const replay::Segment& seg : program->graph().segments) {
-    PyObject* item = segments == nullptr ? nullptr : Py_BuildValue("(Oii)", seg.at_once ? Py_True : Py_False,
-                                                                   seg.begin, seg.end);
+    PyObject* item = segments == nullptr ? nullptr : Py_BuildValue("(Oiii)", seg.at_once ? Py_True : Py_False,
+                                                                   seg.begin, seg.end, seg.width);
     if (item == nullptr || PyList_Append(segments, item) != 0) Py_CLEAR(segments);
     Py_XDECREF(item);
     if (segments == nullptr) break;

@@ -135,6 +135,15 @@ std::optional<Graph> graph_of(const std::vector<Step>& steps, int inputs, int sl
     g.segment_of[i] = static_cast<int>(g.segments.size()) - 1;
     for (int p : predecessors[i]) g.waits_in_segment[i] += g.segment_of[p] == g.segment_of[i];
   }
+  for (Segment& seg : g.segments) {
+    std::vector<int> depth(seg.end - seg.begin, 0), on_depth(seg.end - seg.begin, 0);
+    for (int i = seg.begin; i < seg.end; ++i) {
+      for (int j : g.successors[i]) {
+        if (j < seg.end) depth[j - seg.begin] = std::max(depth[j - seg.begin], depth[i - seg.begin] + 1);
+      }
+      seg.width = std::max(seg.width, ++on_depth[depth[i - seg.begin]]);
+    }
+  }
   return g;
 }
 
@@ -270,14 +279,14 @@ void Program::drop_read(int step, Slots& slots, std::atomic<int>* unread) const 
 std::optional<Slots> Program::run_parallel(Slots slots, int threads, const Key& key) const {
   slots.resize(slots_);
   const int n = static_cast<int>(steps_.size());
-  const int team = std::min(threads, graph_.width);
   const std::vector<double> priority = priorities(key);
   std::unique_ptr<std::atomic<int>[]> unread(new std::atomic<int>[slots_]);
   for (int s = 0; s < slots_; ++s) unread[s].store(graph_.readers[s], std::memory_order_relaxed);
   std::vector<double> step_ms(n, 0.0);
-  std::vector<onednn::Exec> execs(team);
+  std::vector<onednn::Exec> execs(std::min(threads, graph_.width));
   for (const Segment& seg : graph_.segments) {
     if (seg.at_once) {
+      const int team = std::min(threads, seg.width);
       if (!run_at_once(seg, slots, execs, team, priority, unread.get(), step_ms)) return std::nullopt;
       continue;
     }

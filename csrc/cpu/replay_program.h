@@ -47,6 +47,7 @@ struct Step {
 struct Segment {
   bool at_once = false;
   int begin = 0, end = 0;  // step indices [begin, end)
+  int width = 1;           // the most of its steps on one level (longest path from its first steps)
 };
 
 // The steps' dependency graph, from the slots they read and write: a step waits for the steps writing what it

@@ -154,8 +154,9 @@ def convert(model: nn.Module, *, dtype: Optional[torch.dtype] = None, backend: O
             triton backend, no padding on CPU (oneDNN blocks channels itself); an int >= 1 on any device (1 = off).
             The fusion report and the model's repr say what was padded. A converted model keeps its padding.
         parallel_branches: run an HR module's branches (and its output fusions) at once instead of one after
-            another (``replay.py``): on CPU its replayed steps as lanes, one thread each. None (default): on CPU
-            decided per stage, input shape and thread count at the first replayed call by timing both schedules;
+            another (``replay.py``): on CPU its replayed steps as a dependency graph, steps that can run at once
+            each on one thread of a team. None (default): on CPU decided per replayed stage, input shape and
+            thread count at the first replayed call by timing both schedules;
             on CUDA serial (docs/convert.md, "Branch-parallel schedule"). True wherever there are two or more
             threads, False never.
             ``HRNET_FAST_PARALLEL_BRANCHES=0`` keeps every model serial. The fusion report says which runs and why.
