@@ -41,10 +41,12 @@ STEP_RECORDS = ("hrnet_fast_C::onednn_conv", "hrnet_fast_C::multires_fuse")
 
 
 def step_times(model, x, threads: int, calls: int) -> Dict[str, object]:
-    """Median per-step times (ms) of each replayed call, in call order, and of the whole forward, on ``threads``."""
+    """Median per-step times (ms) of each replayed call, in call order, of the whole forward, and of the rest of
+    it (outside the replayed steps), on ``threads``. Each profiled call is followed by an unprofiled one (the
+    profiler's own cost is not the model's), so that a change in the machine's speed moves both."""
     torch.set_num_threads(threads)
     per_call: List[List[List[float]]] = []
-    totals = []
+    totals, rests = [], []
     with torch.inference_mode():
         model(x), model(x)
         for _ in range(calls):
@@ -54,13 +56,13 @@ def step_times(model, x, threads: int, calls: int) -> Dict[str, object]:
                              key=lambda e: e.time_range.start)
             per_call.append([[c.cpu_time_total / 1e3 for c in sorted(r.cpu_children, key=lambda c: c.time_range.start)
                               if c.name in STEP_RECORDS] for r in replays])
-        for _ in range(calls):  # the whole forward unprofiled: the profiler's own cost is not the model's
             start = time.perf_counter()
             model(x)
             totals.append((time.perf_counter() - start) * 1e3)
+            rests.append(max(totals[-1] - sum(map(sum, per_call[-1])), 0.0))
     steps = [[statistics.median(call[o][i] for call in per_call) for i in range(len(per_call[0][o]))]
              for o in range(len(per_call[0]))]
-    return {"steps": steps, "total": statistics.median(totals)}
+    return {"steps": steps, "total": statistics.median(totals), "rest": statistics.median(rests)}
 
 
 def owner_graphs(model, x) -> List[dict]:
@@ -118,8 +120,7 @@ def list_schedule(graph: dict, begin: int, end: int, cost: List[float], workers:
 
 def simulate(one, many, graphs, threads: int, p: int) -> Dict[str, float]:
     """Modelled forward times (ms) on p cores for the three schedules."""
-    rest = amdahl(one["total"] - sum(map(sum, one["steps"])), many["total"] - sum(map(sum, many["steps"])),
-                  threads, p)
+    rest = amdahl(one["rest"], many["rest"], threads, p)
     serial = parallel = split = rest
     for t1s, tns, graph in zip(one["steps"], many["steps"], graphs):
         tp = [amdahl(a, b, threads, p) for a, b in zip(t1s, tns)]
@@ -158,6 +159,8 @@ def main() -> None:
            "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0],
            "measured": {"forward_1_thread_ms": round(one["total"], 3),
                         f"forward_{args.threads}_threads_ms": round(many["total"], 3),
+                        "rest_1_thread_ms": round(one["rest"], 3),
+                        f"rest_{args.threads}_threads_ms": round(many["rest"], 3),
                         "steps": sum(map(len, one["steps"])),
                         "replayed_steps_1_thread_ms": round(sum(map(sum, one["steps"])), 3),
                         f"replayed_steps_{args.threads}_threads_ms": round(sum(map(sum, many["steps"])), 3)},
