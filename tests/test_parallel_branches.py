@@ -14,7 +14,7 @@ from hrnet_fast.convert import replay
 from hrnet_fast.convert.fused import FusedConvBNAct, FusedHRModule
 from hrnet_fast.ops import extension, onednn_conv
 from hrnet_fast.ops.onednn_conv import OnednnConv
-from test_replay import MODELS, assert_same, calibrated, image, replays
+from test_replay import MODELS, assert_same, calibrated, image, replays, stage_inputs
 from tolerance import assert_model_matches
 
 pytestmark = pytest.mark.skipif(not onednn_conv.available()[0], reason="the extension was built without oneDNN")
@@ -89,6 +89,22 @@ def test_batches(batch):
         for _ in range(2):
             want, got = serial(x), parallel(x)
     assert_same(got, want)
+
+
+def test_input_a_parallel_run_rejects_gets_the_module_paths_error_and_good_input_its_answer():
+    """A kernel's error inside the team of threads reaches the caller as the module path's error (not a crash or a
+    hang), and the next call with good input runs the parallel steps again."""
+    _, serial, parallel, x = models("ours")
+    stage = parallel.inner.stage3
+    with torch.no_grad():
+        good = stage_inputs(parallel, x, stage)
+        stage(good), stage(good)
+        calls = replays(parallel, x)
+        wrong_size = good[:-1] + [torch.randn(*good[-1].shape[:2], 3, 3).contiguous(memory_format=torch.channels_last)]
+        with pytest.raises(RuntimeError, match="multires_fuse"):
+            stage(wrong_size)
+        assert_same(stage(good), serial.inner.stage3(good))
+        assert replays(parallel, x) == calls > 0
 
 
 def test_a_hook_inside_takes_the_module_path_and_its_removal_the_parallel_steps():
