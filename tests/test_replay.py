@@ -300,6 +300,8 @@ def test_the_extension_refuses_malformed_steps():
         mod.replay_new([fuse, conv(0, 1, True, 2), ("fuse", 1, [], [], "nearest", False, 3, [])], 1, 4, [2, 3], 0)
     with pytest.raises(ValueError, match="an input or an output"):
         mod.replay_new([fuse, conv(0, 1, True, 2)], 1, 3, [1, 2], 0)
+    with pytest.raises(ValueError, match="the conv's own input"):
+        mod.replay_new([fuse, conv(1, 1, True, 2)], 1, 3, [2], 0)
     with pytest.raises(ValueError, match="mode"):
         mod.replay_new([fuse], 1, 2, [1], 3)
 

@@ -85,6 +85,7 @@ std::optional<Graph> graph_of(const std::vector<Step>& steps, int inputs, int sl
     if (s.kind == Step::Kind::kConv && s.residual_is_free) {
       const int r = s.reads[1];
       if (r < inputs || g.kept[r]) return why = "a residual summed in place is an input or an output", std::nullopt;
+      if (r == s.reads[0]) return why = "a residual summed in place is the conv's own input", std::nullopt;
       for (int other : read_by[r]) {
         if (other != i) preds.push_back(other);  // they read it before it is overwritten
       }

@@ -66,7 +66,8 @@ struct Graph {
 };
 
 // The graph of `steps`, or the reason they are not a program: a slot read before any step writes it, written twice
-// or over an input, or a residual summed in place that a later step reads.
+// or over an input, or a residual summed in place that is an input, an output, the conv's own input or read by a
+// later step.
 std::optional<Graph> graph_of(const std::vector<Step>& steps, int inputs, int slots, const std::vector<int>& outputs,
                               std::string& why);
 
