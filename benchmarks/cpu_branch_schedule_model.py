@@ -11,14 +11,14 @@ call); the rest of the forward likewise. Schedules on p cores:
 * serial: every step on p threads, one after another (``parallel_branches=False``);
 * parallel, as built: each owner's dependency graph (``replay_schedule``: successors and segments) as
   replay_program.cpp runs it: chains on p threads, each segment of steps that can run at once on a team of
-  min(p, the segment's width: the most of its steps on one level) threads, each free thread taking the ready step with the longest path to the end,
-  each step at its one-thread time;
+  min(p, the segment's width: the most of its steps on one level) threads, each free thread taking the ready
+  step with the longest path to the end, each step at its one-thread time;
 * parallel, threads split (not built: oneDNN runs a primitive inside an OpenMP region on one thread): the same
   team, each step on p // team threads.
 
-Assumptions: no memory-bandwidth or cache contention between threads running steps at once, the same per-core speed as here, Amdahl's
-serial fraction constant from 2 threads up. The model's 2-thread figures beside the measured ones say how far
-to trust it.
+Assumptions: no memory-bandwidth or cache contention between threads running steps at once, the same per-core
+speed as here, Amdahl's serial fraction constant from 2 threads up. The model's 2-thread figures beside the
+measured ones say how far to trust it.
 """
 from __future__ import annotations
 

@@ -239,10 +239,10 @@ def test_the_graph_is_read_off_the_slots(keep_first):
     in_place = steps[2][9]
     assert in_place is (not keep_first)
     if in_place:
-        assert info["successors"] == [[1, 2], [2], []] and info["width"] == 1 and not info["splits"]
+        assert info["successors"] == [[1, 2], [2], []] and not info["splits"]
         assert info["segments"] == [(False, 0, 3, 1)]  # a chain
     else:
-        assert info["successors"] == [[1, 2], [], []] and info["width"] == 2 and info["splits"]
+        assert info["successors"] == [[1, 2], [], []] and info["splits"]
         assert info["segments"] == [(False, 0, 1, 1), (True, 1, 3, 2)]  # steps 1 and 2 at once, after step 0
     x = torch.randn(1, 8, 12, 10).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

@@ -205,60 +205,26 @@ PyObject* replay_valid(PyObject* /*module*/, PyObject* args) {
 }
 
 PyObject* replay_schedule(PyObject* /*module*/, PyObject* handle) {
+  HANDLE_TH_ERRORS
   const Program* program = program_of(handle);
   if (program == nullptr) return nullptr;
-  const std::map<Program::Key, Program::Decision> decisions = program->decisions();
-  PyObject* list = PyList_New(0);
-  if (list == nullptr) return nullptr;
-  for (const auto& [key, d] : decisions) {
-    PyObject* item = Py_BuildValue("{s:L,s:L,s:L,s:i,s:O,s:d,s:d}", "batch", static_cast<long long>(std::get<0>(key)),
-                                   "height", static_cast<long long>(std::get<1>(key)), "width",
-                                   static_cast<long long>(std::get<2>(key)), "threads", std::get<3>(key), "parallel",
-                                   d.parallel ? Py_True : Py_False, "serial_ms", d.serial_ms, "parallel_ms",
-                                   d.parallel_ms);
-    if (item == nullptr || PyList_Append(list, item) != 0) {
-      Py_XDECREF(item);
-      Py_DECREF(list);
-      return nullptr;
-    }
-    Py_DECREF(item);
+  namespace py = pybind11;
+  py::list decisions;
+  for (const auto& [key, d] : program->decisions()) {
+    decisions.append(py::dict(py::arg("batch") = std::get<0>(key), py::arg("height") = std::get<1>(key),
+                              py::arg("width") = std::get<2>(key), py::arg("threads") = std::get<3>(key),
+                              py::arg("parallel") = d.parallel, py::arg("serial_ms") = d.serial_ms,
+                              py::arg("parallel_ms") = d.parallel_ms));
   }
-  PyObject* successors = PyList_New(0);
-  if (successors == nullptr) {
-    Py_DECREF(list);
-    return nullptr;
-  }
-  for (const std::vector<int>& next : program->graph().successors) {
-    PyObject* item = PyList_New(0);
-    for (int j = 0; item != nullptr && j < static_cast<int>(next.size()); ++j) {
-      PyObject* v = PyLong_FromLong(next[j]);
-      if (v == nullptr || PyList_Append(item, v) != 0) Py_CLEAR(item);
-      Py_XDECREF(v);
-    }
-    if (item == nullptr || PyList_Append(successors, item) != 0) {
-      Py_XDECREF(item);
-      Py_DECREF(successors);
-      Py_DECREF(list);
-      return nullptr;
-    }
-    Py_DECREF(item);
-  }
-  PyObject* segments = PyList_New(0);
+  py::list segments;
   for (const replay::Segment& seg : program->graph().segments) {
-    PyObject* item = segments == nullptr ? nullptr : Py_BuildValue("(Oiii)", seg.at_once ? Py_True : Py_False,
-                                                                   seg.begin, seg.end, seg.width);
-    if (item == nullptr || PyList_Append(segments, item) != 0) Py_CLEAR(segments);
-    Py_XDECREF(item);
-    if (segments == nullptr) break;
+    segments.append(py::make_tuple(seg.at_once, seg.begin, seg.end, seg.width));
   }
-  if (segments == nullptr) {
-    Py_DECREF(successors);
-    Py_DECREF(list);
-    return nullptr;
-  }
-  return Py_BuildValue("{s:i,s:O,s:i,s:N,s:N,s:N}", "mode", static_cast<int>(program->mode()), "splits",
-                       program->splits() ? Py_True : Py_False, "width", program->graph().width, "successors",
-                       successors, "segments", segments, "decisions", list);
+  py::dict info(py::arg("mode") = static_cast<int>(program->mode()), py::arg("splits") = program->splits(),
+                py::arg("successors") = program->graph().successors, py::arg("segments") = segments,
+                py::arg("decisions") = decisions);
+  return info.release().ptr();
+  END_HANDLE_TH_ERRORS
 }
 
 PyObject* replay_run(PyObject* /*module*/, PyObject* args) {

@@ -15,10 +15,10 @@ namespace hrnet_fast {
 //   replay_valid(handle, watch) -> bool: the watched dicts and the convs' weights are as they were at build
 //       (handle None: the dicts only)
 //   replay_run(handle, watch, inputs) -> list of Tensors, or None where the call must take the module path
-//   replay_schedule(handle) -> {"mode", "splits": whether some steps can run at once, "width": the most steps on one
-//       level of the graph, "successors": per step the steps waiting for it, "segments": [(at_once, begin, end, width)] in
-//       step order, "decisions": [{batch, height, width,
-//       threads, parallel, serial_ms, parallel_ms}] as automatic mode measured them}
+//   replay_schedule(handle) -> {"mode", "splits": whether some steps can run at once, "successors": per step the
+//       steps waiting for it, "segments": [(at_once, begin, end, width: the most of its steps on one level)] in step
+//       order, "decisions": [{batch, height, width, threads, parallel, serial_ms, parallel_ms}] as automatic mode
+//       measured them}
 PyObject* replay_new(PyObject* module, PyObject* args);
 PyObject* replay_valid(PyObject* module, PyObject* args);
 PyObject* replay_run(PyObject* module, PyObject* args);

@@ -101,11 +101,6 @@ std::optional<Graph> graph_of(const std::vector<Step>& steps, int inputs, int sl
       return why = "a residual summed in place is read by a later step", std::nullopt;
     }
   }
-  std::vector<int> level(n, 0), on_level(n + 1, 0);
-  for (int i = 0; i < n; ++i) {
-    for (int j : g.successors[i]) level[j] = std::max(level[j], level[i] + 1);
-    g.width = std::max(g.width, ++on_level[level[i]]);
-  }
   // Chain steps: every earlier step is an ancestor and every later one a descendant (ancestor sets as bits).
   const size_t words = (static_cast<size_t>(n) + 63) / 64;
   std::vector<uint64_t> ancestors(static_cast<size_t>(n) * words, 0);
@@ -284,7 +279,9 @@ std::optional<Slots> Program::run_parallel(Slots slots, int threads, const Key& 
   std::unique_ptr<std::atomic<int>[]> unread(new std::atomic<int>[slots_]);
   for (int s = 0; s < slots_; ++s) unread[s].store(graph_.readers[s], std::memory_order_relaxed);
   std::vector<double> step_ms(n, 0.0);
-  std::vector<onednn::Exec> execs(std::min(threads, graph_.width));
+  int team = 1;  // the largest team a segment runs on
+  for (const Segment& seg : graph_.segments) team = std::max(team, seg.at_once ? std::min(threads, seg.width) : 1);
+  std::vector<onednn::Exec> execs(team);
   for (const Segment& seg : graph_.segments) {
     if (seg.at_once) {
       const int team = std::min(threads, seg.width);

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -62,7 +63,6 @@ struct Graph {
   std::vector<char> kept;                    // per slot: an output, never dropped
   std::vector<Segment> segments;             // in order, covering every step
   std::vector<int> segment_of;               // per step
-  int width = 1;                             // the most steps on one level (longest path from a first step)
 };
 
 // The graph of `steps`, or the reason they are not a program: a slot read before any step writes it, written twice
@@ -97,7 +97,9 @@ class Program {
   Mode mode() const { return mode_; }
 
   // Whether some steps can run at once.
-  bool splits() const { return graph_.width > 1; }
+  bool splits() const {
+    return std::any_of(graph_.segments.begin(), graph_.segments.end(), [](const Segment& s) { return s.at_once; });
+  }
   const Graph& graph() const { return graph_; }
 
   std::map<Key, Decision> decisions() const;
