@@ -1,7 +1,7 @@
 """A converted model's replayed CPU forward with its branches one after another (``parallel_branches=False``,
 each conv on every thread) and at once (``True``, steps that can run at once each on one thread), the automatic
-choice (``None``), and
-OpenVINO (fp32, and at its default precision: bf16 where the CPU computes bf16) side by side.
+choice (``None``), the serial replay on one thread, and OpenVINO (fp32, and at its default precision: bf16 where
+the CPU computes bf16) side by side.
 
     python benchmarks/cpu_branch_schedule.py --model hrnet_w18 --input-size 224x224 --threads 2 --json out.json
 
@@ -9,6 +9,11 @@ All routes are interleaved call by call in one process (``hrnet_fast.timing``) a
 milliseconds with p20/p80, each converted route's ratio to the serial replay, and its largest difference from the
 serial replay's output (0 where the same kernels ran). The load average before and after says how busy the
 machine was.
+
+The one-thread route bounds what any schedule of the same kernels can gain: with every step scaling perfectly,
+``threads`` threads take at best its time divided by ``threads``. ``perfect_scaling_bound`` is the serial replay's
+speed-up at that bound (the serial replay's median over the one-thread median / ``threads``); no schedule reaches
+it, since a chain of convs (the stem, layer1, the classification head) runs at oneDNN's own split of each conv.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ def main() -> None:
     fast, x, (h, w) = converted_model(args)
     models = {f"replayed, parallel_branches={v}": hrnet_fast_convert(fast, v) for v in (False, True, None)}
     routes = {name: (m, lambda t: t) for name, m in models.items()}
+    one_thread = hrnet_fast_convert(fast, False)
+    routes[ONE_THREAD] = (lambda t, m=one_thread: on_one_thread(m, t, args.threads), lambda t: t)
     if not args.no_openvino:
         routes.update(openvino_routes(reference_model(args), (h, w), args.dtype))
     prepared = {name: prep(x) for name, (_, prep) in routes.items()}
@@ -59,6 +66,7 @@ def main() -> None:
     out = {"command": command(), "model": args.model, "input_size": [h, w], "batch": args.batch,
            "threads": args.threads, "dtype": args.dtype, "torch": torch.__version__, "cpu": cpu_features.summary(),
            "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0],
+           "perfect_scaling_bound": round(base_ms / (stats[ONE_THREAD].median_ms / args.threads), 3),
            "automatic_schedule": {k: v["schedule"] for k, v in models["replayed, parallel_branches=None"]
                                   .schedules().items() if v["decisions"]},
            "rows": [{"route": name, **{k: round(v, 3) for k, v in s.as_dict().items() if k != "reps"},
@@ -66,6 +74,18 @@ def main() -> None:
                      "max_abs_diff_vs_serial_replay": float((outputs[name] - base).abs().max())}
                     for name, s in stats.items()]}
     emit(out, args.json)
+
+
+ONE_THREAD = "replayed, parallel_branches=False, 1 thread"
+
+
+def on_one_thread(model, x: torch.Tensor, threads: int):
+    """``model(x)`` with torch's thread count set to 1 for the call, ``threads`` again after it."""
+    torch.set_num_threads(1)
+    try:
+        return model(x)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def first_tensor(out) -> torch.Tensor:
