@@ -3,8 +3,9 @@ and Python.
 
     python benchmarks/cpu_overhead.py --model pose_hrnet_w32 --input-size 256x192 --batch 1 --threads 2
 
-Three measurements of the same warm forward, each repeated and the lowest kept (the least disturbed by other
-processes):
+The replayed steps run in the serial schedule (``parallel_branches=False``), each conv on every thread, so that
+kernel times add up to part of the wall time. Three measurements of the same warm forward, each repeated and the
+lowest kept (the least disturbed by other processes):
 
 * wall: the forward alone, timed;
 * oneDNN's own account of its primitives' execution (``ONEDNN_VERBOSE=profile_exec``, the ``exec`` lines; torch's
@@ -127,6 +128,8 @@ def main() -> None:
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args()
     fast, x, (h, w) = converted_model(args)
+    # The serial schedule: with steps running at once, kernel times add up across threads and exceed the wall.
+    fast.set_parallel_branches(False)
     with torch.inference_mode():
         for _ in range(3):
             fast(x)
