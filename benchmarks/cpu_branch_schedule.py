@@ -52,8 +52,8 @@ def main() -> None:
     fast, x, (h, w) = converted_model(args)
     models = {f"replayed, parallel_branches={v}": hrnet_fast_convert(fast, v) for v in (False, True, None)}
     routes = {name: (m, lambda t: t) for name, m in models.items()}
-    one_thread = hrnet_fast_convert(fast, False)
-    routes[ONE_THREAD] = (lambda t, m=one_thread: on_one_thread(m, t, args.threads), lambda t: t)
+    serial = models["replayed, parallel_branches=False"]  # its kept convs hold a plan per thread count
+    routes[ONE_THREAD] = (lambda t: on_one_thread(serial, t, args.threads), lambda t: t)
     if not args.no_openvino:
         routes.update(openvino_routes(reference_model(args), (h, w), args.dtype))
     prepared = {name: prep(x) for name, (_, prep) in routes.items()}
